@@ -1,0 +1,175 @@
+"""The `graphcomp` command (typer): run, passes, inspect, verify.
+
+Exit codes: 0 success, 1 verification failed (report still written), 2 user error
+(one line on stderr, no traceback), 3 a pass broke the graph (a bug: traceback shown).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from graphcomp import analysis, api, model_io
+from graphcomp.errors import GraphcompError, PassFailedError
+from graphcomp.report import verify_table
+from graphcomp.verify import Thresholds, parse_shapes, verify
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Data-free compression of ONNX models, verified with onnxruntime.")
+out = Console()
+err = Console(stderr=True)
+
+
+def guarded(fn: Callable[[], int | None]) -> None:
+    """Run a command body; map graphcomp errors to one line and an exit code."""
+    try:
+        code = fn() or 0
+    except PassFailedError as e:
+        traceback.print_exc()
+        err.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(e.exit_code) from None
+    except GraphcompError as e:
+        err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    raise typer.Exit(code)
+
+
+InputShape = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 - typer needs Optional
+    "--input-shape", help="Fix a dynamic input, e.g. input:1x3x224x224 (repeatable).")]
+
+
+@app.command(epilog="Example: graphcomp run models/resnet_s_bn.onnx --passes fold-bn,cleanup "
+             "-o resnet_s.folded.onnx --report report.json")
+def run(
+    model: Annotated[Path, typer.Argument(help="The ONNX model to compress (never modified).")],
+    passes: Annotated[Optional[str], typer.Option("--passes", "-p", help=(  # noqa: UP045
+        "Passes in order, e.g. 'prune(ratio=0.3),dfq'. See 'graphcomp passes'."))] = None,
+    config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--config", "-c", help="TOML/JSON file with a 'passes' list.")] = None,
+    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--output", "-o", help="Output path [default: <model>.compressed.onnx].")] = None,
+    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,  # noqa: UP045
+    inputs: Annotated[Optional[Path], typer.Option(help="Verify on these inputs (.npz).")] = None,  # noqa: UP045
+    input_shape: InputShape = None,
+    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Samples (.npz) for passes that can use data; none needed.")] = None,
+    no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification.")] = False,
+    max_rel_err: Annotated[Optional[float], typer.Option(help="Fail above this relative error.")] = None,  # noqa: UP045,E501
+    min_cosine: Annotated[Optional[float], typer.Option(help="Fail below this cosine.")] = None,  # noqa: UP045
+    min_top1: Annotated[Optional[float], typer.Option(help="Fail below this top-1 agreement.")] = None,  # noqa: UP045,E501
+    keep_failed: Annotated[bool, typer.Option(help="On failed verification, keep the model as <output>.failed.onnx.")] = False,  # noqa: E501
+    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of tables.")] = False,  # noqa: E501
+) -> None:
+    """Compress MODEL with the given passes, verify it and write the result."""
+    def body() -> int:
+        target = output or model.with_name(f"{model.stem}.compressed.onnx")
+        thresholds = Thresholds(max_rel_err, min_cosine, min_top1)
+        with err.status("loading") as status:
+            try:
+                _, rep = api.compress(
+                    model, passes, config_file=config, output=target,
+                    calibration_data=calibration_data, inputs=inputs,
+                    input_shapes=parse_shapes(input_shape or []), thresholds=thresholds,
+                    verify_output=not no_verify,
+                    progress=lambda step: status.update(f"running {step}"))
+                code = 0
+            except api.FailedVerification as e:
+                rep, code = e.report, 1
+                if keep_failed:
+                    model_io.save(e.model, target.with_name(f"{target.stem}.failed.onnx"))
+        if report:
+            rep.write_json(report)
+        _show(rep, json_out)
+        if code:
+            err.print("error: verification failed; output not written", highlight=False)
+        return code
+    guarded(body)
+
+
+def _show(rep: Any, json_out: bool) -> None:
+    if json_out:
+        out.print_json(json.dumps(rep.to_dict(), default=str))
+    else:
+        rep.render(out)
+        if rep.output and (not rep.verification or rep.verification.passed):
+            out.print(f"wrote {rep.output}")
+
+
+@app.command(name="passes", epilog="Example: graphcomp passes")
+def list_passes() -> None:
+    """List every pass with its config fields and defaults."""
+    def body() -> int:
+        table = Table(title="passes")
+        for col in ("name", "lossless", "fields (default)", "what it does"):
+            table.add_column(col)
+        for name, cls in sorted(api.registry().items()):
+            fields = ", ".join(f"{f.name}={f.default!r}" for f in
+                               dataclasses.fields(cls.config_class)) or "-"
+            table.add_row(name, "yes" if cls.lossless else "no", fields, cls.summary)
+        out.print(table)
+        return 0
+    guarded(body)
+
+
+@app.command(epilog="Example: graphcomp inspect models/mobilenetv2_s.onnx --json")
+def inspect(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    nodes: Annotated[bool, typer.Option(help="Include MACs per node.")] = False,
+    input_shape: InputShape = None,
+) -> None:
+    """Show the pre-flight facts of MODEL: opset, I/O, ops, params, MACs, BN, sharing."""
+    def body() -> int:
+        facts = analysis.analyze(model_io.load(model), parse_shapes(input_shape or []))
+        data = facts.to_dict(with_nodes=nodes)
+        if json_out:
+            out.print_json(json.dumps(data))
+            return 0
+        table = Table(title=str(model), show_header=False)
+        for key, value in data.items():
+            table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
+        out.print(table)
+        return 0
+    guarded(body)
+
+
+@app.command(name="verify", epilog="Example: graphcomp verify model.onnx model.small.onnx "
+             "--min-cosine 0.99")
+def verify_cmd(
+    reference: Annotated[Path, typer.Argument(help="The original model.")],
+    candidate: Annotated[Path, typer.Argument(help="The model to check against it.")],
+    inputs: Annotated[Optional[Path], typer.Option(help="Inputs (.npz).")] = None,  # noqa: UP045
+    input_shape: InputShape = None,
+    max_rel_err: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    min_cosine: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    min_top1: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Compare two models output by output in onnxruntime; exit 1 if a threshold is missed."""
+    def body() -> int:
+        ref, cand = model_io.load(reference), model_io.load(candidate)
+        result = verify(ref, cand, Thresholds(max_rel_err, min_cosine, min_top1), inputs,
+                        parse_shapes(input_shape or []))
+        if json_out:
+            out.print_json(json.dumps(result.to_dict(), default=str))
+        else:
+            out.print(verify_table(result))
+        return 0 if result.passed else 1
+    guarded(body)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="graphcomp")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

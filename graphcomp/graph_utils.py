@@ -1,0 +1,144 @@
+"""Every graph query and small edit helper the passes share.
+
+The passes work on onnx-graphsurgeon graphs. `Graph.copy()` shares weight arrays, so
+helpers here never write into an array: they build a new one and assign it.
+"""
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+_name_counter = itertools.count()
+
+
+def nodes_of(graph: gs.Graph, ops: Iterable[str]) -> list[gs.Node]:
+    """A list copy of the nodes whose op type is in `ops`, in graph order."""
+    wanted = set(ops)
+    return [n for n in graph.nodes if n.op in wanted]
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that writes `tensor`, or None for graph inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """The nodes that read `tensor` (a list copy)."""
+    return list(tensor.outputs)
+
+
+def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
+    """The single node reading `tensor`, or None if several read it or it is an output."""
+    if is_graph_output(graph, tensor) or len(tensor.outputs) != 1:
+        return None
+    return tensor.outputs[0]
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True when `tensor` is one of the graph's outputs."""
+    return any(out is tensor for out in graph.outputs)
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of a constant tensor (initializer or Constant node), else None."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        value = node.attrs["value"]
+        return np.asarray(value.values) if isinstance(value, gs.Constant) else None
+    return None
+
+
+def const_input(node: gs.Node, index: int) -> np.ndarray | None:
+    """The constant value of input `index` of `node`, None if absent or not constant."""
+    if index >= len(node.inputs) or node.inputs[index].name == "":
+        return None
+    return const_value(node.inputs[index])
+
+
+def is_shared(tensor: gs.Tensor) -> bool:
+    """True when more than one node reads `tensor` (e.g. a tied weight)."""
+    return len(tensor.outputs) > 1
+
+
+def attr(node: gs.Node, key: str, default: object = None) -> object:
+    """An attribute of `node`, or `default` when it is not set."""
+    return node.attrs.get(key, default)
+
+
+def fresh_name(graph: gs.Graph, base: str) -> str:
+    """A tensor/node name not used in `graph`, derived from `base`."""
+    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    if base not in taken:
+        return base
+    while True:
+        name = f"{base}_{next(_name_counter)}"
+        if name not in taken:
+            return name
+
+
+def new_const(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
+    """A new constant tensor with a fresh name (not yet attached to any node)."""
+    return gs.Constant(fresh_name(graph, base), np.ascontiguousarray(values))
+
+
+def set_const_input(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
+    """Give input `index` of `node` a new constant holding `values`.
+
+    A new tensor is made (never an in-place write), so other readers of the old
+    tensor keep the old value. Appends empty inputs when `index` is past the end.
+    """
+    base = node.inputs[index].name if index < len(node.inputs) else f"{node.name}_in{index}"
+    const = new_const(graph, base or f"{node.name}_in{index}", values)
+    while len(node.inputs) <= index:
+        node.inputs.append(gs.Variable.empty())
+    node.inputs[index] = const
+
+
+def bypass(graph: gs.Graph, node: gs.Node) -> None:
+    """Remove a one-in, one-out node, wiring its input straight to its readers.
+
+    When the node's output is a graph output, the producer of the input is made to
+    write the output tensor instead (its own output tensor is dropped), so output
+    names stay stable.
+    """
+    src, dst = node.inputs[0], node.outputs[0]
+    if is_graph_output(graph, dst) and producer(src) is not None and not _is_used_elsewhere(
+        graph, src, node
+    ):
+        prod = producer(src)
+        prod.outputs = [dst if t is src else t for t in prod.outputs]
+        node.inputs.clear()
+        node.outputs.clear()
+        return
+    for reader in consumers(dst):
+        reader.inputs = [src if t is dst else t for t in reader.inputs]
+    graph.outputs = [src if t is dst else t for t in graph.outputs]
+    node.inputs.clear()
+    node.outputs.clear()
+
+
+def _is_used_elsewhere(graph: gs.Graph, tensor: gs.Tensor, node: gs.Node) -> bool:
+    return is_graph_output(graph, tensor) or any(r is not node for r in tensor.outputs)
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of `tensor` when every dim is a known int, else None."""
+    shape = tensor.shape
+    if shape is None or any(not isinstance(d, int) or d < 0 for d in shape):
+        return None
+    return tuple(shape)
+
+
+def channel_count(tensor: gs.Tensor, axis: int = 1) -> int | None:
+    """The size of `axis` of `tensor` when known."""
+    shape = tensor.shape
+    if shape is None or len(shape) <= axis or not isinstance(shape[axis], int):
+        return None
+    return int(shape[axis])

@@ -1,0 +1,114 @@
+"""The run's record: a rich table for the terminal and the same facts as JSON."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from graphcomp import __version__
+from graphcomp.pipeline import PassRecord
+from graphcomp.verify import VerifyResult
+
+
+@dataclass
+class Report:
+    """Everything `graphcomp run` did, for people (`render`) and machines (`to_dict`)."""
+
+    source: str
+    output: str | None
+    passes: list[PassRecord]
+    before: dict[str, Any]
+    after: dict[str, Any]
+    verification: VerifyResult | None = None
+    warnings: list[str] = field(default_factory=list)
+    stat_sources: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form, every skip reason included."""
+        return {
+            "graphcomp_version": __version__,
+            "source": self.source,
+            "output": self.output,
+            "before": self.before,
+            "after": self.after,
+            "passes": [r.to_dict() for r in self.passes],
+            "verification": self.verification.to_dict() if self.verification else None,
+            "warnings": self.warnings,
+        }
+
+    def write_json(self, path: str | Path) -> None:
+        """Write the JSON report atomically."""
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, default=_json_default) + "\n")
+        os.replace(tmp, path)
+
+    def render(self, console: Console) -> None:
+        """Print the pass table, the size summary and the verification table."""
+        console.print(pass_table(self.passes))
+        console.print(size_line(self.before, self.after))
+        if self.verification is not None:
+            console.print(verify_table(self.verification))
+        for w in self.warnings:
+            console.print(f"[yellow]warning:[/] {w}")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def _ratio(before: int, after: int) -> str:
+    return f"{after / before:.3f}x" if before else "-"
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M'."""
+    for size, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= size:
+            return f"{n / size:.2f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def pass_table(records: list[PassRecord]) -> Table:
+    """One row per pass: changes, skips, params/MACs/bytes after (ratio), time."""
+    table = Table(title="passes")
+    for col in ("pass", "changed", "skipped", "params", "MACs", "bytes", "time"):
+        table.add_column(col, justify="left" if col == "pass" else "right")
+    for r in records:
+        table.add_row(
+            r.result.name, str(len(r.result.changes)), str(len(r.result.skipped)),
+            f"{human(r.params[1])} ({_ratio(*r.params)})",
+            f"{human(r.macs[1])} ({_ratio(*r.macs)})",
+            f"{human(r.bytes[1], 'B')} ({_ratio(*r.bytes)})",
+            f"{r.seconds:.2f}s",
+        )
+    return table
+
+
+def size_line(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """'params 1.2M -> 0.8M (0.667x), ...'."""
+    parts = [f"{k} {human(before[k])} -> {human(after[k])} ({_ratio(before[k], after[k])})"
+             for k in ("params", "macs", "bytes") if k in before and k in after]
+    return "model: " + ", ".join(parts)
+
+
+def verify_table(result: VerifyResult) -> Table:
+    """One row per output with the fidelity statistics and the verdict in the title."""
+    verdict = "[green]passed[/]" if result.passed else "[red]FAILED[/]"
+    table = Table(title=f"verification ({result.input_source}): {verdict}")
+    for col in ("output", "max abs", "rel err", "cosine", "SQNR dB", "top-1 agree"):
+        table.add_column(col, justify="left" if col == "output" else "right")
+    for o in result.outputs:
+        top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
+        table.add_row(o.name, f"{o.max_abs_err:.3g}", f"{o.rel_err:.3g}", f"{o.cosine:.6f}",
+                      f"{o.sqnr_db:.1f}", top1)
+    for f in result.failures:
+        table.caption = (table.caption + "; " if table.caption else "") + f
+    return table

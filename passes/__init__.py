@@ -1,0 +1,11 @@
+"""The passes, by CLI name. This dict is the only registry."""
+from __future__ import annotations
+
+from graphcomp.pass_base import Pass
+from passes.cleanup import CleanupPass
+from passes.fold_bn import FoldBnPass
+
+REGISTRY: dict[str, type[Pass]] = {
+    "cleanup": CleanupPass,
+    "fold-bn": FoldBnPass,
+}
