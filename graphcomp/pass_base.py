@@ -36,12 +36,15 @@ class PassContext:
     `stats` maps a tensor name to the `ChannelStats` of that tensor, so fold-bn can
     hand BatchNormalization statistics to the dfq steps after it. `calibration` holds
     the user's samples (input name -> array) when `--calibration-data` was given.
+    `ranges` maps a tensor name to an activation range (lo, hi, source) that a
+    quantizing pass should use (set by dfq from statistics, or by calibration).
     """
 
     opset: int = 17
     calibration: dict[str, np.ndarray] | None = None
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     stats: dict[str, ChannelStats] = field(default_factory=dict)
+    ranges: dict[str, tuple[float, float, str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
