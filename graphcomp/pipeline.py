@@ -1,5 +1,4 @@
-"""Run passes on a model: copy once, then after each pass clean up, re-infer shapes,
-check, and record what changed (DESIGN.md sections 1-2).
+"""Run passes on a model and check the graph after each one (DESIGN.md sections 1-2).
 
 The pipeline owns the copy: the input `ModelProto` is never modified. After each pass
 the graph is cleaned (dead nodes, unused initializers), sorted, exported, its

@@ -1,6 +1,6 @@
-"""Run the original and the compressed model in onnxruntime on the same inputs and
-compare every output (DESIGN.md section 7).
+"""Compare the original and the compressed model in onnxruntime (DESIGN.md section 7).
 
+Both models run on the same inputs and every output is compared.
 Inputs are seeded N(0, 1) floats (integers in [0, 2), random bools) unless the user
 gives an `.npz`; dynamic dims take `input_shapes` overrides, else `batch` for the first
 dim and `DEFAULT_DYNAMIC_DIM` for the others. Relative error is max|a - b| / max|a|.
@@ -213,7 +213,8 @@ def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto |
     if inputs is not None:
         feeds, source = load_inputs(inputs, ref_sess), f"file {inputs}"
     else:
-        feeds, source = make_inputs(ref_sess, input_shapes, seed, batch), f"seeded N(0,1), seed {seed}"
+        feeds = make_inputs(ref_sess, input_shapes, seed, batch)
+        source = f"seeded N(0,1), seed {seed}"
     names = [o.name for o in ref_sess.get_outputs()]
     new_names = {o.name for o in new_sess.get_outputs()}
     missing = [n for n in names if n not in new_names]
@@ -221,5 +222,5 @@ def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto |
         return VerifyResult([], thresholds, [f"outputs missing from the result: {missing}"], source)
     ref_out = ref_sess.run(names, feeds)
     new_out = new_sess.run(names, feeds)
-    stats = [compare_arrays(n, r, x) for n, r, x in zip(names, ref_out, new_out)]
+    stats = [compare_arrays(n, r, x) for n, r, x in zip(names, ref_out, new_out, strict=True)]
     return VerifyResult(stats, thresholds, verdict(stats, thresholds), source)

@@ -1,6 +1,6 @@
-"""Remove what computes nothing: Identity, inference-mode Dropout, dead nodes and
-unused initializers. Lossless by construction.
+"""Remove what computes nothing; lossless by construction.
 
+Identity, inference-mode Dropout, dead nodes and unused initializers go.
 Will not touch: an Identity/Dropout between a graph input and a graph output (removing
 it would rename an output), a Dropout whose mask output is read, or a Dropout in
 training mode (`training_mode` input set to a true constant or computed).

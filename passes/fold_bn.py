@@ -66,7 +66,8 @@ def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
         return "BN parameters are not constants"
     layer = graph_utils.producer(bn.inputs[0])
     if layer is None or layer.op not in FOLDABLE:
-        return f"input comes from {layer.op if layer else 'a graph input'}, not {'/'.join(FOLDABLE)}"
+        source = layer.op if layer else "a graph input"
+        return f"input comes from {source}, not {'/'.join(FOLDABLE)}"
     if graph_utils.only_consumer(bn.inputs[0], graph) is not bn:
         return f"output of {layer.name} is also read elsewhere"
     weight = layer.inputs[1]

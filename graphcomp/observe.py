@@ -1,0 +1,110 @@
+"""Run the float model in onnxruntime and read intermediate tensors.
+
+The one shared mechanism for every step that measures activations: calibration
+ranges (qdq), empirical statistics (dfq, prune compensation), activation-aware
+factorization (svd). Feeds come from the user's `--calibration-data` or from seeded
+synthetic inputs (N(0, 1) floats), in batches.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
+
+from graphcomp import verify
+from graphcomp.errors import ConfigError
+
+Feeds = dict[str, np.ndarray]
+
+
+def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
+    """A copy of `model` that also outputs the tensors `names` (type left to ORT)."""
+    extra = onnx.ModelProto()
+    extra.CopyFrom(model)
+    have = {o.name for o in extra.graph.output}
+    for name in names:
+        if name not in have:
+            extra.graph.output.append(onnx.ValueInfoProto(name=name))
+            have.add(name)
+    return extra
+
+
+def intermediates(model: onnx.ModelProto, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
+    """Values of the tensors `names` for one batch of `feeds`."""
+    sess = verify.session(with_outputs(model, names))
+    return dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def stream(model: onnx.ModelProto, names: list[str], batches: Iterable[Feeds]
+           ) -> Iterator[dict[str, np.ndarray]]:
+    """Values of `names` batch by batch (one session for all batches)."""
+    sess = verify.session(with_outputs(model, names))
+    for feeds in batches:
+        yield dict(zip(names, sess.run(names, feeds), strict=True))
+
+
+def input_specs(model: onnx.ModelProto) -> list[tuple[str, str, list[int | str]]]:
+    """(name, ORT type, dims) of each real graph input (initializers excluded)."""
+    sess = verify.session(model)
+    return [(a.name, a.type, list(a.shape)) for a in sess.get_inputs()]
+
+
+def synthetic_feeds(model: onnx.ModelProto, n: int = 64, seed: int = 0,
+                    input_shapes: dict[str, list[int]] | None = None,
+                    batch: int = 32) -> list[Feeds]:
+    """Seeded N(0, 1) inputs, `n` samples in batches of `batch` (dynamic dims as verify)."""
+    sess = verify.session(model)
+    out, done = [], 0
+    while done < n:
+        size = min(batch, n - done)
+        shapes = dict(input_shapes or {})
+        feeds = verify.make_inputs(sess, {k: [size, *v[1:]] for k, v in shapes.items()},
+                                   seed=seed + done, batch=size)
+        out.append(feeds)
+        done += size
+    return out
+
+
+def calibration_feeds(model: onnx.ModelProto, data: dict[str, np.ndarray],
+                      batch: int = 32) -> list[Feeds]:
+    """Split the user's samples (input name -> array, samples on axis 0) into batches."""
+    names = [name for name, _, _ in input_specs(model)]
+    missing = [n for n in names if n not in data]
+    if missing:
+        raise ConfigError(f"calibration data has no array for input(s) {missing}; "
+                          f"it has {sorted(data)}")
+    count = min(len(data[n]) for n in names)
+    if count == 0:
+        raise ConfigError("calibration data is empty")
+    return [{n: np.ascontiguousarray(data[n][i:i + batch]) for n in names}
+            for i in range(0, count, batch)]
+
+
+def feeds_for(model: onnx.ModelProto, calibration: dict[str, np.ndarray] | None,
+              n: int = 64, seed: int = 0, input_shapes: dict[str, list[int]] | None = None
+              ) -> tuple[list[Feeds], str]:
+    """Calibration batches when given, else synthetic ones; with the source's name."""
+    if calibration is not None:
+        return calibration_feeds(model, calibration), "calibration"
+    return synthetic_feeds(model, n, seed, input_shapes), "synthetic"
+
+
+def channel_moments(model: onnx.ModelProto, names: list[str], batches: Iterable[Feeds],
+                    axis: int = 1) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel mean and std (over every axis but `axis`) of each tensor in `names`."""
+    sums: dict[str, list[np.ndarray]] = {}
+    for values in stream(model, names, batches):
+        for name, v in values.items():
+            x = np.moveaxis(np.asarray(v, dtype=np.float64), axis if v.ndim > 1 else 0, 0)
+            x = x.reshape(x.shape[0], -1)
+            acc = sums.setdefault(name, [np.zeros(x.shape[0]), np.zeros(x.shape[0]), np.zeros(1)])
+            acc[0] += x.sum(axis=1)
+            acc[1] += (x * x).sum(axis=1)
+            acc[2] += x.shape[1]
+    out = {}
+    for name, (s1, s2, count) in sums.items():
+        mean = s1 / count
+        out[name] = (mean, np.sqrt(np.maximum(s2 / count - mean**2, 0.0)))
+    return out
+
