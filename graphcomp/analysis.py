@@ -6,6 +6,7 @@ MatMul (the ops that dominate cost); other ops count 0.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -111,17 +112,16 @@ def shared_initializers(model: onnx.ModelProto) -> list[str]:
     return sorted(name for name, count in uses.items() if count > 1)
 
 
-def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
+                 ) -> dict[str, list[int]]:
     """Static shape of every tensor onnx shape inference can resolve (dynamic dims -> 1)."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model) if model.ByteSize() < 2**30 else probe.CopyFrom(_skeleton(model))
     for value in probe.graph.input:
         if value.name in input_shapes:
             _set_dims(value, input_shapes[value.name])
-    try:
+    with contextlib.suppress(Exception):  # best effort: unknown shapes count 0 MACs
         probe = shape_inference.infer_shapes(probe, data_prop=True)
-    except Exception:  # noqa: BLE001 - inference is best effort; MACs then count less
-        pass
     shapes: dict[str, list[int]] = {}
     for value in [*probe.graph.input, *probe.graph.value_info, *probe.graph.output]:
         dims = _dims(value)

@@ -22,7 +22,7 @@ from graphcomp.report import Report
 from graphcomp.verify import LOSSLESS_RTOL, Thresholds, verify
 
 
-class FailedVerification(VerificationError):
+class VerificationFailedError(VerificationError):
     """VerificationError that carries the compressed model and its report."""
 
     def __init__(self, message: str, model: onnx.ModelProto, report: Report) -> None:
@@ -96,7 +96,7 @@ def compress(model: onnx.ModelProto | str | os.PathLike[str],
         limits = _limits(thresholds, result.lossless)
         report.verification = verify(proto, result.model, limits, inputs, ctx.input_shapes)
         if not report.verification.passed:
-            raise FailedVerification("verification failed: " + "; ".join(
+            raise VerificationFailedError("verification failed: " + "; ".join(
                 report.verification.failures), result.model, report)
     if output is not None:
         model_io.save(result.model, output)

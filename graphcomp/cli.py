@@ -81,7 +81,7 @@ def run(
                     verify_output=not no_verify,
                     progress=lambda step: status.update(f"running {step}"))
                 code = 0
-            except api.FailedVerification as e:
+            except api.VerificationFailedError as e:
                 rep, code = e.report, 1
                 if keep_failed:
                     model_io.save(e.model, target.with_name(f"{target.stem}.failed.onnx"))

@@ -169,10 +169,10 @@ def refresh_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
 def check(model: onnx.ModelProto, label: str, done: list[str]) -> None:
     """onnx.checker plus unique node names; PassFailedError naming the pass on failure."""
     names = [n.name for n in model.graph.node]
-    dupes = {n for n in names if names.count(n) > 1} if len(set(names)) < len(names) else set()
+    if len(set(names)) < len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})[:5]
+        raise PassFailedError(f"pass '{label}' produced duplicate node names {dupes}{_after(done)}")
     try:
-        if dupes:
-            raise ValueError(f"duplicate node names: {sorted(dupes)[:5]}")
         if model_io.needs_external_data(model):
             _check_by_path(model)
         else:

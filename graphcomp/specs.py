@@ -153,4 +153,4 @@ def order_warnings(names: list[str]) -> list[str]:
     """Warnings when the user's order goes against prune -> svd -> dfq -> qdq."""
     staged = [(STAGE[n], n) for n in names if n in STAGE]
     return [f"'{b}' runs before '{a}'; the recommended order is prune, svd, dfq, qdq"
-            for (sa, a), (sb, b) in zip(staged, staged[1:]) if sb < sa]
+            for (sa, a), (sb, b) in zip(staged, staged[1:], strict=False) if sb < sa]
