@@ -36,8 +36,7 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     except (DecodeError, ValueError, RuntimeError) as e:
         raise ModelLoadError(f"{path}: not an ONNX model ({_first_line(e)})") from e
     _check_is_model(path, model)
-    check_external_locations(model, path.parent)
-    if external_data_helper.uses_external_data(model):
+    if check_external_locations(model, path.parent):
         try:
             onnx.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError) as e:
@@ -59,12 +58,14 @@ def _check_is_model(path: Path, model: onnx.ModelProto) -> None:
         raise ModelLoadError(f"{path}: the model's graph has no nodes or no outputs")
 
 
-def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
-    """Refuse external-data locations that resolve outside `base_dir`."""
+def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
+    """Refuse external-data locations outside `base_dir`; True if any tensor is external."""
     base = base_dir.resolve()
+    found = False
     for tensor in external_data_helper._get_all_tensors(model):
         if not external_data_helper.uses_external_data(tensor):
             continue
+        found = True
         info = external_data_helper.ExternalDataInfo(tensor)
         target = (base / info.location).resolve()
         if os.path.isabs(info.location) or not target.is_relative_to(base):
@@ -72,6 +73,7 @@ def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> None:
                 f"external data of tensor '{tensor.name}' points outside the model's "
                 f"folder ({info.location}); refusing to read it"
             )
+    return found
 
 
 def default_opset(model: onnx.ModelProto) -> int:

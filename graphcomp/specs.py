@@ -123,8 +123,8 @@ def make_config(pass_name: str, config_class: type, fields: dict[str, Any]) -> A
     known = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(fields) - set(known))
     if unknown:
-        have = ", ".join(known) or "none"
-        raise ConfigError(f"pass '{pass_name}' has no field {', '.join(unknown)}; fields: {have}")
+        have = f"its fields: {', '.join(known)}" if known else "it takes no fields"
+        raise ConfigError(f"pass '{pass_name}' has no field {', '.join(unknown)}; {have}")
     hints = typing.get_type_hints(config_class)
     values = {k: _coerce(pass_name, k, v, hints.get(k)) for k, v in fields.items()}
     try:
