@@ -76,3 +76,44 @@ g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_s
     y = Relu (n)
 }
 """
+
+
+CONVT_BN = """
+g (float[N, 4, 5, 5] x, float[4, 3, 3, 3] w_convt, float[6] bn_scale, float[6] bn_bias,
+   float[6] bn_mean, float[6] bn_var) => (float[N, 6, 11, 11] y) {
+    c = ConvTranspose <strides = [2, 2], group = 2> (x, w_convt)
+    y = BatchNormalization (c, bn_scale, bn_bias, bn_mean, bn_var)
+}
+"""
+
+GEMM_BN = """
+g (float[N, 8] x, float[5, 8] w_fc, float[5] b_fc, float[5] bn_scale, float[5] bn_bias,
+   float[5] bn_mean, float[5] bn_var) => (float[N, 5] y) {
+    h = Gemm <transB = 1, alpha = 0.7, beta = 1.3> (x, w_fc, b_fc)
+    y = BatchNormalization (h, bn_scale, bn_bias, bn_mean, bn_var)
+}
+"""
+
+UNFOLDABLE_BN = """
+g (float[N, 3, 6, 6] x, float[3, 3, 1, 1] w_conv, float[3] bn_scale, float[3] bn_bias,
+   float[3] bn_mean, float[3] bn_var, float[3] bn_scale2, float[3] bn_bias2,
+   float[3] bn_mean2, float[3] bn_var2) => (float[N, 3, 6, 6] y, float[N, 3, 6, 6] z) {
+    a = Add (x, x)
+    y = BatchNormalization (a, bn_scale, bn_bias, bn_mean, bn_var)
+    c = Conv (x, w_conv)
+    z0 = BatchNormalization (c, bn_scale2, bn_bias2, bn_mean2, bn_var2)
+    z = Add (z0, c)
+}
+"""
+
+IDENTITY_DROPOUT = """
+g (float[N, 4] x, float[4, 4] w_fc) => (float[N, 4] y, float[N, 4] z) {
+    a = Identity (x)
+    b = MatMul (a, w_fc)
+    c = Dropout (b)
+    d = Relu (c)
+    y = Identity (d)
+    dead = Sigmoid (b)
+    z = Identity (x)
+}
+"""
