@@ -137,7 +137,7 @@ def save(model: onnx.ModelProto, path: str | os.PathLike[str],
             model = _copy(model)  # save_model rewrites tensors to external references
             onnx.save_model(model, str(tmp_model), save_as_external_data=True,
                             all_tensors_to_one_file=True, location=data_name,
-                            size_threshold=1024)
+                            size_threshold=0)
         else:
             onnx.save_model(model, str(tmp_model))
         written = []

@@ -134,7 +134,11 @@ def make_config(pass_name: str, config_class: type, fields: dict[str, Any]) -> A
 
 
 def _coerce(pass_name: str, key: str, value: Any, hint: Any) -> Any:
-    """Accept ints for floats and check scalar types against the annotation."""
+    """Accept ints for floats, lists for tuples; check scalar types against the annotation."""
+    if typing.get_origin(hint) in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"pass '{pass_name}': field {key} wants a list, got {value!r}")
+        return tuple(value)
     allowed = typing.get_args(hint) or (hint,)
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"pass '{pass_name}': field {key} does not take true/false")
@@ -144,9 +148,7 @@ def _coerce(pass_name: str, key: str, value: Any, hint: Any) -> Any:
     if scalars and not isinstance(value, tuple(scalars)) and type(None) not in allowed:
         names = "/".join(t.__name__ for t in scalars)
         raise ConfigError(f"pass '{pass_name}': field {key} wants {names}, got {value!r}")
-    if isinstance(value, list):
-        return tuple(value)
-    return value
+    return tuple(value) if isinstance(value, list) else value
 
 
 def order_warnings(names: list[str]) -> list[str]:

@@ -35,7 +35,8 @@ class CleanupPass(Pass):
         before_nodes = len(graph.nodes)
         before_consts = _const_count(graph)
         graph.cleanup(remove_unused_graph_inputs=False)
-        result.notes["dead_nodes_removed"] = before_nodes - len(graph.nodes)
+        bypassed = len(result.changes)
+        result.notes["dead_nodes_removed"] = before_nodes - len(graph.nodes) - bypassed
         result.notes["unused_initializers_removed"] = before_consts - _const_count(graph)
         return result
 
