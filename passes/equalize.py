@@ -1,0 +1,196 @@
+"""Cross-layer equalization (CLE): even out per-channel weight ranges between layers.
+
+For y = W2 f(W1 x + b1) + b2 with f positively homogeneous per channel, output channel
+i of layer 1 is divided by s_i and input channel i of layer 2 multiplied by s_i, with
+s_i = sqrt(r1_i / r2_i) (r = max |w| of the channel): both then have range
+sqrt(r1_i r2_i). Links sharing a layer (conv -> depthwise -> conv) are swept in turn
+until no scale moves by more than `tol` (in log) or `max_iter` sweeps.
+
+A clipping activation (Clip(0, 6), Relu -> Min) is kept exact: with clip="per-channel"
+the bound is divided by s_i too (Clip becomes Relu -> Min by a per-channel constant);
+with clip="constrain" a channel is scaled only when its pre-activation provably never
+reaches the bound (interval bound from a clipped input), with s_i >= u_i / bound.
+BN statistics in ctx.stats follow the scaling. Function-preserving up to rounding.
+Will not touch the pairs `dfq_chains` rejects (residual junctions, Concat, shared
+weights, non-homogeneous activations): they are skipped with the reason.
+Ref: Nagel et al., "Data-Free Quantization Through Weight Equalization and Bias
+Correction", ICCV 2019, section 4.1.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphcomp import graph_utils
+from graphcomp.errors import ConfigError
+from graphcomp.pass_base import ChannelStats, Pass, PassContext, PassResult
+from passes import dfq_layers as layers
+from passes.dfq_chains import Link, bound_of, find_links
+from passes.equalize_apply import input_bound, write_bounds
+
+log = logging.getLogger(__name__)
+
+CLIP_MODES = ("per-channel", "constrain")
+TINY_RANGE = 1e-12  # channels with a smaller range are left at scale 1
+MAX_STEP = 1e4  # largest scale one step may apply
+
+
+@dataclasses.dataclass(frozen=True)
+class EqualizeConfig:
+    """How equalization runs."""
+
+    clip: str = "per-channel"  # clipping activations: scale the bound, or constrain s
+    max_iter: int = 100  # sweeps over all links at most
+    tol: float = 1e-4  # stop when every |log s| of a sweep is below this
+
+    def __post_init__(self) -> None:
+        if self.clip not in CLIP_MODES:
+            raise ConfigError(f"clip must be one of {CLIP_MODES}, got '{self.clip}'")
+        if self.max_iter < 1:
+            raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
+        if not 0.0 < self.tol < 1.0:
+            raise ConfigError(f"tol must be in (0, 1), got {self.tol}")
+
+
+@dataclasses.dataclass
+class _State:
+    """Working float64 copies of every linked layer's weight and bias."""
+
+    weight: dict[str, np.ndarray]
+    bias: dict[str, np.ndarray]
+    total: list[np.ndarray]  # cumulative s per link
+
+
+class EqualizePass(Pass):
+    """Cross-layer equalization of Conv/Gemm chains through homogeneous activations."""
+
+    name = "equalize"
+    summary = "cross-layer equalization of per-channel weight ranges (function-preserving)"
+    matches = frozenset({"Conv", "Gemm", "MatMul", "Clip", "Min"})
+    creates = frozenset({"Relu", "Min"})
+    lossless = True
+    config_class = EqualizeConfig
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Equalize every provable link; report per-layer ranges and coverage."""
+        result = PassResult(self.name)
+        links, skips = find_links(graph)
+        for node, reason in skips:
+            result.skip(node, reason)
+        before = channel_ranges(graph)
+        state = _load(links)
+        caps = [_caps(link, state, self.config.clip) for link in links]
+        sweeps, worst = 0, 0.0
+        for sweeps in range(1, self.config.max_iter + 1):  # noqa: B007 - reported below
+            worst = max((_step(link, state, k, caps[k]) for k, link in enumerate(links)),
+                        default=0.0)
+            if worst < self.config.tol:
+                break
+        for k, link in enumerate(links):
+            _store(graph, link, state, k, ctx)
+            if self.config.clip == "per-channel":
+                write_bounds(graph, link, state.total[k])
+        after = channel_ranges(graph)
+        for k, link in enumerate(links):
+            result.change(link.first, _detail(link, state.total[k], before, after))
+        result.notes.update(_notes(graph, links, sweeps, worst < self.config.tol, before, after))
+        return result
+
+
+def _load(links: list[Link]) -> _State:
+    weight, bias = {}, {}
+    for link in links:
+        for node in (link.first, link.second):
+            weight[node.name] = graph_utils.const_input(node, 1).astype(np.float64)
+        bias[link.first.name] = layers.bias_of(link.first, link.channels)
+    return _State(weight, bias, [np.ones(link.channels) for link in links])
+
+
+def _caps(link: Link, state: _State, mode: str) -> np.ndarray | None:
+    """For clip="constrain" on a clipped link: per channel the bound, or 0 where s must be 1.
+
+    None means unconstrained (no clip on the path, or the bound is scaled per channel).
+    """
+    if mode != "constrain" or not link.bounds:
+        return None
+    hi = np.min([np.broadcast_to(bound_of(n)[1].reshape(-1), (link.channels,))
+                 for n in link.bounds], axis=0)
+    upper = _upper(link, state)
+    return np.where(upper <= hi, hi, 0.0)
+
+
+def _upper(link: Link, state: _State) -> np.ndarray:
+    """Provable upper bound of `first`'s pre-activation per channel (inf if unbounded)."""
+    bound = input_bound(link.first)
+    if bound is None or link.first.op != "Conv":
+        return np.full(link.channels, np.inf)
+    rows = layers.out_rows(link.first, state.weight[link.first.name])
+    return state.bias[link.first.name] + bound * np.maximum(rows, 0.0).sum(axis=1)
+
+
+def _step(link: Link, state: _State, k: int, cap: np.ndarray | None) -> float:
+    """One equalization step of `link`; returns max |log s| applied."""
+    first, second = link.first, link.second
+    r1 = layers.out_ranges(first, state.weight[first.name])
+    r2 = layers.in_ranges(second, state.weight[second.name], link.channels, link.block)
+    live = (r1 > TINY_RANGE) & (r2 > TINY_RANGE)
+    s = np.ones(link.channels)
+    s[live] = np.clip(np.sqrt(r1[live] / r2[live]), 1.0 / MAX_STEP, MAX_STEP)
+    if cap is not None:
+        upper = _upper(link, state)
+        s = np.where(cap > 0, np.maximum(s, upper / np.where(cap > 0, cap, 1.0)), 1.0)
+    state.weight[first.name] = layers.scale_out(first, state.weight[first.name], 1.0 / s)
+    state.bias[first.name] = state.bias[first.name] / s
+    state.weight[second.name] = layers.scale_in(second, state.weight[second.name], s,
+                                                link.block)
+    state.total[k] = state.total[k] * s
+    return float(np.max(np.abs(np.log(s)))) if s.size else 0.0
+
+
+def _store(graph: gs.Graph, link: Link, state: _State, k: int, ctx: PassContext) -> None:
+    for node in (link.first, link.second):
+        dtype = graph_utils.const_input(node, 1).dtype
+        graph_utils.set_const_input(graph, node, 1, state.weight[node.name].astype(dtype))
+    dtype = graph_utils.const_input(link.first, 1).dtype
+    layers.set_bias(graph, link.first, state.bias[link.first.name], dtype)
+    name = link.first.outputs[0].name
+    if name in ctx.stats:
+        old, total = ctx.stats[name], state.total[k]
+        ctx.stats[name] = ChannelStats(old.mean / total, old.std / total, old.source)
+
+
+def channel_ranges(graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Max |w| per output channel of every Conv/Gemm with a constant weight."""
+    out = {}
+    for node in graph_utils.nodes_of(graph, ("Conv", "Gemm")):
+        w = graph_utils.const_input(node, 1)
+        if w is not None:
+            out[node.name] = layers.out_ranges(node, w.astype(np.float64))
+    return out
+
+
+def _detail(link: Link, total: np.ndarray, before: dict, after: dict) -> str:
+    def spread(r: np.ndarray) -> float:
+        return float(r.max() / max(float(np.median(r)), TINY_RANGE))
+
+    name = link.first.name
+    return (f"with {link.second.name}: s in [{total.min():.3g}, {total.max():.3g}], "
+            f"max/median channel range {spread(before[name]):.1f} -> {spread(after[name]):.1f}"
+            + (f", bound of {link.bounds[0].name} scaled per channel" if link.bounds else ""))
+
+
+def _notes(graph: gs.Graph, links: list[Link], sweeps: int, converged: bool,
+           before: dict, after: dict) -> dict:
+    layer_nodes = graph_utils.nodes_of(graph, ("Conv", "Gemm", "MatMul"))
+    covered = {n.name for link in links for n in (link.first, link.second)}
+    size = {n.name: int(np.size(graph_utils.const_input(n, 1)))
+            for n in layer_nodes if graph_utils.const_input(n, 1) is not None}
+    total = max(sum(size.values()), 1)
+    return {"links": len(links), "sweeps": sweeps, "converged": converged,
+            "layers_covered": f"{len(covered & set(size))}/{len(size)}",
+            "params_covered": round(sum(size[n] for n in covered if n in size) / total, 4),
+            "channel_ranges": {n: {"before": before[n].round(6).tolist(),
+                                   "after": after[n].round(6).tolist()} for n in before}}

@@ -1,0 +1,136 @@
+import numpy as np
+import onnx
+import pytest
+
+from graphcomp.errors import ConfigError
+from graphcomp.pass_base import PassContext
+from passes.equalize import EqualizeConfig, EqualizePass
+from passes.fold_bn import FoldBnPass
+from tests import graphs
+
+CONV_RELU_CONV = """
+g (float[N, 3, 8, 8] x, float[6, 3, 3, 3] w_a, float[6] b_a, float[4, 6, 3, 3] w_b,
+   float[4] b_b) => (float[N, 4, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    r = Relu (a)
+    y = Conv <pads = [1, 1, 1, 1]> (r, w_b, b_b)
+}
+"""
+
+RESIDUAL = """
+g (float[N, 4, 8, 8] x, float[4, 4, 3, 3] w_a, float[4] b_a) => (float[N, 4, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    r = Relu (a)
+    y = Add (r, a)
+}
+"""
+
+SHAPES = {"CONV_RELU_CONV": CONV_RELU_CONV, "CONV_DW_CONV": graphs.CONV_DW_CONV,
+          "GEMM_RELU_GEMM": graphs.GEMM_RELU_GEMM, "CONV_PRELU_POOL_FC": graphs.CONV_PRELU_POOL_FC}
+
+
+def _rel_err(ref, new):
+    return float(np.max(np.abs(ref - new)) / np.max(np.abs(ref)))
+
+
+def _spread(model, layer):
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    node = next(n for n in model.graph.node if n.name == layer)
+    w = np.abs(init[node.input[1]])
+    rows = w.reshape(w.shape[0], -1).max(axis=1) if node.op_type == "Conv" else None
+    return rows.max() / rows.min()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("shape", list(SHAPES))
+@pytest.mark.parametrize("clip", ["per-channel", "constrain"])
+def test_equalize_preserves_the_function(shape, seed, clip):
+    model = graphs.spread_channels(graphs.build(SHAPES[shape], seed=seed), seed=seed)
+    out, res = graphs.apply(model, EqualizePass(EqualizeConfig(clip=clip)))
+    onnx.checker.check_model(out)
+    feeds = graphs.feeds_for(model, seed=seed, batch=3)
+    feeds = {k: v * 3.0 for k, v in feeds.items()}  # drive the relu6 into saturation
+    ref, new = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    assert _rel_err(ref, new) < 1e-4
+    links = res.records[0].result.notes["links"]
+    assert links == {"CONV_DW_CONV": 2, "CONV_PRELU_POOL_FC": 2}.get(shape, 1)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equalize_converges_to_equal_ranges_on_both_sides(seed):
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed)
+    out, res = graphs.apply(model, EqualizePass())
+    notes = res.records[0].result.notes
+    assert notes["converged"] and notes["layers_covered"] == "3/3"
+    init = {i.name: np.abs(onnx.numpy_helper.to_array(i)) for i in out.graph.initializer}
+    convs = [n for n in out.graph.node if n.op_type == "Conv"]
+    w_a, w_dw, w_b = (init[n.input[1]] for n in convs)
+    # the fixed point of CLE: output range of channel i == input range of channel i
+    np.testing.assert_allclose(w_a.max(axis=(1, 2, 3)), w_dw.max(axis=(1, 2, 3)), rtol=1e-3)
+    np.testing.assert_allclose(w_dw.max(axis=(1, 2, 3)), w_b.max(axis=(0, 2, 3)), rtol=1e-3)
+    dw = convs[1].name
+    before, after = notes["channel_ranges"][dw]["before"], notes["channel_ranges"][dw]["after"]
+    assert max(after) / min(after) < max(before) / min(before)
+    # relu6 became Relu -> Min with a per-channel bound, output names unchanged
+    assert graphs.op_count(out, "Clip") == 0 and graphs.op_count(out, "Min") == 2
+    assert [o.name for o in out.graph.output] == ["y"]
+
+
+def test_constrain_keeps_clip_and_leaves_saturating_channels():
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=5), seed=5)
+    out, res = graphs.apply(model, EqualizePass(EqualizeConfig(clip="constrain")))
+    assert graphs.op_count(out, "Clip") == 2 and graphs.op_count(out, "Min") == 0
+    # the first conv's input is unbounded, so its channels can not be scaled
+    first = res.records[0].result.changes[0]
+    assert "s in [1, 1]" in first.detail
+
+
+def test_equalize_applied_twice_is_still_exact():
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=7), seed=7)
+    once, _ = graphs.apply(model, EqualizePass())
+    twice, res = graphs.apply(once, EqualizePass())
+    feeds = {k: v * 3 for k, v in graphs.feeds_for(model, seed=7).items()}
+    assert _rel_err(graphs.run(model, feeds)[0], graphs.run(twice, feeds)[0]) < 1e-4
+    assert res.records[0].result.notes["links"] == 2
+
+
+def test_residual_junction_is_skipped_with_reason():
+    model = graphs.build(RESIDUAL)
+    out, res = graphs.apply(model, EqualizePass())
+    result = res.records[0].result
+    assert not result.changes and len(result.skipped) == 1
+    assert "read by 2 nodes" in result.skipped[0].reason
+
+
+CONV_BN_RELU_CONV = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
+   float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[2, 4, 1, 1] w_b)
+   => (float[N, 2, 8, 8] z) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
+    n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
+    y = Relu (n)
+    z = Conv (y, w_b)
+}
+"""
+
+
+def test_bn_stats_follow_the_scaling():
+    model = graphs.build(CONV_BN_RELU_CONV)
+    ctx = PassContext()
+    _, res = graphs.apply(model, FoldBnPass(), EqualizePass(), ctx=ctx)
+    (name, st), = ctx.stats.items()
+    assert st.source == "bn" and name == "n"
+    init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    ranges = res.records[1].result.notes["channel_ranges"]
+    layer = res.records[1].result.changes[0].node
+    s = np.array(ranges[layer]["before"]) / np.array(ranges[layer]["after"])
+    assert np.ptp(s) > 0.01
+    np.testing.assert_allclose(st.std * s, np.abs(init["bn_scale"]), rtol=1e-4)
+    np.testing.assert_allclose(st.mean * s, init["bn_bias"], rtol=1e-4)
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ConfigError):
+        EqualizeConfig(clip="relu")
+    with pytest.raises(ConfigError):
+        EqualizeConfig(max_iter=0)
