@@ -117,3 +117,68 @@ g (float[N, 4] x, float[4, 4] w_fc) => (float[N, 4] y, float[N, 4] z) {
     z = Identity (x)
 }
 """
+
+
+# dfq chains: conv -> relu6 (Clip with inputs) -> depthwise -> relu6 -> conv, with a
+# per-channel weight-range spread like a BN-folded MobileNet.
+CONV_DW_CONV = """
+g (float[N, 3, 8, 8] x, float[8, 3, 1, 1] w_a, float[8] b_a, float[8, 1, 3, 3] w_dw,
+   float[8] b_dw, float[4, 8, 1, 1] w_b, float[4] b_b) => (float[N, 4, 8, 8] y) {
+    lo = Constant <value = float {0.0}> ()
+    hi = Constant <value = float {6.0}> ()
+    a = Conv (x, w_a, b_a)
+    ra = Clip (a, lo, hi)
+    d = Conv <group = 8, pads = [1, 1, 1, 1]> (ra, w_dw, b_dw)
+    rd = Clip (d, lo, hi)
+    y = Conv (rd, w_b, b_b)
+}
+"""
+
+GEMM_RELU_GEMM = """
+g (float[N, 6] x, float[10, 6] w_a, float[10] b_a, float[10, 3] w_b, float[3] b_b)
+  => (float[N, 3] y) {
+    a = Gemm <transB = 1> (x, w_a, b_a)
+    r = Relu (a)
+    y = Gemm (r, w_b, b_b)
+}
+"""
+
+CONV_PRELU_POOL_FC = """
+g (float[N, 3, 8, 8] x, float[6, 3, 3, 3] w_a, float[6] b_a, float[6, 1, 1] w_slope,
+   float[6, 6, 3, 3] w_b, float[6] b_b, float[5, 24] w_fc, float[5] b_fc)
+  => (float[N, 5] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    p = PRelu (a, w_slope)
+    m = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (p)
+    b = Conv <pads = [1, 1, 1, 1]> (m, w_b, b_b)
+    l = LeakyRelu <alpha = 0.1> (b)
+    q = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (l)
+    f = Flatten (q)
+    y = Gemm <transB = 1> (f, w_fc, b_fc)
+}
+"""
+
+
+def spread_channels(model: onnx.ModelProto, seed: int = 0, decades: float = 2.0
+                    ) -> onnx.ModelProto:
+    """Scale each output channel of every Conv/Gemm weight by 10^U(-decades/2, decades/2),
+    the per-channel range spread BN folding leaves (bias scaled alike)."""
+    rng = np.random.default_rng(seed)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type not in ("Conv", "Gemm") or node.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[node.input[1]])
+        trans = node.op_type == "Conv" or any(a.name == "transB" and a.i for a in node.attribute)
+        count = w.shape[0] if trans else w.shape[1]
+        f = 10.0 ** rng.uniform(-decades / 2, decades / 2, count)
+        w = w * (f.reshape(-1, *[1] * (w.ndim - 1)) if trans else f[None, :])
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32),
+                                                               node.input[1]))
+        if len(node.input) > 2 and node.input[2] in inits:
+            b = numpy_helper.to_array(inits[node.input[2]]) * f
+            inits[node.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32),
+                                                                   node.input[2]))
+    return out
