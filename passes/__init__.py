@@ -3,9 +3,11 @@ from __future__ import annotations
 
 from graphcomp.pass_base import Pass
 from passes.cleanup import CleanupPass
+from passes.equalize import EqualizePass
 from passes.fold_bn import FoldBnPass
 
 REGISTRY: dict[str, type[Pass]] = {
     "cleanup": CleanupPass,
+    "equalize": EqualizePass,
     "fold-bn": FoldBnPass,
 }
