@@ -1,0 +1,262 @@
+"""`graphcomp bench`: the original model and compressed versions, measured in one run.
+
+Rows (DESIGN.md section 7): the original (always first; `--passes none` or `""` name
+it), one per pass list (`graphcomp.api.compress`), one per onnxruntime quantizer
+baseline (`graphcomp.baselines`). Each compile runs in its own child process
+(`graphcomp.bench_compile`), which gives its wall time and peak RSS. Then, in this
+process, for every row: params and MACs per sample (`graphcomp.analysis`), bytes on
+disk (file plus external data), weight bytes (initializers by dtype), top-1 against
+the eval labels, top-1 agreement with the original on the same inputs (eval inputs,
+else `AGREEMENT_SAMPLES` seeded ones), the verification verdict (`graphcomp.verify`,
+seeded inputs; lossless pass lists held to 1e-4 relative, others to the user's
+thresholds) and latency (`graphcomp.bench_measure`, same sessions options and inputs
+for every row). A row whose compile fails keeps its error and the others go on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from graphcomp import analysis, api, baselines, bench_measure, model_io, verify
+from graphcomp.bench_compile import run_child
+from graphcomp.bench_measure import Latency
+from graphcomp.errors import ConfigError
+
+ORIGINAL = "original"
+NONE_SPECS = ("", "none")
+AGREEMENT_SAMPLES = 256  # seeded samples for top-1 agreement when no eval set is given
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to compile and how to measure; ConfigError on bad values."""
+
+    configs: tuple[str, ...] = ()  # pass specs; "" or "none" is the original
+    baselines: tuple[str, ...] = ()  # names in graphcomp.baselines.BASELINES
+    calibration_data: Path | None = None
+    eval_data: Path | None = None
+    batches: tuple[int, ...] = (1,)
+    runs: int = 20
+    warmup: int = 5
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)
+    thresholds: verify.Thresholds = field(default_factory=verify.Thresholds)
+    out_dir: Path | None = None  # keep the compiled models here
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or self.warmup < 0:
+            raise ConfigError(f"need runs >= 1 and warmup >= 0, got {self.runs}, {self.warmup}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise ConfigError(f"batch sizes must be positive, got {list(self.batches)}")
+        baselines.check(list(self.baselines), self.calibration_data)
+        for label, path in (("--eval", self.eval_data),
+                            ("--calibration-data", self.calibration_data)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"{label} {path}: no such file")
+        if self.out_dir is not None and not Path(self.out_dir).is_dir():
+            raise ConfigError(f"{self.out_dir}: output folder does not exist")
+        if not [c for c in self.configs if c.strip().lower() not in NONE_SPECS] + list(
+                self.baselines):
+            raise ConfigError("nothing to compare: give --passes SPEC or --baseline NAME")
+
+
+@dataclass
+class Row:
+    """One configuration's measurements (None where not measured)."""
+
+    config: str
+    kind: str  # "original", "passes" or "baseline"
+    note: str = ""
+    path: Path | None = None
+    params: int | None = None
+    macs: int | None = None
+    disk_bytes: int | None = None
+    weight_bytes: int | None = None
+    latency: list[Latency] = field(default_factory=list)
+    compile_s: float | None = None
+    compile_peak_mb: float | None = None
+    compile_base_mb: float | None = None
+    top1: float | None = None
+    agreement: float | None = None
+    verification: dict[str, Any] | None = None
+    error: str | None = None
+    traceback: str | None = None
+
+    def to_dict(self, kept: bool) -> dict[str, Any]:
+        """JSON-ready form; `path` only when the compiled model was kept."""
+        data = dataclasses.asdict(self)
+        data["latency"] = [t.to_dict() for t in self.latency]
+        data["path"] = str(self.path) if self.path and (kept or self.kind == ORIGINAL) else None
+        return data
+
+
+@dataclass
+class BenchResult:
+    """All rows, plus the machine and settings needed to read the numbers."""
+
+    model: str
+    machine: dict[str, Any]
+    settings: dict[str, Any]
+    rows: list[Row]
+
+    @property
+    def failed(self) -> bool:
+        """True when a row did not compile or missed a verification threshold."""
+        return any(r.error or (r.verification and r.verification["verdict"] == "failed")
+                   for r in self.rows)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        kept = self.settings["out_dir"] is not None
+        return {"model": self.model, "machine": self.machine, "settings": self.settings,
+                "rows": [r.to_dict(kept) for r in self.rows]}
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """`"1,32"` -> (1, 32); ConfigError on anything else."""
+    try:
+        batches = tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise ConfigError(f"bad --batch '{text}': expected sizes like 1,32") from None
+    if any(b < 1 for b in batches):
+        raise ConfigError(f"bad --batch '{text}': sizes must be positive")
+    return batches
+
+
+def bench(model: str | Path, options: BenchOptions, progress: Progress | None = None
+          ) -> BenchResult:
+    """Compile every configuration of `options` and measure all rows; see module doc."""
+    say = progress or (lambda _msg: None)
+    source = Path(model).resolve()
+    original = model_io.load(source)
+    _check_eval(original, options.eval_data)
+    specs = [(s, all(p.lossless for p in api.resolve_passes(s, None)))
+             for s in dict.fromkeys(c.strip() for c in options.configs)
+             if s.lower() not in NONE_SPECS]
+    rows = [Row(ORIGINAL, ORIGINAL, note="the input model", path=source)]
+    with tempfile.TemporaryDirectory(prefix="graphcomp-bench-") as tmp:
+        folder = Path(options.out_dir).resolve() if options.out_dir else Path(tmp)
+        jobs = [(s, {"passes": s}) for s, _ in specs] + [(b, {"baseline": b})
+                                                        for b in options.baselines]
+        for i, (label, job) in enumerate(jobs, 1):
+            say(f"compile {label}")
+            rows.append(_compile(source, folder, Path(tmp), i, label, job, options))
+        lossless = {s: flag for s, flag in specs}
+        measured = [r for r in rows if r.path is not None]
+        say("sizes, accuracy, verification")
+        for row in measured:
+            _sizes(row, options.input_shapes)
+            _verify(row, source, options, lossless.get(row.config, False))
+        _accuracy(measured, options)
+        _latency(measured, options, say)
+    return BenchResult(str(model), bench_measure.machine(), _settings(options), rows)
+
+
+def _check_eval(model: onnx.ModelProto, eval_data: Path | None) -> None:
+    if eval_data is None:
+        return
+    inits = {i.name for i in model.graph.initializer}
+    if len([v for v in model.graph.input if v.name not in inits]) != 1:
+        raise ConfigError("--eval needs a model with exactly one input")
+    try:
+        with np.load(eval_data) as data:
+            missing = [k for k in ("input", "label") if k not in data.files]
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{eval_data}: cannot read the eval set ({e})") from e
+    if missing:
+        raise ConfigError(f"{eval_data}: the eval set needs arrays 'input' and 'label' "
+                          f"(missing {', '.join(missing)})")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-")[:60] or "x"
+
+
+def _compile(source: Path, folder: Path, workdir: Path, index: int, label: str,
+             job: dict[str, Any], options: BenchOptions) -> Row:
+    kind = "baseline" if "baseline" in job else "passes"
+    output = folder / f"{source.stem}.{index:02d}-{_slug(label)}.onnx"
+    calibration = str(Path(options.calibration_data).resolve()) \
+        if options.calibration_data else None
+    result = run_child({**job, "model": str(source), "output": str(output),
+                        "calibration": calibration, "input_shapes": options.input_shapes},
+                       workdir)
+    if not result["ok"]:
+        return Row(label, kind, error=result["error"], traceback=result.get("traceback"))
+    return Row(label, kind, note=result["note"], path=output, compile_s=result["seconds"],
+               compile_peak_mb=result["peak_mb"], compile_base_mb=result["base_mb"])
+
+
+def _sizes(row: Row, input_shapes: dict[str, list[int]]) -> None:
+    path = row.path or Path()
+    proto = model_io.load(path)
+    facts = analysis.analyze(proto, input_shapes)
+    row.params, row.macs = facts.params, facts.macs
+    row.disk_bytes = bench_measure.disk_bytes(path)
+    row.weight_bytes = bench_measure.weight_bytes(proto)
+
+
+def _verify(row: Row, source: Path, options: BenchOptions, lossless: bool) -> None:
+    if row.kind == ORIGINAL or row.path is None:
+        return
+    limits = options.thresholds
+    if lossless:
+        rtol = limits.max_rel_err
+        limits = dataclasses.replace(limits, max_rel_err=verify.LOSSLESS_RTOL if rtol is None
+                                     else min(rtol, verify.LOSSLESS_RTOL))
+    result = verify.verify(source, row.path, limits, None, options.input_shapes)
+    checked = any(v is not None for v in dataclasses.astuple(limits))
+    outs = result.outputs
+    row.verification = {
+        "verdict": "failed" if not result.passed else ("passed" if checked else "unchecked"),
+        "thresholds": dataclasses.asdict(limits), "failures": result.failures,
+        "rel_err": max((o.rel_err for o in outs), default=None),
+        "cosine": min((o.cosine for o in outs), default=None),
+        "sqnr_db": min((o.sqnr_db for o in outs), default=None),
+        "input_source": result.input_source}
+
+
+def _accuracy(rows: list[Row], options: BenchOptions) -> None:
+    reference = verify.session(rows[0].path or Path())
+    feeds, labels = bench_measure.sample_inputs(reference, options.eval_data,
+                                                AGREEMENT_SAMPLES, options.input_shapes)
+    base = bench_measure.predictions(rows[0].path or Path(), feeds)
+    for row in rows:
+        pred = base if row is rows[0] else bench_measure.predictions(row.path or Path(), feeds)
+        if pred is None:
+            continue
+        if labels is not None:
+            row.top1 = float(np.mean(pred == labels[:len(pred)]))
+        if base is not None and len(base) == len(pred):
+            row.agreement = float(np.mean(pred == base))
+
+
+def _latency(rows: list[Row], options: BenchOptions, say: Progress) -> None:
+    paths = {str(i): r.path or Path() for i, r in enumerate(rows)}
+    for batch in options.batches:
+        for threads in (1, 0):
+            say(f"latency batch {batch}, {threads or 'default'} thread(s)")
+            timings = bench_measure.latency(paths, batch, threads, options.runs,
+                                            options.warmup, options.input_shapes)
+            for i, row in enumerate(rows):
+                row.latency.append(timings[str(i)])
+
+
+def _settings(options: BenchOptions) -> dict[str, Any]:
+    data = dataclasses.asdict(options)
+    data = {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
+    data.update(batches=list(options.batches), configs=list(options.configs),
+                baselines=list(options.baselines), rounds=bench_measure.ROUNDS,
+                agreement_inputs=str(options.eval_data) if options.eval_data
+                else f"{AGREEMENT_SAMPLES} seeded N(0,1) samples",
+                compile_measure="child process per compile: wall time of the compile "
+                "call; peak = ru_maxrss of the child (base = after imports)")
+    return data
