@@ -1,4 +1,4 @@
-"""The `graphcomp` command (typer): run, passes, inspect, verify.
+"""The `graphcomp` command (typer): run, passes, inspect, verify, bench.
 
 Exit codes: 0 success, 1 verification failed (report still written), 2 user error
 (one line on stderr, no traceback), 3 a pass broke the graph (a bug: traceback shown).
@@ -163,6 +163,56 @@ def verify_cmd(
         else:
             out.print(verify_table(result))
         return 0 if result.passed else 1
+    guarded(body)
+
+
+@app.command(epilog="Example: graphcomp bench models/resnet_s.onnx --passes none "
+             "--passes fold-bn,cleanup --eval models/data/glyphs_eval.npz --markdown")
+def bench(
+    model: Annotated[Path, typer.Argument(help="The ONNX model (the original row).")],
+    passes: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        "--passes", "-p", help="A pass list to compare, one row each (repeatable); "
+        "'none' or '' is the original.")] = None,
+    baseline: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
+        help="onnxruntime quantizer row: ort-static-pt, ort-static-pc, ort-dynamic "
+        "(repeatable; static ones need --calibration-data).")] = None,
+    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Samples (.npz) for the passes and the static baselines.")] = None,
+    eval_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        "--eval", help="Labelled set (.npz with 'input' and 'label') for top-1.")] = None,
+    batch: Annotated[str, typer.Option(help="Latency batch sizes, e.g. 1,32.")] = "1",
+    runs: Annotated[int, typer.Option(help="Timed runs per latency figure (median).")] = 20,
+    warmup: Annotated[int, typer.Option(help="Discarded warm-up runs per session.")] = 5,
+    input_shape: InputShape = None,
+    max_rel_err: Annotated[Optional[float], typer.Option(help="Verify: relative error limit.")] = None,  # noqa: UP045,E501
+    min_cosine: Annotated[Optional[float], typer.Option(help="Verify: cosine limit.")] = None,  # noqa: UP045
+    min_top1: Annotated[Optional[float], typer.Option(help="Verify: top-1 agreement limit.")] = None,  # noqa: UP045,E501
+    out_dir: Annotated[Optional[Path], typer.Option(help="Keep the compiled models here.")] = None,  # noqa: UP045,E501
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
+) -> None:
+    """Compress MODEL with each pass list and measure all versions side by side."""
+    from graphcomp import bench as benchmod
+    from graphcomp import bench_table
+
+    def body() -> int:
+        options = benchmod.BenchOptions(
+            tuple(passes or ()), tuple(baseline or ()), calibration_data, eval_data,
+            benchmod.parse_batches(batch), runs, warmup, parse_shapes(input_shape or []),
+            Thresholds(max_rel_err, min_cosine, min_top1), out_dir)
+        with err.status("bench") as status:
+            result = benchmod.bench(model, options, lambda step: status.update(step))
+        for row in result.rows:
+            if row.error:
+                err.print(f"error in {row.config}: {row.error}\n{row.traceback or ''}",
+                          markup=False, highlight=False)
+        if json_out:
+            out.print_json(json.dumps(result.to_dict(), default=str))
+        elif markdown:
+            print(bench_table.markdown(result), end="")
+        else:
+            bench_table.render(result, out)
+        return 1 if result.failed else 0
     guarded(body)
 
 
