@@ -1,0 +1,233 @@
+"""Planning for the svd pass: find layers, measure, factor, choose a rank per layer.
+
+Steps: MACs per node (graphcomp.analysis) -> splittable layers (svd_layers) ->
+overrides and size filter -> input statistics when whitening (svd_probe) -> SVD of
+every form (svd_factor) -> per-layer rule (energy / rank_ratio) or a whole-model
+budget (svd_rank.allocate, losses from the sensitivity probe or relative energy).
+"""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphcomp import analysis, graph_utils
+from graphcomp.errors import ConfigError
+from graphcomp.pass_base import PassContext
+from passes import svd_probe
+from passes.svd_factor import Whitener, factorize, whitener
+from passes.svd_layers import Layer, find_layers, matrix_to_weight
+from passes.svd_rank import Candidate, Choice, allocate, by_energy, by_ratio, options
+
+if TYPE_CHECKING:
+    from passes.svd import SvdConfig
+
+PROBE_SHARE = 0.5  # the sensitivity probe truncates each layer to half its MACs
+
+
+@dataclass
+class Plan:
+    """Candidates with their choices, skipped nodes, and pass-level notes."""
+
+    candidates: list[Candidate] = field(default_factory=list)
+    choices: list[Choice] = field(default_factory=list)
+    skips: list[tuple[gs.Node, str]] = field(default_factory=list)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_override(item: str) -> tuple[str, str, float]:
+    """'glob:skip' | 'glob:rank=N' | 'glob:energy=x' | 'glob:rank_ratio=x' -> parts."""
+    pattern, _, rule = str(item).rpartition(":")
+    key, _, raw = rule.partition("=")
+    if not pattern or key not in ("skip", "rank", "energy", "rank_ratio") or (
+            (key == "skip") != (raw == "")):
+        raise ConfigError(f"bad svd override {item!r}: expected 'glob:skip', 'glob:rank=N', "
+                          "'glob:energy=x' or 'glob:rank_ratio=x'")
+    try:
+        value = float(raw) if raw else 0.0
+    except ValueError:
+        raise ConfigError(f"bad svd override {item!r}: {raw!r} is not a number") from None
+    if (key == "rank" and value < 1) or (key in ("energy", "rank_ratio") and not 0 < value <= 1):
+        raise ConfigError(f"bad svd override {item!r}: value out of range")
+    return pattern, key, value
+
+
+def matching_override(name: str, overrides: tuple[str, ...]) -> tuple[str, float] | None:
+    """The last override whose glob matches node `name`, as (rule, value)."""
+    found = None
+    for item in overrides:
+        pattern, key, value = parse_override(item)
+        if fnmatch.fnmatchcase(name, pattern):
+            found = (key, value)
+    return found
+
+
+def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
+    """Everything the pass decides before it edits the graph."""
+    plan = Plan()
+    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    shapes = analysis.infer_shapes(model, ctx.input_shapes)
+    macs = {n.name: analysis.node_macs(n, shapes) for n in model.graph.node}
+    layers, plan.skips = find_layers(graph, macs, shapes, allow_spatial=config.mode != "channel")
+    layers = _filter(layers, config, plan)
+    whites = _whiteners(model, layers, ctx, config, plan)
+    for layer in layers:
+        plan.candidates.append(_candidate(layer, whites, config))
+    kind, value = config.target
+    plan.notes.update(target=f"{kind}={value}", layers_considered=len(layers))
+    if kind in ("energy", "rank_ratio"):
+        plan.choices = [_per_layer(c, kind, value, config) for c in plan.candidates]
+    else:
+        _budget(plan, model, ctx, config, kind, value, sum(macs.values()))
+    return plan
+
+
+def _filter(layers: list[Layer], config: SvdConfig, plan: Plan) -> list[Layer]:
+    kept = []
+    for layer in layers:
+        rule = matching_override(layer.node.name, config.overrides)
+        if rule and rule[0] == "skip":
+            plan.skips.append((layer.node, "skipped by an override"))
+        elif layer.params < config.min_params:
+            plan.skips.append((layer.node, f"weight has {layer.params} values, under "
+                                           f"min_params={config.min_params}"))
+        else:
+            if config.mode == "spatial" and "spatial" in layer.forms:
+                layer.forms.pop("channel", None)
+            kept.append(layer)
+    return kept
+
+
+def _activation_axis(layer: Layer) -> int:
+    if layer.kind == "conv":
+        return 1
+    if layer.kind == "matmul_left":
+        return -2
+    if layer.kind == "gemm" and graph_utils.attr(layer.node, "transA", 0):
+        return 0
+    return -1
+
+
+def _whiteners(model: onnx.ModelProto, layers: list[Layer], ctx: PassContext,
+               config: SvdConfig, plan: Plan) -> dict[str, np.ndarray]:
+    """Input second moments by tensor name when whitening is on, else {}."""
+    on = config.whiten == "always" or (config.whiten == "auto" and ctx.calibration is not None)
+    if not on or not layers:
+        return {}
+    feeds, source = svd_probe.probe_feeds(model, ctx, config.samples, config.seed)
+    axes = {layer.input_name: _activation_axis(layer) for layer in layers}
+    plan.notes["statistics"] = f"{source} ({sum(len(next(iter(f.values()))) for f in feeds)} " \
+                               "samples)"
+    return svd_probe.second_moments(model, axes, feeds)
+
+
+def _candidate(layer: Layer, covs: dict[str, np.ndarray], config: SvdConfig) -> Candidate:
+    facts = {}
+    cov = covs.get(layer.input_name)
+    for mode, form in layer.forms.items():
+        white = _whitener_for(cov, layer, form.matrix.shape[0])
+        rows, cols = form.matrix.shape
+        by_macs = (1.0 - config.min_saving) * form.dense_macs / max(form.macs_per_rank, 1e-30)
+        cap = max(1, min(int(by_macs), rows * cols // (rows + cols)))
+        facts[mode] = factorize(form.matrix, white, rank_cap=cap, seed=config.seed)
+    return Candidate(layer, facts)
+
+
+def _whitener_for(cov: np.ndarray | None, layer: Layer, rows: int) -> Whitener | None:
+    if cov is None or cov.shape[0] != layer.input_channels or rows % cov.shape[0]:
+        return None
+    return whitener(cov, rows // cov.shape[0])
+
+
+def _per_layer(cand: Candidate, kind: str, value: float, config: SvdConfig) -> Choice:
+    rule = matching_override(cand.layer.node.name, config.overrides)
+    if rule is not None:
+        kind, value = rule
+    if kind == "rank":
+        mode = min(cand.facts, key=lambda m: cand.layer.forms[m].macs_per_rank)
+        return cand.at(mode, min(int(value), len(cand.facts[mode].s)))  # honoured as asked
+    cand.gain = 1.0 / max(next(iter(cand.facts.values())).total, 1e-30)
+    if kind == "energy":
+        return by_energy(cand, value, config.round_to, config.min_saving)
+    return by_ratio(cand, value, config.round_to, config.min_saving)
+
+
+def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdConfig,
+            kind: str, value: float, total_macs: float) -> None:
+    """Choices meeting a whole-model MAC or parameter budget."""
+    cands = plan.candidates
+    _set_gains(plan, model, ctx, config)
+    fixed = {i: _per_layer(c, "energy", 1.0, config) for i, c in enumerate(cands)
+             if matching_override(c.layer.node.name, config.overrides)}
+    total = total_macs if kind == "macs" else analysis.count_params(model)
+    free = [i for i in range(len(cands)) if i not in fixed]
+
+    def cost(c: Choice) -> float:
+        return c.macs if kind == "macs" else c.params
+
+    outside = total - sum(cost(c.dense()) for c in cands) + sum(map(cost, fixed.values()))
+    budget = value * total - outside
+    menus = [options(cands[i], config.round_to, config.min_saving) for i in free]
+    picked, met = allocate(menus, budget, cost)
+    chosen = dict(fixed)
+    chosen.update(zip(free, picked, strict=True))
+    plan.choices = [chosen[i] for i in range(len(cands))]
+    reached = outside + sum(cost(c) for c in picked)
+    plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": round(reached / total, 4)})
+    if not met:
+        plan.notes["warning"] = (f"{kind}={value} is out of reach: the splittable layers can "
+                                 f"bring the model only to {reached / total:.3f}")
+
+
+def _set_gains(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdConfig) -> None:
+    """Loss per unit tail energy for each candidate (sensitivity probe or 1/total)."""
+    cands = plan.candidates
+    for cand in cands:
+        cand.gain = 1.0 / max(next(iter(cand.facts.values())).total, 1e-30)
+    if config.allocate != "sensitivity" or not cands:
+        plan.notes["allocation"] = "relative energy per layer"
+        return
+    names = [c.layer.node.inputs[_weight_index(c.layer)].name for c in cands]
+    weights = svd_probe.initializer_values(model, names)
+    trials, probed = [], []
+    for i, cand in enumerate(cands):
+        if names[i] in weights:
+            mode, rank = _probe_point(cand)
+            p, q = cand.facts[mode].factors(rank)
+            trials.append((names[i], matrix_to_weight(cand.layer, mode, p @ q)))
+            probed.append((i, mode, rank))
+    feeds, source = svd_probe.probe_feeds(model, ctx, config.probe_samples, config.seed + 1)
+    errors = svd_probe.output_errors(model, weights, trials, feeds)
+    normalized = []
+    for (i, mode, rank), err in zip(probed, errors, strict=True):
+        tail = cands[i].facts[mode].tail(rank)
+        cands[i].gain = err / tail if tail > 0 else 0.0
+        normalized.append(cands[i].gain * cands[i].facts[mode].total)
+    fallback = float(np.median(normalized)) if normalized else 1.0
+    done = {i for i, _, _ in probed}
+    for i, cand in enumerate(cands):
+        if i not in done:
+            cand.gain = fallback / max(next(iter(cand.facts.values())).total, 1e-30)
+    plan.notes["allocation"] = f"measured sensitivity ({source} inputs, {len(probed)} layers)"
+
+
+def _weight_index(layer: Layer) -> int:
+    return 0 if layer.kind == "matmul_left" else 1
+
+
+def _probe_point(cand: Candidate) -> tuple[str, int]:
+    """Mode and rank at which a split costs about PROBE_SHARE of the dense MACs."""
+    best = None
+    for mode, fact in cand.facts.items():
+        form = cand.layer.forms[mode]
+        rank = max(1, min(len(fact.s) - 1, math.floor(
+            PROBE_SHARE * form.dense_macs / max(form.macs_per_rank, 1e-30))))
+        key = fact.tail(rank) / max(fact.total, 1e-30)
+        if best is None or key < best[0]:
+            best = (key, mode, rank)
+    return best[1], best[2]

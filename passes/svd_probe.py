@@ -1,0 +1,140 @@
+"""Measurements for the svd pass: input statistics and whole-model sensitivity.
+
+- Feeds: the user's calibration samples, else data-free synthetic ones: N(0, 1) for
+  float inputs; an integer input that indexes a constant embedding table (through
+  Cast/Unsqueeze/Reshape) gets uniform ids over the table's rows, any other integer
+  input (attention masks) is all ones.
+- Input second moments E[x x^T] per input channel of each layer (whitening).
+- Sensitivity: the model's weights become graph inputs of one onnxruntime session;
+  each layer in turn gets its rank-truncated weight while the others stay exact, and
+  the relative squared error of the model outputs, sum ||y' - y||^2 / sum ||y||^2
+  (averaged over float outputs), is what the whole model loses for that truncation.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from graphcomp import observe, verify
+from graphcomp.pass_base import PassContext
+
+Feeds = dict[str, np.ndarray]
+PASS_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity")
+MAX_WALK = 4  # nodes followed from an integer input to its Gather
+TINY = 1e-30
+
+
+def probe_feeds(model: onnx.ModelProto, ctx: PassContext, samples: int, seed: int,
+                batch: int = 16) -> tuple[list[Feeds], str]:
+    """Up to `samples` inputs in batches: calibration data if given, else synthetic."""
+    if ctx.calibration is not None:
+        feeds = observe.calibration_feeds(model, ctx.calibration, batch)
+        return _first(feeds, samples), "calibration"
+    feeds = observe.synthetic_feeds(model, samples, seed, ctx.input_shapes, batch)
+    tables = _embedding_rows(model)
+    rng = np.random.default_rng(seed)
+    for batch_feeds in feeds:
+        for name, value in batch_feeds.items():
+            if np.issubdtype(value.dtype, np.integer):
+                rows = tables.get(name)
+                batch_feeds[name] = (rng.integers(0, rows, value.shape).astype(value.dtype)
+                                     if rows else np.ones_like(value))
+    return feeds, "synthetic"
+
+
+def _first(feeds: list[Feeds], samples: int) -> list[Feeds]:
+    out, count = [], 0
+    for f in feeds:
+        if count >= samples:
+            break
+        take = min(samples - count, len(next(iter(f.values()))))
+        out.append({k: v[:take] for k, v in f.items()})
+        count += take
+    return out
+
+
+def _embedding_rows(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph input name -> rows of the constant table it indexes by Gather."""
+    inits = {i.name: list(i.dims) for i in model.graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    found = {}
+    for value in model.graph.input:
+        frontier = [value.name]
+        for _ in range(MAX_WALK):
+            nxt = []
+            for name in frontier:
+                for node in readers.get(name, []):
+                    if node.op_type == "Gather" and node.input[1] == name and \
+                            node.input[0] in inits:
+                        found.setdefault(value.name, int(inits[node.input[0]][0]))
+                    elif node.op_type in PASS_THROUGH:
+                        nxt.append(node.output[0])
+            frontier = nxt
+    return found
+
+
+def second_moments(model: onnx.ModelProto, inputs: dict[str, int], batches: Iterable[Feeds]
+                   ) -> dict[str, np.ndarray]:
+    """E[x x^T] over channel axis `inputs[name]` of each tensor (float64)."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for values in observe.stream(model, list(inputs), batches):
+        for name, value in values.items():
+            x = np.moveaxis(np.asarray(value, dtype=np.float64), inputs[name], -1)
+            x = x.reshape(-1, x.shape[-1])
+            sums[name] = sums.get(name, 0.0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+    return {name: sums[name] / max(counts[name], 1) for name in sums}
+
+
+def weights_as_inputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` where the initializers `names` are graph inputs instead."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    wanted = set(names)
+    have_inputs = {v.name for v in probe.graph.input}
+    keep = []
+    for init in probe.graph.initializer:
+        if init.name not in wanted:
+            keep.append(init)
+            continue
+        if init.name not in have_inputs:
+            probe.graph.input.append(onnx.helper.make_tensor_value_info(
+                init.name, init.data_type, list(init.dims)))
+    del probe.graph.initializer[:]
+    probe.graph.initializer.extend(keep)
+    return probe
+
+
+def output_errors(model: onnx.ModelProto, weights: dict[str, np.ndarray],
+                  trials: list[tuple[str, np.ndarray]], feeds: list[Feeds]) -> list[float]:
+    """Relative squared output error of each trial (weight name, replacement value)."""
+    sess = verify.session(weights_as_inputs(model, list(weights)))
+    outputs = [o.name for o in sess.get_outputs()]
+    refs = [sess.run(outputs, {**f, **weights}) for f in feeds]
+    errors = []
+    for name, value in trials:
+        num, den = np.zeros(len(outputs)), np.zeros(len(outputs))
+        for f, ref in zip(feeds, refs, strict=True):
+            got = sess.run(outputs, {**f, **weights, name: value})
+            for k, (a, b) in enumerate(zip(ref, got, strict=True)):
+                if np.issubdtype(np.asarray(a).dtype, np.floating):
+                    num[k] += float(np.sum((np.asarray(b, np.float64) - a) ** 2))
+                    den[k] += float(np.sum(np.asarray(a, np.float64) ** 2))
+        used = den > 0
+        errors.append(float(np.mean(num[used] / np.maximum(den[used], TINY))) if used.any()
+                      else 0.0)
+    return errors
+
+
+def initializer_values(model: onnx.ModelProto, names: list[str]) -> dict[str, np.ndarray]:
+    """Values of the initializers `names` (those that are initializers)."""
+    wanted = set(names)
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+            if i.name in wanted}
