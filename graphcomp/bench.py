@@ -28,7 +28,7 @@ import onnx
 from graphcomp import analysis, api, baselines, bench_measure, model_io, verify
 from graphcomp.bench_compile import run_child
 from graphcomp.bench_measure import Latency
-from graphcomp.errors import ConfigError
+from graphcomp.errors import ConfigError, UnsupportedModelError
 
 ORIGINAL = "original"
 NONE_SPECS = ("", "none")
@@ -142,6 +142,8 @@ def bench(model: str | Path, options: BenchOptions, progress: Progress | None = 
              for s in dict.fromkeys(c.strip() for c in options.configs)
              if s.lower() not in NONE_SPECS]
     rows = [Row(ORIGINAL, ORIGINAL, note="the input model", path=source)]
+    if not _runs(rows[0], options.input_shapes):
+        raise UnsupportedModelError(f"{model}: {rows[0].error}")
     with tempfile.TemporaryDirectory(prefix="graphcomp-bench-") as tmp:
         folder = Path(options.out_dir).resolve() if options.out_dir else Path(tmp)
         jobs = [(s, {"passes": s}) for s, _ in specs] + [(b, {"baseline": b})
@@ -150,7 +152,7 @@ def bench(model: str | Path, options: BenchOptions, progress: Progress | None = 
             say(f"compile {label}")
             rows.append(_compile(source, folder, Path(tmp), i, label, job, options))
         lossless = {s: flag for s, flag in specs}
-        measured = [r for r in rows if r.path is not None]
+        measured = [r for r in rows if r.path is not None and _runs(r, options.input_shapes)]
         say("sizes, accuracy, verification")
         for row in measured:
             _sizes(row, options.input_shapes)
@@ -193,6 +195,18 @@ def _compile(source: Path, folder: Path, workdir: Path, index: int, label: str,
         return Row(label, kind, error=result["error"], traceback=result.get("traceback"))
     return Row(label, kind, note=result["note"], path=output, compile_s=result["seconds"],
                compile_peak_mb=result["peak_mb"], compile_base_mb=result["base_mb"])
+
+
+def _runs(row: Row, input_shapes: dict[str, list[int]]) -> bool:
+    """True when onnxruntime loads and runs the row's model; else record why, once."""
+    try:
+        sess = verify.session(row.path or Path())
+        feeds, _ = bench_measure.batch_feeds(sess, 1, input_shapes, force=True)
+        sess.run(None, feeds or {})
+    except Exception as e:  # noqa: BLE001 - any onnxruntime failure becomes the row's error
+        row.error = f"onnxruntime cannot run it: {str(e).strip().splitlines()[0][:300]}"
+        return False
+    return True
 
 
 def _sizes(row: Row, input_shapes: dict[str, list[int]]) -> None:

@@ -29,7 +29,7 @@ ROUNDS = 5  # rounds the timed runs are spread over
 PREDICT_CHUNK = 256  # samples per run when predicting on a dynamic batch dim
 NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
             "tensor(double)": np.float64}
-SUB_BYTE_BITS = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
+SUB_BYTE_BITS: dict[int, int] = {onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4}
 if hasattr(onnx.TensorProto, "FLOAT4E2M1"):
     SUB_BYTE_BITS[onnx.TensorProto.FLOAT4E2M1] = 4
 

@@ -11,7 +11,7 @@ from onnx import helper, numpy_helper
 
 from graphcomp import baselines, bench, bench_measure, bench_table
 from graphcomp.bench_compile import run_child
-from graphcomp.errors import ConfigError
+from graphcomp.errors import ConfigError, UnsupportedModelError
 from graphcomp.verify import Thresholds
 from tests import graphs
 
@@ -208,3 +208,20 @@ def test_user_thresholds_decide_the_verdict(tmp_path):
                                  thresholds=Thresholds(min_cosine=1.5))
     result = bench.bench(classifier(tmp_path), options)
     assert result.rows[1].verification["verdict"] == "failed" and result.failed
+
+
+CUSTOM_OP = """
+g (float[N, 4] x) => (float[N, 4] y) {
+    y = my.domain.Magic (x)
+}
+"""
+
+
+def test_model_onnxruntime_cannot_run_is_an_error_not_a_crash(tmp_path):
+    model = onnx.parser.parse_model(
+        '<ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>\n' + CUSTOM_OP)
+    onnx.save(model, tmp_path / "custom.onnx")
+    row = bench.Row("x", "passes", path=tmp_path / "custom.onnx")
+    assert bench._runs(row, {}) is False and "onnxruntime cannot run it" in row.error
+    with pytest.raises(UnsupportedModelError, match="onnxruntime cannot run it"):
+        bench.bench(tmp_path / "custom.onnx", bench.BenchOptions(configs=("cleanup",)))
