@@ -84,8 +84,11 @@ def fresh_name(graph: gs.Graph, base: str) -> str:
 
 
 def new_const(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
-    """A new constant tensor with a fresh name (not yet attached to any node)."""
-    return gs.Constant(fresh_name(graph, base), np.ascontiguousarray(values))
+    """A new constant tensor with a fresh name (not yet attached to any node).
+
+    A 0-d array stays 0-d (a scalar scale must not become shape [1]).
+    """
+    return gs.Constant(fresh_name(graph, base), np.require(values, requirements="C"))
 
 
 def set_const_input(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray) -> None:
