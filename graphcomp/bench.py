@@ -268,7 +268,7 @@ def _settings(options: BenchOptions) -> dict[str, Any]:
     data = dataclasses.asdict(options)
     data = {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
     data.update(batches=list(options.batches), configs=list(options.configs),
-                baselines=list(options.baselines), rounds=bench_measure.ROUNDS,
+                baselines=list(options.baselines), rounds=min(bench_measure.ROUNDS, options.runs),
                 agreement_inputs=str(options.eval_data) if options.eval_data
                 else f"{AGREEMENT_SAMPLES} seeded N(0,1) samples",
                 compile_measure="child process per compile: wall time of the compile "
