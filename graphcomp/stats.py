@@ -57,23 +57,23 @@ def estimate(model: gs.Graph | onnx.ModelProto, ctx: PassContext, method: str = 
              seed: int = 0) -> dict[str, ChannelStats]:
     """Statistics for the pre-activation tensors `names` (default: every layer output).
 
-    Entries of `ctx.stats` with source "bn" take precedence under "auto" and "bn".
-    Tensors that no source can estimate are absent from the result.
+    Entries of `ctx.stats` with source "bn" take precedence under "auto" and "bn";
+    entries of the resolved source itself are reused (passes that rescale a layer keep
+    them in step). Tensors that no source can estimate are absent from the result.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown statistics method '{method}'; choose from {METHODS}")
     graph = model if isinstance(model, gs.Graph) else gs.import_onnx(model)
     axes = layer_outputs(graph)
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
-    out: dict[str, ChannelStats] = {}
-    if method in ("auto", "bn"):
-        out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source == "bn"}
-        if method == "bn":
-            return out
+    source = "bn" if method == "bn" else _data_source(method, ctx)
+    kept = ("bn", source) if method in ("auto", "bn") else (source,)
+    tensors = graph.tensors()
+    out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source in kept
+           and np.size(ctx.stats[n].mean) == channels(tensors.get(n))}
     rest = [n for n in wanted if n not in out]
-    if not rest:
+    if not rest or method == "bn":
         return out
-    source = _data_source(method, ctx)
     if source == "analytic":
         from graphcomp import stats_analytic
 
@@ -81,6 +81,20 @@ def estimate(model: gs.Graph | onnx.ModelProto, ctx: PassContext, method: str = 
     else:
         out.update(_measure(graph, ctx, rest, axes, source, samples, seed))
     return out
+
+
+def channels(tensor: gs.Tensor | None) -> int | None:
+    """Channel count of a layer output (from its producer's weight), None when unknown."""
+    node = graph_utils.producer(tensor) if tensor is not None else None
+    w = graph_utils.const_input(node, 1) if node is not None else None
+    if w is None:
+        return None
+    if node.op == "Conv":
+        return int(w.shape[0])
+    if node.op == "ConvTranspose":
+        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+    trans = node.op == "Gemm" and graph_utils.attr(node, "transB", 0)
+    return int(w.shape[0] if trans else w.shape[-1])
 
 
 def _data_source(method: str, ctx: PassContext) -> str:

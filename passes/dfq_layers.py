@@ -112,3 +112,18 @@ def set_bias(graph: gs.Graph, node: gs.Node, bias: np.ndarray, dtype: np.dtype) 
     if node.op == "Gemm":
         node.attrs["beta"] = 1.0
     graph_utils.set_const_input(graph, node, 2, bias.astype(dtype))
+
+
+def out_channels_of(node: gs.Node) -> int:
+    """Output channels of a Conv/Gemm/MatMul from its weight."""
+    w = graph_utils.const_input(node, 1)
+    if node.op == "Conv":
+        return int(w.shape[0])
+    return int(_kn(node, w).shape[1])
+
+
+def in_features_of(node: gs.Node, w: np.ndarray) -> int:
+    """Input features (channels) a Conv/Gemm/MatMul reads."""
+    if node.op == "Conv":
+        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+    return int(_kn(node, w).shape[0])

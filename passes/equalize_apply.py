@@ -1,7 +1,8 @@
 """Graph edits and interval bounds for equalize's clipping activations.
 
-`write_bounds`: after channel i of a layer's output was divided by s_i, a clip at
-`hi` must become a clip at hi / s_i for that channel. Clip only takes scalar bounds,
+`write_bounds`: after channel i of a layer's output was divided by s_i (equalize) or
+shifted down by c_i (absorb-bias), a clip at `hi` must become a clip at hi / s_i - c_i
+for that channel. Clip only takes scalar bounds,
 so Clip(x, 0, hi) becomes Min(Relu(x), hi / s) with a per-channel constant (shape
 C x 1 x 1 for N x C x H x W); an existing Relu -> Min gets its constant replaced.
 The output tensor keeps its name. `input_bound`: the largest value a layer's input
@@ -19,9 +20,11 @@ UNIT_TOL = 1e-7  # a cumulative scale this close to 1 leaves the bound alone
 MAX_WALK = 16
 
 
-def write_bounds(graph: gs.Graph, link: Link, total: np.ndarray) -> None:
-    """Divide every clipping bound on `link`'s path by the channel scales `total`."""
-    if np.all(np.abs(total - 1.0) < UNIT_TOL):
+def write_bounds(graph: gs.Graph, link: Link, total: np.ndarray,
+                 shift: np.ndarray | None = None) -> None:
+    """Set every clipping bound hi on `link`'s path to hi / total - shift, per channel."""
+    shift = np.zeros(link.channels) if shift is None else shift
+    if np.all(np.abs(total - 1.0) < UNIT_TOL) and not np.any(shift):
         return
     rank = graph_utils.const_input(link.first, 1).ndim if link.first.op == "Conv" else 2
     shape = (link.channels,) + (1,) * (rank - 2)
@@ -33,7 +36,7 @@ def write_bounds(graph: gs.Graph, link: Link, total: np.ndarray) -> None:
         if not np.all(np.isfinite(hi)):
             continue
         dtype = node.inputs[0].dtype or np.float32
-        values = (hi / total).reshape(shape).astype(dtype)
+        values = (hi / total - shift).reshape(shape).astype(dtype)
         if node.op == "Min":
             graph_utils.set_const_input(graph, node, 1, values)
         else:
