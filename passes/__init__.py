@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 from graphcomp.pass_base import Pass
+from passes.absorb_bias import AbsorbBiasPass
+from passes.bias_correct import BiasCorrectPass
 from passes.cleanup import CleanupPass
 from passes.equalize import EqualizePass
 from passes.fold_bn import FoldBnPass
+from passes.qdq import QdqPass
 from passes.svd import SvdPass
 
 REGISTRY: dict[str, type[Pass]] = {
+    "absorb-bias": AbsorbBiasPass,
+    "bias-correct": BiasCorrectPass,
     "cleanup": CleanupPass,
     "equalize": EqualizePass,
     "fold-bn": FoldBnPass,
+    "qdq": QdqPass,
     "svd": SvdPass,
 }
