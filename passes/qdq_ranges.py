@@ -1,0 +1,124 @@
+"""Activation ranges for the qdq pass, each with the name of where it came from.
+
+In order of preference, per tensor:
+1. `ctx.ranges[name]` set by an earlier pass (dfq: from BatchNorm or propagated
+   statistics); its own source string is kept;
+2. the user's samples (`--calibration-data`, `ctx.calibration`) through the float
+   model in onnxruntime: "calibration:<method>";
+3. otherwise a data-free estimate: `samples` seeded N(0, 1) inputs through the float
+   model, "synthetic:<method>" (the same measurement on made-up inputs; it knows the
+   network's weights but not the real input distribution).
+Methods: minmax, percentile (p and 100 - p) or mse (fake-quant-optimal clipping, see
+graphcomp.quant). Values are subsampled to at most `MAX_VALUES` per tensor (min and max
+are exact). Tensors the float model cannot produce are left without a range.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphcomp import observe, quant
+from graphcomp.pass_base import PassContext
+from passes.qdq_config import QdqConfig
+
+log = logging.getLogger(__name__)
+
+Range = tuple[float, float, str]
+MAX_VALUES = 1 << 19  # kept per tensor for percentile / mse
+PER_BATCH = 1 << 16  # drawn per tensor from each batch
+HUGE = 1e20  # beyond this a range is a mask constant, not an activation
+
+
+class _Sampler:
+    """Exact min/max plus a seeded subsample of the values seen."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self.rng = rng
+        self.lo, self.hi, self.kept, self.count = np.inf, -np.inf, [], 0
+
+    def add(self, values: np.ndarray) -> None:
+        flat = np.asarray(values, dtype=np.float32).ravel()
+        if flat.size == 0:
+            return
+        finite = flat[np.isfinite(flat)]
+        if finite.size < flat.size:  # an infinite value: the range is unusable
+            self.lo, self.hi = -np.inf, np.inf
+        if finite.size:
+            self.lo = min(self.lo, float(finite.min()))
+            self.hi = max(self.hi, float(finite.max()))
+        if self.count < MAX_VALUES and finite.size:
+            take = finite if finite.size <= PER_BATCH else self.rng.choice(
+                finite, PER_BATCH, replace=False)
+            self.kept.append(take)
+            self.count += take.size
+
+    def range(self, config: QdqConfig, spec: quant.QuantSpec) -> tuple[float, float]:
+        if not (np.isfinite(self.lo) and np.isfinite(self.hi)) or not self.kept:
+            return self.lo, self.hi
+        values = np.concatenate(self.kept)
+        if config.calibration == "minmax":
+            return self.lo, self.hi
+        if config.calibration == "percentile":
+            lo, hi = quant.percentile(values, config.percentile)
+        else:
+            lo, hi = quant.mse(values, spec)
+        return max(lo, self.lo), min(hi, self.hi)
+
+
+def label(config: QdqConfig, ctx: PassContext, name: str) -> str:
+    """Where the range of `name` will come from (for the config table)."""
+    if name in ctx.ranges:
+        return ctx.ranges[name][2]
+    return f"{'calibration' if ctx.calibration is not None else 'synthetic'}:{_method(config)}"
+
+
+def _method(config: QdqConfig) -> str:
+    if config.calibration == "percentile":
+        return f"percentile({config.percentile:g})"
+    return config.calibration
+
+
+def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext,
+            config: QdqConfig) -> tuple[dict[str, Range], str | None]:
+    """Ranges of the tensors in `specs` and an error message if measuring failed."""
+    ranges = {n: ctx.ranges[n] for n in specs if n in ctx.ranges}
+    todo = [n for n in specs if n not in ranges]
+    if not todo:
+        return ranges, None
+    model = _export(graph)
+    try:
+        batches, source = observe.feeds_for(model, ctx.calibration, n=config.samples,
+                                            seed=config.seed, input_shapes=ctx.input_shapes)
+        samplers = {n: _Sampler(np.random.default_rng(config.seed)) for n in todo}
+        for values in observe.stream(model, todo, batches):
+            for name, value in values.items():
+                samplers[name].add(value)
+    except Exception as e:  # noqa: BLE001 - any runtime failure leaves the tensors float
+        log.debug("measuring activation ranges failed: %r", e)
+        return ranges, f"the float model could not be run to measure ranges ({e})"
+    for name, sampler in samplers.items():
+        lo, hi = sampler.range(config, specs[name])
+        ranges[name] = (float(lo), float(hi), f"{source}:{_method(config)}")
+    return ranges, None
+
+
+def usable(rng: Range | None) -> str | None:
+    """Why a range cannot be quantized (None when it can)."""
+    if rng is None:
+        return "no activation range"
+    lo, hi, _ = rng
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "activation range is not finite"
+    if max(abs(lo), abs(hi)) > HUGE:
+        return f"activation range [{lo:.3g}, {hi:.3g}] holds a mask-like constant"
+    return None
+
+
+def _export(graph: gs.Graph) -> onnx.ModelProto:
+    """The float graph as a runnable ModelProto (no edits to `graph`)."""
+    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
+    return model
