@@ -1,0 +1,148 @@
+"""Channel moments for importance, and bias compensation of removed channels.
+
+A removed input channel i of a consumer layer y = W x + b carried, on average,
+E[x_i]; dropping it shifts y by -W[:, i] E[x_i] (Conv: kernel summed over its spatial
+axes). Compensation adds W[:, i] E[x_i] back into b, so the mean of every output
+survives and only the fluctuation Var[x_i] is lost (the data-free counterpart of
+the bias update in Molchanov et al. 2017 / the "mean replacement" of Li et al. 2017).
+MatMul has no bias input: its following Add with a per-channel constant takes it,
+else that consumer is left uncompensated (noted). ConvTranspose is not compensated
+(stride overlaps make the mean position dependent).
+
+E[x_i] and E[x_i^2] per channel come from running the float model (onnxruntime) on
+the user's calibration samples when given, else on seeded synthetic inputs (the
+source graphcomp.stats uses); where a BatchNormalization (kept in the graph or folded
+by fold-bn) describes the layer before an activation, its (beta, |gamma|) pushed
+through the activation replaces the measurement (statistics of the real training data).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphcomp import graph_utils, observe, stats
+from graphcomp.pass_base import ChannelStats, PassContext
+from passes.prune_groups import Binding, ChannelGraph
+from passes.prune_score import Moments, input_rows
+
+log = logging.getLogger(__name__)
+
+SAMPLES = 64
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu")
+
+
+def consumer_spaces(cg: ChannelGraph) -> list[str]:
+    """Spaces read by a weighted layer (the ones whose moments matter)."""
+    return sorted({b.inp for b in cg.bindings
+                   if b.inp is not None and b.kind in ("conv", "convT", "gemm", "matmul")})
+
+
+def measure(cg: ChannelGraph, ctx: PassContext, names: list[str]) -> tuple[Moments, str]:
+    """(mean, E[x^2]) per channel of the spaces `names`, and the source used."""
+    model = stats.to_model(cg.graph)
+    batches, source = observe.feeds_for(model, ctx.calibration, SAMPLES, 0, ctx.input_shapes)
+    out: Moments = {}
+    by_axis: dict[int, list[str]] = {}
+    for name in names:
+        by_axis.setdefault(cg.spaces[name].axis, []).append(name)
+    for axis, group in sorted(by_axis.items()):
+        for name, (mean, std) in observe.channel_moments(model, group, batches, axis).items():
+            out[name] = (mean, std**2 + mean**2)
+    return out, source
+
+
+def bn_moments(cg: ChannelGraph, ctx: PassContext, names: list[str]) -> Moments:
+    """Moments from BatchNormalization statistics where a BN describes the space."""
+    out: Moments = {}
+    for name in names:
+        tensor = cg.spaces[name].tensor
+        act = graph_utils.producer(tensor)
+        if act is not None and act.op in ACTIVATIONS:
+            pre = act.inputs[0]
+        else:
+            act, pre = None, tensor
+        found = _bn_stats(pre, ctx)
+        moments = stats.activation_moments(found, act) if found is not None else None
+        if moments is not None and moments[0].size == cg.spaces[name].size:
+            mean, std = moments
+            out[name] = (mean, std**2 + mean**2)
+    return out
+
+
+def _bn_stats(tensor: gs.Tensor, ctx: PassContext) -> ChannelStats | None:
+    node = graph_utils.producer(tensor)
+    if node is not None and node.op == "BatchNormalization":
+        gamma, beta = graph_utils.const_input(node, 1), graph_utils.const_input(node, 2)
+        if gamma is not None and beta is not None:
+            return ChannelStats(beta.astype(np.float64), np.abs(gamma.astype(np.float64)), "bn")
+    found = ctx.stats.get(tensor.name)
+    return found if found is not None and found.source == "bn" else None
+
+
+def compensate(cg: ChannelGraph, keep: dict[str, np.ndarray], moments: Moments
+               ) -> tuple[int, list[str]]:
+    """Fold the mean of every removed input channel into its consumer's bias.
+
+    Returns how many layers were compensated and the names of those that could not be.
+    """
+    done, missed = 0, []
+    for b in cg.bindings:
+        if b.inp is None or b.kind not in ("conv", "gemm", "matmul") or b.extra.get(
+                "depthwise") or keep[b.inp].all():
+            continue
+        if b.inp not in moments:
+            missed.append(b.node.name)
+            continue
+        gone = ~keep[b.inp]
+        rows = _summed_rows(b)
+        delta = rows[gone].T @ moments[b.inp][0][gone]
+        if _add_bias(cg.graph, b, delta):
+            done += 1
+        else:
+            missed.append(b.node.name)
+    return done, missed
+
+
+def _summed_rows(b: Binding) -> np.ndarray:
+    """Per input channel, its weights summed over kernel positions: [inputs, outputs]."""
+    if b.kind != "conv":
+        return input_rows(b)
+    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    return w.sum(axis=tuple(range(2, w.ndim))).T
+
+
+def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
+    """Add `delta` (one value per output channel) to the bias of layer `b`."""
+    node = b.node
+    if b.kind == "matmul":
+        return _add_to_following(graph, node, delta)
+    dtype = graph_utils.const_input(node, 1).dtype
+    bias = graph_utils.const_input(node, 2)
+    if b.kind == "gemm":
+        beta = float(graph_utils.attr(node, "beta", 1.0))
+        if bias is not None and (bias.size != delta.size or beta == 0.0):
+            return False
+        base = np.zeros_like(delta) if bias is None else bias.astype(np.float64).reshape(-1)
+        new = (base + delta / (beta if bias is not None else 1.0)).reshape(
+            bias.shape if bias is not None else delta.shape)
+        if bias is None:
+            node.attrs["beta"] = 1.0
+    else:
+        new = delta if bias is None else bias.astype(np.float64) + delta
+    graph_utils.set_const_input(graph, node, 2, new.astype(dtype))
+    return True
+
+
+def _add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
+    reader = graph_utils.only_consumer(node.outputs[0], graph)
+    if reader is None or reader.op != "Add":
+        return False
+    index = 1 if reader.inputs[0] is node.outputs[0] else 0
+    value = graph_utils.const_input(reader, index)
+    if value is None or value.shape[-1:] != delta.shape or value.size != delta.size:
+        return False
+    new = value.astype(np.float64) + delta.reshape(value.shape)
+    graph_utils.set_const_input(graph, reader, index, new.astype(value.dtype))
+    return True

@@ -1,0 +1,178 @@
+"""prune: exact when the removed channels are all zero; valid shapes; budgets; blocks."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import numpy_helper, shape_inference
+
+from graphcomp import analysis, observe
+from graphcomp.errors import ConfigError
+from graphcomp.pass_base import PassContext
+from passes import prune_apply, prune_groups
+from passes.prune import PruneConfig, PrunePass
+from tests import graphs
+
+EXACT_GRAPHS = {
+    "residual-add": graphs.PRUNE_RESIDUAL,
+    "depthwise": graphs.PRUNE_DEPTHWISE,
+    "concat-flatten-gemm": graphs.PRUNE_CONCAT_FLATTEN,
+    "se-mul-bn-split-resize": graphs.PRUNE_SE_SPLIT,
+    "mlp-transpose-reshape": graphs.PRUNE_MLP_RESHAPE,
+}
+
+
+def zero_units(model: onnx.ModelProto, share: float = 0.5) -> onnx.ModelProto:
+    """Zero the producer filters, biases and BN gamma/beta of `share` of every prunable
+    group's units, so removing exactly those channels changes nothing."""
+    graph = gs.import_onnx(model)
+    cg = prune_groups.analyze(graph)
+    chosen = np.concatenate([g.units[: int(np.ceil(g.units.size * share))]
+                             for g in cg.groups if g.prunable])
+    for b in cg.bindings:
+        if b.out is None or not (hit := np.isin(cg.roots[b.out], chosen)).any():
+            continue
+        if b.kind in prune_apply.LAYERS:
+            w = np.array(b.node.inputs[1].values)
+            trans = b.kind == "conv" or (b.kind == "gemm" and b.node.attrs.get("transB", 0))
+            axis = 1 if b.kind == "convT" else (0 if trans else 1)
+            w[(slice(None),) * axis + (hit,)] = 0
+            b.node.inputs[1] = gs.Constant(b.node.inputs[1].name + "_z", w)
+            _zero_input(b.node, 2, hit)
+        elif b.kind == "const" and b.node.op in ("BatchNormalization", "Add", "Sub"):
+            _zero_input(b.node, b.extra["index"], hit, b.extra["axis"])
+    return gs.export_onnx(graph.cleanup())
+
+
+def _zero_input(node: gs.Node, index: int, hit: np.ndarray, axis: int = 0) -> None:
+    if index >= len(node.inputs) or not isinstance(node.inputs[index], gs.Constant):
+        return
+    if node.op == "BatchNormalization" and index > 2:
+        return
+    value = np.array(node.inputs[index].values)
+    if value.ndim == 0 or value.shape[axis] != hit.size:
+        return
+    value[(slice(None),) * axis + (hit,)] = 0
+    node.inputs[index] = gs.Constant(node.inputs[index].name + "_z", value)
+
+
+def prune(model: onnx.ModelProto, ctx: PassContext | None = None, **fields):
+    out, result = graphs.apply(model, PrunePass(PruneConfig(**fields)), ctx=ctx)
+    return out, result.records[0]
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("name", list(EXACT_GRAPHS))
+def test_removing_zero_channels_is_exact(name, seed, compensate):
+    model = zero_units(graphs.build(EXACT_GRAPHS[name], seed=seed))
+    out, record = prune(model, importance="l1", ratio=0.3, round_to=1, compensate=compensate)
+    assert record.params[1] < record.params[0]
+    assert record.macs[1] < record.macs[0]
+    onnx.checker.check_model(out, full_check=True)
+    feeds = graphs.feeds_for(model, seed=seed)
+    for ref, new in zip(graphs.run(model, feeds), graphs.run(out, feeds), strict=True):
+        np.testing.assert_allclose(new, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(EXACT_GRAPHS))
+def test_inferred_shapes_match_onnxruntime_and_batch_stays_dynamic(name):
+    model = graphs.build(EXACT_GRAPHS[name], seed=3)
+    out, _ = prune(model, ratio=0.5, round_to=1)
+    inferred = shape_inference.infer_shapes(out, strict_mode=True)
+    declared = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
+                         for d in v.type.tensor_type.shape.dim]
+                for v in inferred.graph.value_info}
+    values = observe.intermediates(out, sorted(declared), graphs.feeds_for(out, batch=3))
+    for name_, value in values.items():
+        dims = declared[name_]
+        assert len(dims) == value.ndim
+        assert all(d == s for d, s in zip(dims, value.shape, strict=True) if isinstance(d, int)
+                   and d > 0), name_
+    assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert [o.type for o in out.graph.output] == [o.type for o in model.graph.output]
+
+
+def test_depthwise_group_follows_the_kept_channels():
+    out, record = prune(graphs.build(graphs.PRUNE_DEPTHWISE), ratio=0.5, round_to=4)
+    dw = next(n for n in out.graph.node if n.op_type == "Conv"
+              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    group = next(a.i for a in dw.attribute if a.name == "group")
+    weights = {i.name: i for i in out.graph.initializer}
+    assert group == 8 and list(weights[dw.input[1]].dims) == [8, 1, 3, 3]
+    assert any("outputs 16 -> 8" in c.detail for c in record.result.changes)
+
+
+def test_split_sizes_and_concat_offsets_follow():
+    out, _ = prune(graphs.build(graphs.PRUNE_SE_SPLIT, seed=4), ratio=0.5, round_to=2)
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    sizes = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}[split.input[1]]
+    assert sizes.tolist() == [2, 2]
+    shapes = analysis.infer_shapes(out, {})
+    assert shapes[split.output[0]][1] == 2
+    conv_out = next(n for n in out.graph.node if n.op_type == "Conv" and n.output[0] == "y")
+    assert shapes[conv_out.input[0]][1] == 6  # two Concat segments of 6 -> 3 each
+
+
+def test_ratio_keeps_multiples_of_round_to():
+    model = graphs.build(graphs.PRUNE_DEPTHWISE, seed=5)
+    out, _ = prune(model, ratio=0.3, round_to=8)
+    shapes = analysis.infer_shapes(out, {})
+    dw = next(n for n in out.graph.node if n.op_type == "Conv"
+              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    assert shapes[dw.output[0]][1] % 8 == 0
+
+
+WIDE_RESIDUAL = graphs.PRUNE_RESIDUAL.replace("8", "32").replace("[4, 32]", "[4, 32]")
+
+
+@pytest.mark.parametrize("target", [0.5, 0.7])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_macs_target_is_met_within_five_percent(target, seed):
+    model = graphs.build(WIDE_RESIDUAL, seed=seed)
+    out, record = prune(model, macs=target, round_to=1)
+    before, after = record.macs
+    assert abs(after / before - target) <= 0.05 * target
+    assert record.result.notes["macs_expected"] == after
+    graphs.run(out, graphs.feeds_for(out))
+
+
+def test_blocked_groups_are_skipped_with_reasons():
+    out, record = prune(graphs.build(graphs.PRUNE_BLOCKED), ratio=0.5, round_to=1)
+    reasons = " | ".join(s.reason for s in record.result.skipped)
+    assert "grouped conv (group=2)" in reasons
+    assert "side is a graph output" in reasons
+    assert "DepthToSpace" in reasons
+    assert record.params[1] == record.params[0] and not record.result.changes
+    graphs.run(out, graphs.feeds_for(out))
+
+
+def test_unit_mean_is_compensated_in_the_next_bias():
+    model = graphs.build(graphs.PRUNE_CONCAT_FLATTEN, seed=6)
+    feeds = graphs.feeds_for(model, seed=9, batch=64)
+    ref = graphs.run(model, feeds)[0]
+    errors = {}
+    for compensate in (False, True):
+        out, _ = prune(model, ratio=0.5, round_to=1, compensate=compensate)
+        errors[compensate] = np.abs(graphs.run(out, feeds)[0].mean(0) - ref.mean(0)).mean()
+    assert errors[True] < 0.5 * errors[False]
+
+
+@pytest.mark.parametrize("fields", [{"ratio": 1.0}, {"macs": 0.0}, {"importance": "x"},
+                                    {"round_to": 0}, {"layers": "conv:2"}])
+def test_bad_config_is_rejected(fields):
+    with pytest.raises(ConfigError):
+        PruneConfig(**fields)
+
+
+def test_layer_override_exempts_a_layer():
+    model = graphs.build(graphs.PRUNE_RESIDUAL, seed=7)
+    names = [n.name for n in model.graph.node]
+    assert not any(names)  # the pipeline names them Conv_0, Conv_2, ...
+    out, record = prune(model, ratio=0.5, round_to=1, layers="Conv_2:0")
+    changed = {c.node for c in record.result.changes}
+    assert "Conv_2" in changed  # its input channels still go (trunk group)
+    shapes = analysis.infer_shapes(out, {})
+    conv2 = next(n for n in out.graph.node if n.name == "Conv_2")
+    assert shapes[conv2.output[0]][1] == 8
