@@ -182,3 +182,110 @@ def spread_channels(model: onnx.ModelProto, seed: int = 0, decades: float = 2.0
             inits[node.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32),
                                                                    node.input[2]))
     return out
+
+
+# -- prune: graphs whose channel groups cover residual Add, depthwise, Concat, Flatten->Gemm,
+# squeeze-excitation Mul, Split, Resize, Reshape->MatMul, and ops that must block a group.
+PRUNE_RESIDUAL = """
+g (float[N, 3, 8, 8] x, float[8, 3, 3, 3] w_c1, float[8] b_c1, float[8, 8, 3, 3] w_c2,
+   float[8] b_c2, float[8, 8, 1, 1] w_c3, float[8] b_c3, float[4, 8] w_fc, float[4] b_fc)
+   => (float[N, 4] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_c1, b_c1)
+    r = Relu (a)
+    b = Conv <pads = [1, 1, 1, 1]> (r, w_c2, b_c2)
+    rb = Relu (b)
+    c = Conv (rb, w_c3, b_c3)
+    s = Add (c, r)
+    t = Relu (s)
+    p = GlobalAveragePool (t)
+    f = Flatten (p)
+    y = Gemm <transB = 1> (f, w_fc, b_fc)
+}
+"""
+
+PRUNE_DEPTHWISE = """
+g (float[N, 3, 8, 8] x, float[16, 3, 1, 1] w_exp, float[16] b_exp, float[16, 1, 3, 3] w_dw,
+   float[16] b_dw, float[8, 16, 1, 1] w_proj, float[8] b_proj, float[6, 8, 1, 1] w_out)
+   => (float[N, 6, 8, 8] y) {
+    e = Conv (x, w_exp, b_exp)
+    lo = Constant <value = float {0.0}> ()
+    hi = Constant <value = float {6.0}> ()
+    ce = Clip (e, lo, hi)
+    d = Conv <group = 16, pads = [1, 1, 1, 1]> (ce, w_dw, b_dw)
+    cd = Clip (d, lo, hi)
+    p = Conv (cd, w_proj, b_proj)
+    y = Conv (p, w_out)
+}
+"""
+
+PRUNE_CONCAT_FLATTEN = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_a, float[4] b_a, float[6, 3, 1, 1] w_b,
+   float[6] b_b, float[10, 10, 3, 3] w_c, float[10] b_c, float[5, 40] w_fc, float[5] b_fc)
+   => (float[N, 5] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    ra = Relu (a)
+    b = Conv (x, w_b, b_b)
+    rb = Relu (b)
+    k = Concat <axis = 1> (ra, rb)
+    c = Conv <pads = [1, 1, 1, 1], strides = [2, 2]> (k, w_c, b_c)
+    rc = Relu (c)
+    q = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (rc)
+    f = Flatten (q)
+    y = Gemm <transB = 1> (f, w_fc, b_fc)
+}
+"""
+
+PRUNE_SE_SPLIT = """
+g (float[N, 3, 8, 8] x, float[8, 3, 3, 3] w_c1, float[8] b_c1, float[4, 8, 1, 1] w_se1,
+   float[4] b_se1, float[8, 4, 1, 1] w_se2, float[8] b_se2, float[8] bn_scale, float[8] bn_bias,
+   float[8] bn_mean, float[8] bn_var, float[6, 4, 1, 1] w_l, float[6, 4, 3, 3] w_r,
+   float[6] b_r, float[3, 12, 1, 1] w_out) => (float[N, 3, 16, 16] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_c1, b_c1)
+    r = Relu (a)
+    p = GlobalAveragePool (r)
+    s1 = Conv (p, w_se1, b_se1)
+    s1r = Relu (s1)
+    s2 = Conv (s1r, w_se2, b_se2)
+    gate = Sigmoid (s2)
+    m = Mul (r, gate)
+    n = BatchNormalization (m, bn_scale, bn_bias, bn_mean, bn_var)
+    sp = Constant <value = int64[2] {4, 4}> ()
+    h1, h2 = Split <axis = 1> (n, sp)
+    l = Conv (h1, w_l)
+    rr = Conv <pads = [1, 1, 1, 1]> (h2, w_r, b_r)
+    k = Concat <axis = 1> (l, rr)
+    roi = Constant <value = float[0] {}> ()
+    sc = Constant <value = float[4] {1.0, 1.0, 2.0, 2.0}> ()
+    u = Resize <mode = "nearest"> (k, roi, sc)
+    y = Conv (u, w_out)
+}
+"""
+
+PRUNE_MLP_RESHAPE = """
+g (float[N, 4, 6] x, float[6, 12] w_up, float[12] b_up, float[12, 6] w_down, float[6] b_down,
+   float[24, 5] w_head) => (float[N, 5] y) {
+    u = MatMul (x, w_up)
+    ub = Add (u, b_up)
+    g = Relu (ub)
+    d = MatMul (g, w_down)
+    db = Add (d, b_down)
+    t = Transpose <perm = [0, 2, 1]> (db)
+    sh = Constant <value = int64[2] {-1, 24}> ()
+    f = Reshape (t, sh)
+    y = MatMul (f, w_head)
+}
+"""
+
+PRUNE_BLOCKED = """
+g (float[N, 4, 8, 8] x, float[8, 2, 3, 3] w_g, float[8, 4, 1, 1] w_a, float[8, 8, 1, 1] w_b,
+   float[4, 8, 1, 1] w_o) => (float[N, 8, 8, 8] side, float[N, 4, 8, 8] y) {
+    g1 = Conv <group = 2, pads = [1, 1, 1, 1]> (x, w_g)
+    a = Conv (x, w_a)
+    side = Relu (a)
+    b = Conv (g1, w_b)
+    d = DepthToSpace <blocksize = 2> (b)
+    sh = Constant <value = int64[4] {0, 8, 8, 8}> ()
+    e = Reshape (d, sh)
+    y = Conv (e, w_o)
+}
+"""
