@@ -7,6 +7,7 @@ from passes.bias_correct import BiasCorrectPass
 from passes.cleanup import CleanupPass
 from passes.equalize import EqualizePass
 from passes.fold_bn import FoldBnPass
+from passes.prune import PrunePass
 from passes.qdq import QdqPass
 from passes.svd import SvdPass
 
@@ -16,6 +17,7 @@ REGISTRY: dict[str, type[Pass]] = {
     "cleanup": CleanupPass,
     "equalize": EqualizePass,
     "fold-bn": FoldBnPass,
+    "prune": PrunePass,
     "qdq": QdqPass,
     "svd": SvdPass,
 }
