@@ -216,6 +216,34 @@ def bench(
     guarded(body)
 
 
+@app.command(name="config", epilog="Example: graphcomp config models/resnet_s.onnx "
+             "--qconfig q.toml --profile trt")
+def config_cmd(
+    model: Annotated[Path, typer.Argument(help="The ONNX model.")],
+    qconfig: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Per-tensor quantization rules (TOML/JSON).")] = None,
+    profile: Annotated[str, typer.Option(help="Placement profile: ort or trt.")] = "ort",
+    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Say that ranges will come from these samples.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print how the qdq pass will quantize every tensor of MODEL (nothing runs)."""
+    from graphcomp.pass_base import PassContext
+    from passes import qdq_table
+    from passes.qdq_config import QdqConfig
+
+    def body() -> int:
+        cfg = QdqConfig(profile=profile, qconfig=str(qconfig) if qconfig else None)
+        ctx = PassContext(calibration=api.load_calibration(calibration_data))
+        rows = qdq_table.resolve(model_io.load(model), cfg, ctx)
+        if json_out:
+            out.print_json(json.dumps(qdq_table.to_dicts(rows)))
+        else:
+            out.print(qdq_table.render(rows, title=f"qdq config of {model}"))
+        return 0
+    guarded(body)
+
+
 def main() -> None:
     """Console-script entry point."""
     app(prog_name="graphcomp")
