@@ -125,9 +125,13 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     nodes: Annotated[bool, typer.Option(help="Include MACs per node.")] = False,
     input_shape: InputShape = None,
+    groups: Annotated[bool, typer.Option("--groups", help=(
+        "List prune's channel groups: members, channels, prunable or why not."))] = False,
 ) -> None:
     """Show the pre-flight facts of MODEL: opset, I/O, ops, params, MACs, BN, sharing."""
     def body() -> int:
+        if groups:
+            return _show_groups(model_io.load(model), json_out)
         facts = analysis.analyze(model_io.load(model), parse_shapes(input_shape or []))
         data = facts.to_dict(with_nodes=nodes)
         if json_out:
@@ -139,6 +143,23 @@ def inspect(
         out.print(table)
         return 0
     guarded(body)
+
+
+def _show_groups(model: Any, json_out: bool) -> int:
+    from passes.prune_groups import describe
+
+    rows = describe(model)
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return 0
+    table = Table(title="channel groups")
+    for col in ("group", "channels", "producers", "members", "prunable"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["group"]), str(r["channels"]), ", ".join(r["producers"]),
+                      ", ".join(r["members"]), "yes" if r["prunable"] else f"no: {r['reason']}")
+    out.print(table)
+    return 0
 
 
 @app.command(name="verify", epilog="Example: graphcomp verify model.onnx model.small.onnx "

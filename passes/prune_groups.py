@@ -250,6 +250,15 @@ def _subgraph_reads(graph: gs.Graph) -> set[str]:
     return names
 
 
+def describe(model: onnx.ModelProto) -> list[dict[str, Any]]:
+    """The channel groups of `model` (not modified) as rows; nodes named as the pipeline does."""
+    from graphcomp import pipeline
+
+    graph = gs.import_onnx(model)
+    pipeline.name_nodes(graph)
+    return summary(analyze(graph))
+
+
 def summary(cg: ChannelGraph) -> list[dict[str, Any]]:
     """Plain rows for `graphcomp inspect --groups`: members, channels, prunable or why not."""
     return [{"group": g.index, "channels": int(g.units.size), "producers": g.producers,
