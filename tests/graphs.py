@@ -289,3 +289,77 @@ g (float[N, 4, 8, 8] x, float[8, 2, 3, 3] w_g, float[8, 4, 1, 1] w_a, float[8, 8
     y = Conv (e, w_o)
 }
 """
+
+
+# --- qdq: a small CNN (conv-relu, depthwise, residual Add, pools, Gemm head) and a
+# transformer encoder block with LayerNorm outlier channels.
+QDQ_CNN = """
+g (float[N, 3, 16, 16] x, float[8, 3, 3, 3] w_c1, float[8] b_c1, float[8, 1, 3, 3] w_dw,
+   float[8] b_dw, float[8, 8, 1, 1] w_pw, float[8] b_pw, float[8, 10] w_fc, float[10] b_fc
+   ) => (float[N, 10] y) {
+    c1 = Conv <pads = [1, 1, 1, 1]> (x, w_c1, b_c1)
+    r1 = Relu (c1)
+    dw = Conv <pads = [1, 1, 1, 1], group = 8> (r1, w_dw, b_dw)
+    r2 = Relu (dw)
+    pw = Conv (r2, w_pw, b_pw)
+    s = Add (pw, r1)
+    mp = MaxPool <kernel_shape = [2, 2], strides = [2, 2]> (s)
+    gap = GlobalAveragePool (mp)
+    f = Flatten (gap)
+    y = Gemm (f, w_fc, b_fc)
+}
+"""
+
+QDQ_ENCODER = """
+g (float[N, 16, 32] x, float[32] w_ln1g, float[32] b_ln1, float[32, 32] w_q, float[32, 32] w_k,
+   float[32, 32] w_v, float[32] b_q, float[32] b_k, float[32] b_v, float[32, 32] w_o,
+   float[32] b_o, float[32] w_ln2g, float[32] b_ln2, float[32, 64] w_1, float[64] b_1,
+   float[64, 32] w_2, float[32] b_2) => (float[N, 16, 32] y) {
+    h = LayerNormalization <axis = -1> (x, w_ln1g, b_ln1)
+    q0 = MatMul (h, w_q)
+    q = Add (q0, b_q)
+    k0 = MatMul (h, w_k)
+    k = Add (k0, b_k)
+    v0 = MatMul (h, w_v)
+    v = Add (v0, b_v)
+    kt = Transpose <perm = [0, 2, 1]> (k)
+    s0 = MatMul (q, kt)
+    sc = Constant <value = float {0.17677}> ()
+    s = Mul (s0, sc)
+    a = Softmax <axis = -1> (s)
+    c = MatMul (a, v)
+    o0 = MatMul (c, w_o)
+    o = Add (o0, b_o)
+    r1 = Add (x, o)
+    h2 = LayerNormalization <axis = -1> (r1, w_ln2g, b_ln2)
+    f0 = MatMul (h2, w_1)
+    f1 = Add (f0, b_1)
+    hc = Constant <value = float {0.70710678}> ()
+    e0 = Mul (f1, hc)
+    e1 = Erf (e0)
+    one = Constant <value = float {1.0}> ()
+    e2 = Add (e1, one)
+    half = Constant <value = float {0.5}> ()
+    e3 = Mul (f1, e2)
+    g1 = Mul (e3, half)
+    f2 = MatMul (g1, w_2)
+    f3 = Add (f2, b_2)
+    y = Add (r1, f3)
+}
+"""
+
+
+def qdq_encoder(seed: int = 0, outlier: float = 40.0) -> onnx.ModelProto:
+    """QDQ_ENCODER whose LayerNorm gains blow two channels up by `outlier` (as in BERT)."""
+    gamma = np.ones(32, np.float32)
+    gamma[3], gamma[17] = outlier, -0.6 * outlier
+    return build(QDQ_ENCODER, seed=seed, w_ln1g=gamma, w_ln2g=gamma)
+
+
+def optimized_ops(model: onnx.ModelProto, path: str) -> list[str]:
+    """Op types of onnxruntime's optimized graph of `model` (saved to `path`)."""
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = path
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(path).graph.node]
