@@ -135,6 +135,7 @@ def bench(model: str | Path, options: BenchOptions, progress: Progress | None = 
           ) -> BenchResult:
     """Compile every configuration of `options` and measure all rows; see module doc."""
     say = progress or (lambda _msg: None)
+    load_start = bench_measure.load_average()
     source = Path(model).resolve()
     original = model_io.load(source)
     _check_eval(original, options.eval_data)
@@ -159,7 +160,8 @@ def bench(model: str | Path, options: BenchOptions, progress: Progress | None = 
             _verify(row, source, options, lossless.get(row.config, False))
         _accuracy(measured, options)
         _latency(measured, options, say)
-    return BenchResult(str(model), bench_measure.machine(), _settings(options), rows)
+    facts = {**bench_measure.machine(), "load_avg_1m": [load_start, bench_measure.load_average()]}
+    return BenchResult(str(model), facts, _settings(options), rows)
 
 
 def _check_eval(model: onnx.ModelProto, eval_data: Path | None) -> None:

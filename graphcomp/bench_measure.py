@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -169,10 +170,35 @@ def predictions(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
     return np.concatenate(parts) if parts else None
 
 
+def cpu_info() -> tuple[str, int | None]:
+    """(CPU model name, physical cores) from /proc/cpuinfo; platform facts elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or platform.machine(), None
+    cores, package, name = set(), "", platform.machine()
+    for line in text.splitlines():
+        key, _, value = (part.strip() for part in line.partition(":"))
+        if key == "physical id":
+            package = value
+        elif key == "core id":
+            cores.add((package, value))
+        elif key == "model name":
+            name = value
+    return name, len(cores) or None
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (other processes competing for the CPUs)."""
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+
 def machine() -> dict[str, Any]:
-    """Facts that make latency figures comparable: cores, onnxruntime version."""
+    """Facts that make latency figures comparable: cores, CPU, onnxruntime version."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
-    return {"cpu_count": os.cpu_count(), "usable_cpus": usable,
-            "onnxruntime": ort.__version__, "onnx": onnx.__version__,
+    name, cores = cpu_info()
+    return {"cpu_count": os.cpu_count(), "usable_cpus": usable, "physical_cores": cores,
+            "processor": name, "onnxruntime": ort.__version__, "onnx": onnx.__version__,
             "ort_optimization": str(verify.ORT_OPT_LEVEL),
-            "default_threads": "onnxruntime default (intra_op_num_threads=0)"}
+            "default_threads": "intra_op_num_threads=0: onnxruntime uses one thread per "
+                               "physical core"}

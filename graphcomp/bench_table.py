@@ -5,8 +5,6 @@ figure was measured (thread counts, runs, cores, what the peak memory covers).
 """
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.table import Table
 
@@ -37,15 +35,10 @@ def _peak(row: Row) -> str:
     return f"{row.compile_peak_mb:.0f} (+{row.compile_peak_mb - row.compile_base_mb:.0f})"
 
 
-def _threads(threads: int, cores: Any) -> str:
-    return "1 thr" if threads == 1 else f"default thr ({cores} cpu)"
-
-
 def headers(result: BenchResult) -> list[str]:
-    """Column titles; one latency column per (batch, thread setting)."""
-    cores = result.machine.get("usable_cpus") or result.machine.get("cpu_count")
-    first = result.rows[0].latency
-    lat = [f"ms b={t.batch} {_threads(t.threads, cores)}" for t in first]
+    """Column titles; one latency column per (batch, threads); t=def(n): ORT's default."""
+    cores = result.machine.get("physical_cores") or "?"
+    lat = [f"ms b={t.batch} t={t.threads or f'def({cores})'}" for t in result.rows[0].latency]
     return ["config", "params", "MACs", "disk", "weights", *lat, "compile s", "peak MB",
             "top-1", "agree", "SQNR dB", "verify"]
 
@@ -72,11 +65,14 @@ def notes(result: BenchResult) -> list[str]:
     s, m = result.settings, result.machine
     base = [r.compile_base_mb for r in result.rows if r.compile_base_mb is not None]
     top1 = f"top-1 on {s['eval_data']}" if s["eval_data"] else "no eval set (top-1 not measured)"
+    load = " to ".join(f"{x:.1f}" for x in m.get("load_avg_1m", []) if x is not None)
     lines = [
-        f"onnxruntime {m['onnxruntime']} CPU, {m['cpu_count']} logical CPUs "
-        f"({m['usable_cpus']} usable); latency: median of {s['runs']} runs after "
-        f"{s['warmup']} warm-up runs, spread over {s['rounds']} interleaved rounds; "
-        "1 thread and onnxruntime's default intra-op threads; inputs seeded N(0,1).",
+        f"onnxruntime {m['onnxruntime']} CPU on {m['processor']}, {m['cpu_count']} logical "
+        f"CPUs, {m['physical_cores']} physical cores; 1-minute load average {load or '?'} "
+        "during the run (other processes share the CPUs).",
+        f"latency: median ms of {s['runs']} timed runs after {s['warmup']} warm-up runs, "
+        f"spread over {s['rounds']} rounds that interleave the models; t=1: one intra-op "
+        "thread; t=def(n): onnxruntime's default (one per physical core); seeded inputs.",
         f"{top1}; agreement = same top-1 as the original on {s['agreement_inputs']}; "
         "SQNR and verify on seeded inputs (lossless pass lists held to 1e-4 relative).",
         "compile s, peak MB: each compile runs in a fresh child process, imports done "
@@ -89,14 +85,23 @@ def notes(result: BenchResult) -> list[str]:
 
 
 def render(result: BenchResult, console: Console) -> None:
-    """Print the bench table and its notes."""
-    table = Table(title=f"bench {result.model}")
+    """Print the bench table and its notes; one column per config when rows are too wide."""
     heads = headers(result)
-    for h in heads:
-        table.add_column(h, justify="left" if h == "config" else "right")
     n_lat = len(result.rows[0].latency)
-    for row in result.rows:
-        table.add_row(*cells(row, result.rows[0], n_lat))
+    body = [cells(row, result.rows[0], n_lat) for row in result.rows]
+    width = sum(max(len(h), *(len(r[i]) for r in body)) + 3 for i, h in enumerate(heads))
+    table = Table(title=f"bench {result.model}")
+    if width <= console.width:
+        for h in heads:
+            table.add_column(h, justify="left" if h == "config" else "right")
+        for line in body:
+            table.add_row(*line)
+    else:
+        table.add_column("")
+        for line in body:
+            table.add_column(line[0], justify="right")
+        for i, h in enumerate(heads[1:], 1):
+            table.add_row(h, *(line[i] for line in body))
     console.print(table)
     for line in notes(result):
         console.print(line, markup=False, highlight=False)

@@ -115,7 +115,7 @@ def test_json_and_markdown_carry_every_row(folded):
     text = bench_table.markdown(result)
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 4 and len({line.count("|") for line in table}) == 1
-    assert "| original (float) |" in text and "ms b=4 1 thr" in text
+    assert "| original (float) |" in text and "ms b=4 t=1" in text and "ms b=4 t=def(" in text
     assert "fold-bn: 1 changed" in text
 
 
