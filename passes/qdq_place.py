@@ -90,11 +90,13 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
     """Decide the quantized layers and activation tensors (no edits)."""
     book = book or RuleBook(config)
     transformer = config.dynamic == "on" or (config.dynamic == "auto" and is_transformer(graph))
-    layers, skips = [], []
+    layers, skips, produced = [], [], set()
     for node in graph.nodes:
         if node.op not in QUANTIZABLE or node.op in SHAPE:
             continue
         kind, reason = _classify(graph, node, transformer)
+        if not reason and kind != "compute" and not _fed_by(node, produced):
+            reason = "no quantized neighbour (nothing to gain from integer kernels here)"
         if reason:
             skips.append((node, reason))
             continue
@@ -103,12 +105,26 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
             skips.append((node, "rule says method 'none' for input and weight"))
             continue
         layers.append(layer)
+        produced.update({node.outputs[0].name, layer.out.name})
     acts: dict[str, Act] = {}
     for layer in layers:
         _request(graph, layer, acts, config, transformer)
     _propagate_shapes(graph, acts)
     _set_readers(graph, acts, layers, config)
     return Plan(layers, acts, skips, transformer)
+
+
+def _fed_by(node: gs.Node, produced: set[str]) -> bool:
+    """True when an input comes from a quantized layer, possibly through shape ops."""
+    for tensor in node.inputs:
+        for _ in range(MAX_PROPAGATION):
+            if tensor.name in produced:
+                return True
+            src = graph_utils.producer(tensor)
+            if src is None or src.op not in SHAPE or not src.inputs:
+                break
+            tensor = src.inputs[0]
+    return False
 
 
 def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, str | None]:

@@ -1,0 +1,223 @@
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from graphcomp import observe
+from graphcomp.errors import ConfigError, UnsupportedModelError
+from graphcomp.pass_base import PassContext
+from passes.qdq import QdqConfig, QdqPass
+from tests import graphs
+
+INTEGER_KERNELS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
+                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+
+
+def _cosine(a, b):
+    a, b = np.ravel(a).astype(np.float64), np.ravel(b).astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _qdq(model, ctx=None, **fields):
+    out, res = graphs.apply(model, QdqPass(QdqConfig(**fields)), ctx=ctx)
+    return out, res.records[0].result
+
+
+def _inits(model):
+    return {t.name: t for t in model.graph.initializer}
+
+
+def _value(model, name):
+    return numpy_helper.to_array(_inits(model)[name])
+
+
+def _dq_feeding(model, node_name, index):
+    node = next(n for n in model.graph.node if n.name == node_name)
+    return next((n for n in model.graph.node if node.input[index] in n.output
+                 and n.op_type == "DequantizeLinear"), None)
+
+
+def test_cnn_runs_as_integer_kernels_and_stays_close(tmp_path):
+    model = graphs.build(graphs.QDQ_CNN)
+    out, result = _qdq(model)
+    ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
+    assert ops.count("QLinearConv") == 3 and ops.count("QGemm") == 1
+    assert "QLinearAdd" in ops and "QLinearGlobalAveragePool" in ops
+    assert not {"Conv", "Gemm", "Add"} & set(ops)
+    assert len(result.changes) == 6 and result.notes["range_sources"]
+    feeds = graphs.feeds_for(model, batch=4)
+    ref, got = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    assert _cosine(ref, got) > 0.999
+    assert np.abs(ref - got).max() < 0.05 * np.abs(ref).max()
+
+
+def test_weights_int8_per_channel_and_bias_int32_with_product_scale():
+    out, _ = _qdq(graphs.build(graphs.QDQ_CNN))
+    w_dq = _dq_feeding(out, "Conv_2", 1)
+    assert _inits(out)[w_dq.input[0]].data_type == onnx.TensorProto.INT8
+    assert _value(out, w_dq.input[1]).shape == (8,)
+    assert [a.i for a in w_dq.attribute if a.name == "axis"] == [0]
+    b_dq = _dq_feeding(out, "Conv_2", 2)
+    x_dq = _dq_feeding(out, "Conv_2", 0)
+    assert _inits(out)[b_dq.input[0]].data_type == onnx.TensorProto.INT32
+    expected = np.float32(_value(out, x_dq.input[1])) * _value(out, w_dq.input[1])
+    assert np.array_equal(_value(out, b_dq.input[1]), expected)
+    assert not np.any(_value(out, b_dq.input[2]))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_in_range_activation_error_at_most_half_scale(seed):
+    model = graphs.build(graphs.QDQ_CNN, seed=seed)
+    out, _ = _qdq(model, seed=seed)
+    feeds = graphs.feeds_for(model, seed=seed + 10, batch=2)
+    x_dq = _dq_feeding(out, "Conv_0", 0)
+    scale, zp = float(_value(out, x_dq.input[1])), int(_value(out, x_dq.input[2]))
+    x_hat = observe.intermediates(out, [x_dq.output[0]], feeds)[x_dq.output[0]]
+    x = feeds["x"]
+    inside = (x >= scale * (0 - zp)) & (x <= scale * (255 - zp))
+    assert inside.mean() > 0.99
+    assert np.abs(x_hat - x)[inside].max() <= scale / 2 * (1 + 1e-5)
+
+
+def test_pow2_makes_every_scale_an_exact_power_of_two():
+    out, _ = _qdq(graphs.build(graphs.QDQ_CNN), pow2=True)
+    scales = [_value(out, n.input[1]) for n in out.graph.node
+              if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(scales) >= 12
+    for s in scales:
+        mantissa, _ = np.frexp(s)
+        assert np.all(mantissa == 0.5)
+
+
+def test_lone_add_changes_nothing():
+    model = graphs.build("g (float[N, 4] a, float[N, 4] b) => (float[N, 4] y) { y = Add (a, b) }")
+    out, result = _qdq(model)
+    assert [n.op_type for n in out.graph.node] == ["Add"]
+    assert not result.changes
+
+
+def test_mask_constant_never_enters_a_quantized_range():
+    model = graphs.build("""
+    g (float[N, 4, 8, 8] x, float[N, 4, 8, 8] m, float[4, 4, 1, 1] w_c, float[4] b_c,
+       float[1] big) => (float[N, 4, 8, 8] y) {
+        c = Conv (x, w_c, b_c)
+        mask = Mul (m, big)
+        y = Add (c, mask)
+    }""", big=np.array([-3.4e38], np.float32))
+    out, result = _qdq(model)
+    q_inputs = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert "mask" not in q_inputs and "x" in q_inputs
+    assert "mask" in result.notes["left_float"]
+    feeds = {"x": graphs.feeds_for(model)["x"], "m": np.zeros((2, 4, 8, 8), np.float32)}
+    ref, got = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    assert _cosine(ref, got) > 0.999
+
+
+def test_trt_profile_quantizes_inputs_only_symmetric_int8():
+    out, result = _qdq(graphs.build(graphs.QDQ_CNN), profile="trt")
+    qs = [n for n in out.graph.node if n.op_type == "QuantizeLinear"]
+    assert {n.input[0] for n in qs} == {"x", "r1", "r2", "pw", "s", "mp", "gap", "f"}
+    for q in qs:
+        zp = _inits(out)[q.input[2]]
+        assert zp.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(zp).any()
+    add = next(n for n in out.graph.node if n.op_type == "Add")
+    assert all(_dq_feeding(out, add.name, i) is not None for i in range(2))
+    assert result.notes["profile"] == "trt"
+
+
+CONCAT = """
+g (float[N, 3, 8, 8] x, float[4, 3, 1, 1] w_a, float[4] b_a, float[4, 3, 1, 1] w_b,
+   float[4] b_b, float[4, 8, 1, 1] w_c, float[4] b_c) => (float[N, 4, 8, 8] y) {
+    a = Conv (x, w_a, b_a)
+    b = Conv (x, w_b, b_b)
+    cat = Concat <axis = 1> (a, b)
+    y = Conv (cat, w_c, b_c)
+}
+"""
+
+
+@pytest.mark.parametrize(("gain", "shared"), [(1.0, True), (1000.0, False)])
+def test_concat_shares_one_scale_unless_ranges_differ_a_lot(gain, shared):
+    model = graphs.build(CONCAT)
+    inits = _inits(model)
+    w_b = numpy_helper.to_array(inits["w_b"]) * gain
+    model = graphs.build(CONCAT, w_b=w_b, b_b=numpy_helper.to_array(inits["b_b"]) * gain)
+    out, result = _qdq(model)
+    scale = {n.input[0]: float(_value(out, n.input[1])) for n in out.graph.node
+             if n.op_type == "QuantizeLinear"}
+    assert (scale["a"] == scale["b"] == scale["cat"]) is shared
+    assert bool(result.notes["groups"]) is not shared
+    feeds = graphs.feeds_for(model)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+def test_ranges_from_context_are_used_with_their_source():
+    model = graphs.build(graphs.QDQ_CNN)
+    ctx = PassContext(ranges={"x": (-2.0, 6.0, "dfq:bn")})
+    out, result = _qdq(model, ctx=ctx)
+    x_dq = _dq_feeding(out, "Conv_0", 0)
+    assert np.isclose(_value(out, x_dq.input[1]), 8.0 / 255)
+    assert result.notes["range_sources"]["dfq:bn"] == 1
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_calibration_data_gives_the_ranges(method):
+    model = graphs.build(graphs.QDQ_CNN)
+    data = {"x": np.random.default_rng(5).uniform(0, 1, (40, 3, 16, 16)).astype(np.float32)}
+    out, result = _qdq(model, ctx=PassContext(calibration=data), calibration=method)
+    assert set(result.notes["range_sources"]) == {f"calibration:{method}" if method != "percentile"
+                                                  else "calibration:percentile(99.99)"}
+    x_dq = _dq_feeding(out, "Conv_0", 0)
+    assert _value(out, x_dq.input[1]) <= 1.0 / 255 + 1e-7  # [0, 1] inputs, not N(0, 1)
+    feeds = {"x": data["x"][:8]}
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+def test_bias_overflow_raises_the_weight_scale_of_that_channel():
+    model = graphs.build(graphs.QDQ_CNN)
+    w = _value(model, "w_pw").copy()
+    w[2] = 0.0
+    b = _value(model, "b_pw").copy()
+    b[2] = 50.0
+    model = graphs.build(graphs.QDQ_CNN, w_pw=w, b_pw=b)
+    out, result = _qdq(model)
+    assert "bias int32" in next(c.detail for c in result.changes if c.node == "Conv_4")
+    b_dq = _dq_feeding(out, "Conv_4", 2)
+    assert np.abs(_value(out, b_dq.input[0]).astype(np.int64)).max() < 2**31 - 1
+    feeds = graphs.feeds_for(model)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+def test_shared_weight_gets_one_consistent_quantizer():
+    model = graphs.build("""
+    g (float[N, 4, 8, 8] x, float[4, 4, 1, 1] w_s) => (float[N, 4, 8, 8] y) {
+        a = Conv (x, w_s)
+        r = Relu (a)
+        y = Conv (r, w_s)
+    }""")
+    out, _ = _qdq(model)
+    dqs = [_dq_feeding(out, n.name, 1) for n in out.graph.node if n.op_type == "Conv"]
+    assert dqs[0].input == dqs[1].input
+
+
+def test_already_quantized_model_and_bad_config_are_refused():
+    out, _ = _qdq(graphs.build(graphs.QDQ_CNN))
+    with pytest.raises(UnsupportedModelError):
+        _qdq(out)
+    for bad in ({"profile": "gpu"}, {"bits": 3}, {"calibration": "kl"}, {"percentile": 20.0}):
+        with pytest.raises(ConfigError):
+            QdqConfig(**bad)
+
+
+def test_transformer_keeps_cosine_with_dynamic_matmul_inputs(tmp_path):
+    model = graphs.qdq_encoder(outlier=60.0)
+    out, result = _qdq(model)
+    assert result.notes["transformer"] and len(result.notes["dynamic"]) == 8
+    feeds = graphs.feeds_for(model, batch=4)
+    ref = graphs.run(model, feeds)[0]
+    dynamic_cos = _cosine(ref, graphs.run(out, feeds)[0])
+    static, _ = _qdq(model, dynamic="off")
+    assert dynamic_cos >= 0.99 and dynamic_cos > _cosine(ref, graphs.run(static, feeds)[0])
+    ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
+    assert "MatMul" not in ops and sum(o in INTEGER_KERNELS for o in ops) == 8
+    assert "LayerNormalization" in ops and "QuantizeLinear" not in ops
