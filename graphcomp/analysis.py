@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from graphcomp import model_io
 from graphcomp.model_io import default_opset
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
@@ -63,7 +64,7 @@ def analyze(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = 
         op_counts=dict(sorted(ops.items())),
         params=count_params(model),
         macs=int(sum(macs.values())),
-        bytes=model.ByteSize(),
+        bytes=model_io.model_size(model),
         batchnorm_nodes=bn,
         batchnorm_state="kept" if bn else ("folded or absent" if ops.get("Conv") else "absent"),
         shared_initializers=shared_initializers(model),
@@ -116,7 +117,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
                  ) -> dict[str, list[int]]:
     """Static shape of every tensor onnx shape inference can resolve (dynamic dims -> 1)."""
     probe = onnx.ModelProto()
-    probe.CopyFrom(model) if model.ByteSize() < 2**30 else probe.CopyFrom(_skeleton(model))
+    probe.CopyFrom(_skeleton(model) if model_io.needs_external_data(model) else model)
     for value in probe.graph.input:
         if value.name in input_shapes:
             _set_dims(value, input_shapes[value.name])

@@ -99,7 +99,8 @@ def compress(model: onnx.ModelProto | str | os.PathLike[str],
             raise VerificationFailedError("verification failed: " + "; ".join(
                 report.verification.failures), result.model, report)
     if output is not None:
-        model_io.save(result.model, output)
+        keep_external = not isinstance(model, onnx.ModelProto) and model_io.has_external_data(model)
+        model_io.save(result.model, output, external=True if keep_external else None)
     return result.model, report
 
 

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
@@ -43,6 +44,13 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
             raise ModelLoadError(f"{path}: cannot read external data ({_first_line(e)})") from e
     check_opset(model, str(path))
     return model
+
+
+def has_external_data(path: str | os.PathLike[str]) -> bool:
+    """True when the model file keeps some weights in external files."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(external_data_helper.uses_external_data(t)
+               for t in external_data_helper._get_all_tensors(model))
 
 
 def _first_line(error: BaseException) -> str:
@@ -101,9 +109,23 @@ def check_opset(model: onnx.ModelProto, label: str = "model") -> int:
     return opset
 
 
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all tensor data held in the proto (initializers, Constant attributes)."""
+    total = 0
+    for t in external_data_helper._get_all_tensors(model):
+        if t.raw_data:
+            total += len(t.raw_data)
+        elif not external_data_helper.uses_external_data(t):
+            size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+            total += int(np.prod(t.dims)) * size
+    return total
+
+
 def model_size(model: onnx.ModelProto) -> int:
-    """Bytes the model takes when serialized (weights included)."""
-    return model.ByteSize()
+    """Bytes the model takes when serialized; estimated from tensor data past 2 GB,
+    where protobuf cannot even compute its size."""
+    data = tensor_bytes(model)
+    return data if data > EXTERNAL_DATA_THRESHOLD else model.ByteSize()
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -114,7 +136,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
     """True when one protobuf could not hold the model."""
-    return model.ByteSize() > EXTERNAL_DATA_THRESHOLD
+    return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
 def save(model: onnx.ModelProto, path: str | os.PathLike[str],

@@ -102,7 +102,7 @@ def _record(p: Pass, result: PassResult, before: onnx.ModelProto, after: onnx.Mo
     def size(m: onnx.ModelProto) -> tuple[int, int, int]:
         shapes = analysis.infer_shapes(m, ctx.input_shapes)
         macs = sum(analysis.node_macs(n, shapes) for n in m.graph.node)
-        return analysis.count_params(m), int(macs), m.ByteSize()
+        return analysis.count_params(m), int(macs), model_io.model_size(m)
 
     b, a = size(before), size(after)
     config = {k: _jsonable(v) for k, v in vars(p.config).items()}
