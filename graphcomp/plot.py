@@ -3,7 +3,7 @@
 - `weight_ranges.png`: per layer, a box plot of the per-channel weight ranges
   (max |w| of each output channel) before and after equalization, log scale: the
   spread a per-tensor quantizer has to cover, and how equalization closed it.
-- `weight_sqnr.png`: per layer, the SQNR (dB) of the per-tensor weight quantizer on
+- `weight_sqnr.png`: per layer, the mean per-channel SQNR (dB) of the per-tensor weight quantizer on
   the BN-folded weights (naive) and on the weights dfq hands to qdq.
 
 matplotlib is imported lazily; without it a `ConfigError` says how to install it.

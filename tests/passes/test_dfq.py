@@ -1,0 +1,95 @@
+import numpy as np
+import onnx
+import pytest
+
+from graphcomp.errors import ConfigError
+from graphcomp.pass_base import PassContext
+from passes.dfq import DfqConfig, DfqPass
+from tests import graphs
+
+SINGLE_GEMM = """
+g (float[N, 6] x, float[4, 6] w_a, float[4] b_a) => (float[N, 4] y) {
+    y = Gemm <transB = 1> (x, w_a, b_a)
+}
+"""
+
+
+def _sqnr(ref, new):
+    return 10 * np.log10(np.mean(ref**2) / np.mean((ref - new) ** 2))
+
+
+def test_dfq_beats_naive_per_tensor_on_spread_channels():
+    gains = []
+    for seed in (0, 1, 2):
+        model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed,
+                                       decades=3.0)
+        feeds = graphs.feeds_for(model, seed=seed, batch=8)
+        full, res = graphs.apply(model, DfqPass())
+        naive, _ = graphs.apply(model, DfqPass(DfqConfig(equalize=False, absorb=False,
+                                                         correct=False)))
+        onnx.checker.check_model(full)
+        assert graphs.op_count(full, "QuantizeLinear") >= 3
+        ref = graphs.run(model, feeds)[0]
+        ours, theirs = graphs.run(full, feeds)[0], graphs.run(naive, feeds)[0]
+        gains.append(_sqnr(ref, ours) - _sqnr(ref, theirs))
+        notes = res.records[0].result.notes
+        assert notes["stat_sources"] == {"synthetic": 3}
+        before, after = np.array(list(notes["weight_sqnr_db"].values())).T
+        assert np.mean(after) > np.mean(before)
+    assert min(gains) > 0.5 and sum(gains) > 10.0
+
+
+def test_bn_statistics_are_used_and_reported():
+    text = """
+    g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
+       float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[2, 4, 1, 1] w_b)
+       => (float[N, 2, 8, 8] z) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
+        n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
+        y = Relu (n)
+        z = Conv (y, w_b)
+    }
+    """
+    ctx = PassContext()
+    out, res = graphs.apply(graphs.build(text), DfqPass(), ctx=ctx)
+    notes = res.records[0].result.notes
+    assert notes["stat_sources"] == {"bn": 1, "synthetic": 1}
+    assert graphs.op_count(out, "BatchNormalization") == 0
+    assert ctx.ranges["n"][2] == "bn" and ctx.ranges["y"][0] == 0.0
+
+
+def test_nothing_to_equalize_still_quantizes_and_says_so():
+    model = graphs.build(SINGLE_GEMM)
+    out, res = graphs.apply(model, DfqPass())
+    notes = res.records[0].result.notes
+    assert "nothing to equalize" in notes["equalize_summary"]
+    assert graphs.op_count(out, "DequantizeLinear") >= 2
+    feeds = graphs.feeds_for(model, batch=16)
+    assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 25
+
+
+def test_opset_11_model_is_quantized_per_tensor():
+    model = graphs.build(graphs.CONV_DW_CONV, opset=11)
+    out, _ = graphs.apply(model, DfqPass())
+    onnx.checker.check_model(out)
+    dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and all(not any(a.name == "axis" for a in n.attribute) for n in dq)
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 15
+
+
+def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
+    pytest.importorskip("matplotlib")
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=4), seed=4)
+    out, res = graphs.apply(model, DfqPass(DfqConfig(quantize=False, plot=str(tmp_path))))
+    assert graphs.op_count(out, "QuantizeLinear") == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_ranges.png",
+                                                         "weight_sqnr.png"]
+    assert len(res.records[0].result.notes["plots"]) == 2
+
+
+def test_bad_config_is_rejected():
+    for bad in ({"clip": "relu"}, {"stats": "x"}, {"ranges": "y"}, {"range_k": 0.0},
+                {"bits": 3}):
+        with pytest.raises(ConfigError):
+            DfqConfig(**bad)
