@@ -5,6 +5,7 @@ from graphcomp.pass_base import Pass
 from passes.absorb_bias import AbsorbBiasPass
 from passes.bias_correct import BiasCorrectPass
 from passes.cleanup import CleanupPass
+from passes.dfq import DfqPass
 from passes.equalize import EqualizePass
 from passes.fold_bn import FoldBnPass
 from passes.prune import PrunePass
@@ -15,6 +16,7 @@ REGISTRY: dict[str, type[Pass]] = {
     "absorb-bias": AbsorbBiasPass,
     "bias-correct": BiasCorrectPass,
     "cleanup": CleanupPass,
+    "dfq": DfqPass,
     "equalize": EqualizePass,
     "fold-bn": FoldBnPass,
     "prune": PrunePass,
