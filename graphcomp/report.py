@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ class Report:
     def render(self, console: Console) -> None:
         """Print the pass table, the size summary and the verification table."""
         console.print(pass_table(self.passes))
+        if any(r.result.skipped or r.result.notes for r in self.passes):
+            console.print(details_table(self.passes))
         console.print(size_line(self.before, self.after))
         if self.verification is not None:
             console.print(verify_table(self.verification))
@@ -90,6 +94,31 @@ def pass_table(records: list[PassRecord]) -> Table:
             f"{r.seconds:.2f}s",
         )
     return table
+
+
+def details_table(records: list[PassRecord], most: int = 4) -> Table:
+    """Per pass: its scalar notes and its commonest skip reasons with counts."""
+    table = Table(title="details (every skip reason is in the JSON report)")
+    table.add_column("pass")
+    table.add_column("what")
+    table.add_column("count / value", justify="right")
+    for r in records:
+        for key, value in r.result.notes.items():
+            if isinstance(value, (int, float, str, bool)):
+                table.add_row(r.result.name, key, str(value))
+        reasons = Counter(_reason_kind(s.reason) for s in r.result.skipped)
+        for reason, count in reasons.most_common(most):
+            table.add_row(r.result.name, f"skipped: {reason}", str(count))
+        if len(reasons) > most:
+            table.add_row(r.result.name, "skipped: other reasons",
+                          str(sum(c for _, c in reasons.most_common()[most:])))
+    return table
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason with names and numbers blanked (`*`), so equal causes group together."""
+    kind = re.sub(r"[\w./:-]*[\d_][\w./:-]*", "*", reason)
+    return kind if len(kind) <= 80 else kind[:77] + "..."
 
 
 def size_line(before: dict[str, Any], after: dict[str, Any]) -> str:
