@@ -108,3 +108,33 @@ def channel_moments(model: onnx.ModelProto, names: list[str], batches: Iterable[
         out[name] = (mean, np.sqrt(np.maximum(s2 / count - mean**2, 0.0)))
     return out
 
+
+
+def smooth_feeds(model: onnx.ModelProto, n: int = 64, seed: int = 0,
+                 input_shapes: dict[str, list[int]] | None = None, batch: int = 32,
+                 exponent: float = 1.0) -> list[Feeds]:
+    """Seeded natural-image-like inputs: 1/f^exponent noise on the last two axes.
+
+    Float inputs of rank >= 3 get, per sample and channel, random-phase noise whose
+    amplitude spectrum falls as 1/f^exponent (natural images: about 1/f), scaled to
+    zero mean and unit std over the batch, so spatial correlations resemble photos
+    while the marginal stays N(0, 1)-like. Other inputs are as `synthetic_feeds`.
+    """
+    out = synthetic_feeds(model, n, seed, input_shapes, batch)
+    rng = np.random.default_rng(seed + 7919)
+    for feeds in out:
+        for name, value in feeds.items():
+            if value.ndim >= 3 and np.issubdtype(value.dtype, np.floating):
+                feeds[name] = _pink(rng, value.shape, exponent).astype(value.dtype)
+    return out
+
+
+def _pink(rng: np.random.Generator, shape: tuple[int, ...], exponent: float) -> np.ndarray:
+    h, w = shape[-2], shape[-1]
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.sqrt(fy * fy + fx * fx)
+    amplitude = 1.0 / np.maximum(radius, 1.0 / max(h, w)) ** exponent
+    phase = rng.uniform(0.0, 2.0 * np.pi, (*shape[:-2], h, fx.shape[1]))
+    noise = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(h, w))
+    return (noise - noise.mean()) / max(float(noise.std()), 1e-12)
