@@ -114,7 +114,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
             f"the model from opset {have} failed ({e}); use 8-bit or per-tensor rules") from e
     new = gs.import_onnx(converted)
     graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
-    graph.opset = new.opset
+    graph.opset, graph.import_domains = new.opset, new.import_domains
     result.notes["opset"] = f"converted {have} -> {need}"
     return True
 

@@ -25,7 +25,9 @@ File (TOML, or the same structure as JSON), e.g.:
     [layers."head"]
     method = "none"
 
-Biases are int32 with scale s_input * s_weight (only `auto` or `none` apply).
+Biases are int32 with scale s_input * s_weight (only `auto` or `none` apply). A tensor
+that is one layer's output and another's input gets one quantizer: the first reader's
+`input` rule wins over the producer's `output` rule.
 """
 from __future__ import annotations
 

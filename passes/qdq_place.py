@@ -192,7 +192,10 @@ def _add(acts: dict[str, Act], tensor: gs.Tensor, rule: TensorRule, owner: str,
     act = acts.get(tensor.name)
     if act is None:
         act = acts[tensor.name] = Act(tensor, rule, owner, dynamic)
-    elif act.dynamic and not dynamic:  # a static request wins over a dynamic one
+    elif (act.dynamic and not dynamic) or (
+            act.owner.endswith(" output") and owner.endswith(" input") and not dynamic):
+        # a static request wins over a dynamic one; a reader's input rule over the
+        # producer's output rule (the input decides the reader's kernel)
         act.rule, act.owner, act.dynamic = rule, owner, False
     if reader is not None and reader not in act.readers:
         act.readers.append(reader)

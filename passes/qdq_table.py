@@ -68,9 +68,10 @@ def _layer_rows(layer: Layer, plan: Plan, config: QdqConfig, ctx: PassContext) -
     bias = layer.rules["bias"]
     if len(node.inputs) > 2 and node.inputs[2].name and layer.acts == [0]:
         quantized = bias.enabled and weight.enabled and _static_input(layer, plan)
+        gran = "per-channel(axis=0)" if weight.per_channel else "per-tensor"
         rows.append(Row(node.name, node.op, "bias", node.inputs[2].name,
                         "auto" if quantized else "none", "int32" if quantized else "float",
-                        "as weight" if quantized else "-",
+                        gran if quantized else "-",
                         "s_input * s_weight" if quantized else _bias_reason(bias, weight)))
     rows.append(_act_row(layer, "output", layer.out, plan, config, ctx))
     return rows
