@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 METHODS = ("auto", "bn", "synthetic", "calibration")
 DEFAULT_DATA_FREE = "synthetic"
+PRIORS = ("normal", "smooth")  # synthetic inputs: white N(0, 1) or 1/f natural-image-like
+DEFAULT_PRIOR = "smooth"
 SYNTHETIC_SAMPLES = 64
 MIN_STD = 1e-8  # std floor: a dead channel still gets a finite z-score
 _SQRT2 = math.sqrt(2.0)
@@ -54,7 +56,7 @@ def layer_outputs(graph: gs.Graph) -> dict[str, int]:
 
 def estimate(model: gs.Graph | onnx.ModelProto, ctx: PassContext, method: str = "auto",
              names: list[str] | None = None, samples: int = SYNTHETIC_SAMPLES,
-             seed: int = 0) -> dict[str, ChannelStats]:
+             seed: int = 0, prior: str = DEFAULT_PRIOR) -> dict[str, ChannelStats]:
     """Statistics for the pre-activation tensors `names` (default: every layer output).
 
     Entries of `ctx.stats` with source "bn" take precedence under "auto" and "bn";
@@ -79,7 +81,8 @@ def estimate(model: gs.Graph | onnx.ModelProto, ctx: PassContext, method: str = 
 
         out.update(stats_analytic.propagate(graph, ctx, rest))
     else:
-        out.update(_measure(graph, ctx, rest, axes, source, samples, seed))
+        out.update(_measure(graph, ctx, rest, axes, source, feeds(
+            to_model(graph), ctx, source, samples, seed, prior)))
     return out
 
 
@@ -105,14 +108,22 @@ def _data_source(method: str, ctx: PassContext) -> str:
     return "calibration" if ctx.calibration is not None else DEFAULT_DATA_FREE
 
 
-def _measure(graph: gs.Graph, ctx: PassContext, names: list[str], axes: dict[str, int],
-             source: str, samples: int, seed: int) -> dict[str, ChannelStats]:
-    """Run the float model (as it is now) on calibration or synthetic batches."""
-    model = to_model(graph)
+def feeds(model: onnx.ModelProto, ctx: PassContext, source: str, samples: int, seed: int,
+          prior: str) -> list[observe.Feeds]:
+    """Input batches of a measured source: the user's samples or seeded synthetic ones."""
     if source == "calibration":
-        batches = observe.calibration_feeds(model, ctx.calibration or {})
-    else:
-        batches = observe.synthetic_feeds(model, samples, seed, ctx.input_shapes)
+        return observe.calibration_feeds(model, ctx.calibration or {})
+    if prior not in PRIORS:
+        raise ConfigError(f"unknown synthetic prior '{prior}'; choose from {PRIORS}")
+    if prior == "smooth":
+        return observe.smooth_feeds(model, samples, seed, ctx.input_shapes)
+    return observe.synthetic_feeds(model, samples, seed, ctx.input_shapes)
+
+
+def _measure(graph: gs.Graph, ctx: PassContext, names: list[str], axes: dict[str, int],
+             source: str, batches: list[observe.Feeds]) -> dict[str, ChannelStats]:
+    """Run the float model (as it is now) on the given batches."""
+    model = to_model(graph)
     out: dict[str, ChannelStats] = {}
     for axis in sorted(set(axes[n] for n in names)):
         group = [n for n in names if axes[n] == axis]

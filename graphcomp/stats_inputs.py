@@ -26,8 +26,8 @@ MAX_WALK = 16
 
 
 def input_means(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node],
-                method: str = "auto", samples: int = stats.SYNTHETIC_SAMPLES, seed: int = 0
-                ) -> dict[str, tuple[np.ndarray, str]]:
+                method: str = "auto", samples: int = stats.SYNTHETIC_SAMPLES, seed: int = 0,
+                prior: str = stats.DEFAULT_PRIOR) -> dict[str, tuple[np.ndarray, str]]:
     """Layer name -> (E[x] per input feature of its data input, source of the estimate)."""
     out: dict[str, tuple[np.ndarray, str]] = {}
     if method in ("auto", "bn"):
@@ -40,7 +40,7 @@ def input_means(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node],
         return out
     rest = [n for n in nodes if n.name not in out]
     if rest:
-        out.update(_measured(graph, ctx, rest, method, samples, seed))
+        out.update(_measured(graph, ctx, rest, method, samples, seed, prior))
     return out
 
 
@@ -79,14 +79,11 @@ def _block(flat: gs.Node) -> int | None:
 
 
 def _measured(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node], method: str,
-              samples: int, seed: int) -> dict[str, tuple[np.ndarray, str]]:
+              samples: int, seed: int, prior: str) -> dict[str, tuple[np.ndarray, str]]:
     source = "calibration" if method == "calibration" or (
         method == "auto" and ctx.calibration is not None) else "synthetic"
     model = stats.to_model(graph)
-    if source == "calibration":
-        batches = observe.calibration_feeds(model, ctx.calibration or {})
-    else:
-        batches = observe.synthetic_feeds(model, samples, seed, ctx.input_shapes)
+    batches = stats.feeds(model, ctx, source, samples, seed, prior)
     out: dict[str, tuple[np.ndarray, str]] = {}
     for axis in (1, -1):
         group = [n for n in nodes if (n.op == "MatMul") == (axis == -1)]

@@ -42,6 +42,7 @@ class AbsorbBiasConfig:
     k: float = 3.0  # c = max(0, mean - k * std)
     stats: str = "auto"  # auto, bn, synthetic, calibration (see graphcomp.stats)
     samples: int = channel_stats.SYNTHETIC_SAMPLES
+    prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -51,6 +52,8 @@ class AbsorbBiasConfig:
             raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.samples < 1:
             raise ConfigError(f"samples must be >= 1, got {self.samples}")
+        if self.prior not in channel_stats.PRIORS:
+            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
 
 
 class AbsorbBiasPass(Pass):
@@ -77,8 +80,8 @@ class AbsorbBiasPass(Pass):
                 todo.append(link)
         cfg = self.config
         names = [link.first.outputs[0].name for link in todo]
-        known = channel_stats.estimate(graph, ctx, cfg.stats, names, cfg.samples,
-                                       cfg.seed) if todo else {}
+        known = channel_stats.estimate(graph, ctx, cfg.stats, names, cfg.samples, cfg.seed,
+                                       cfg.prior) if todo else {}
         absorbed = 0
         for link in todo:
             st = known.get(link.first.outputs[0].name)

@@ -38,6 +38,7 @@ class BiasCorrectConfig:
     pow2: bool = False
     stats: str = "auto"  # auto, bn, synthetic, calibration
     samples: int = channel_stats.SYNTHETIC_SAMPLES
+    prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +48,8 @@ class BiasCorrectConfig:
             raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.samples < 1:
             raise ConfigError(f"samples must be >= 1, got {self.samples}")
+        if self.prior not in channel_stats.PRIORS:
+            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
 
     def spec(self, node: gs.Node) -> quant.QuantSpec:
         """The qdq weight quantizer of `node` (output-channel axis when per-channel)."""
@@ -74,7 +77,8 @@ class BiasCorrectPass(Pass):
             else:
                 todo.append(node)
         cfg = self.config
-        means = stats_inputs.input_means(graph, ctx, todo, cfg.stats, cfg.samples, cfg.seed)
+        means = stats_inputs.input_means(graph, ctx, todo, cfg.stats, cfg.samples, cfg.seed,
+                                         cfg.prior)
         sources: dict[str, int] = {}
         for node in todo:
             if node.name not in means:

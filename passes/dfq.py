@@ -52,6 +52,7 @@ class DfqConfig:
     range_k: float = 4.0
     absorb_k: float = 3.0
     samples: int = channel_stats.SYNTHETIC_SAMPLES
+    prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
     plot: str | None = None  # directory for the weight-range and error charts
     seed: int = 0
@@ -65,6 +66,8 @@ class DfqConfig:
             raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.ranges not in RANGE_MODES:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
+        if self.prior not in channel_stats.PRIORS:
+            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
         if not (self.range_k > 0 and self.absorb_k >= 0 and self.samples >= 1):
             raise ConfigError("range_k must be > 0, absorb_k >= 0 and samples >= 1")
 
@@ -90,7 +93,8 @@ class DfqPass(Pass):
         cfg, result = self.config, PassResult(self.name)
         _merge(result, FoldBnPass().apply(graph, ctx), graph)
         naive = _weight_sqnr(graph, cfg)
-        known = channel_stats.estimate(graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed)
+        known = channel_stats.estimate(graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed,
+                                       prior=cfg.prior)
         ctx.stats.update(known)
         result.notes["stat_sources"] = dict(Counter(s.source for s in known.values()))
         for step in self._steps():
@@ -101,7 +105,7 @@ class DfqPass(Pass):
         result.notes["weight_sqnr_db"] = {n: [naive[n], now[n]] for n in now if n in naive}
         if cfg.ranges == "stats":
             known = channel_stats.estimate(graph, ctx, cfg.stats, list(known), cfg.samples,
-                                           cfg.seed)
+                                           cfg.seed, cfg.prior)
             fresh = activation_ranges(graph, known, cfg.range_k)
             ctx.ranges.update({n: r for n, r in fresh.items() if n not in ctx.ranges})
             result.notes["ranges_from_stats"] = len(fresh)
@@ -119,10 +123,11 @@ class DfqPass(Pass):
             steps.append(EqualizePass(EqualizeConfig(clip=cfg.clip)))
         if cfg.absorb:
             steps.append(AbsorbBiasPass(AbsorbBiasConfig(cfg.absorb_k, cfg.stats, cfg.samples,
-                                                         cfg.seed)))
+                                                         cfg.prior, cfg.seed)))
         if cfg.correct:
             steps.append(BiasCorrectPass(BiasCorrectConfig(cfg.bits, cfg.per_channel, False,
-                                                           cfg.stats, cfg.samples, cfg.seed)))
+                                                           cfg.stats, cfg.samples, cfg.prior,
+                                                           cfg.seed)))
         return steps
 
     def _qdq_config(self) -> QdqConfig:
