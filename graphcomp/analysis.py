@@ -121,6 +121,7 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
     for value in probe.graph.input:
         if value.name in input_shapes:
             _set_dims(value, input_shapes[value.name])
+    del probe.graph.value_info[:]  # stale or symbolic dims would win over input_shapes
     with contextlib.suppress(Exception):  # best effort: unknown shapes count 0 MACs
         probe = shape_inference.infer_shapes(probe, data_prop=True)
     shapes: dict[str, list[int]] = {}
