@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp import observe, quant
+from graphcomp import graph_utils, observe, quant
 from graphcomp.pass_base import PassContext
 from passes.qdq_config import QdqConfig
 
@@ -30,6 +30,8 @@ Range = tuple[float, float, str]
 MAX_VALUES = 1 << 19  # kept per tensor for percentile / mse
 PER_BATCH = 1 << 16  # drawn per tensor from each batch
 HUGE = 1e20  # beyond this a range is a mask constant, not an activation
+MAX_WALK = 64  # ops walked back from a tensor to find a range in ctx.ranges
+KEEPS_RANGE = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 
 
 class _Sampler:
@@ -84,7 +86,8 @@ def _method(config: QdqConfig) -> str:
 def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext,
             config: QdqConfig) -> tuple[dict[str, Range], str | None]:
     """Ranges of the tensors in `specs` and an error message if measuring failed."""
-    ranges = {n: ctx.ranges[n] for n in specs if n in ctx.ranges}
+    tensors = graph.tensors()
+    ranges = {n: r for n in specs if (r := from_context(tensors.get(n), ctx)) is not None}
     todo = [n for n in specs if n not in ranges]
     if not todo:
         return ranges, None
@@ -103,6 +106,41 @@ def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext
         lo, hi = sampler.range(config, specs[name])
         ranges[name] = (float(lo), float(hi), f"{source}:{_method(config)}")
     return ranges, None
+
+
+def from_context(tensor: gs.Tensor | None, ctx: PassContext) -> Range | None:
+    """The range of `tensor` in ctx.ranges, looking back through ops that keep or clip it.
+
+    Through Relu/Clip the found range is clipped; through MaxPool/Reshape/... it is
+    kept, so dfq may key its ranges by pre-activation tensors.
+    """
+    clips = []
+    for _ in range(MAX_WALK):
+        if tensor is None:
+            return None
+        if tensor.name in ctx.ranges:
+            lo, hi, source = ctx.ranges[tensor.name]
+            for c_lo, c_hi in clips:
+                lo, hi = max(lo, c_lo), min(hi, c_hi)
+            return lo, hi, source
+        node = tensor.inputs[0] if tensor.inputs else None
+        if node is None or node.op not in ("Relu", "Clip", *KEEPS_RANGE) or not node.inputs:
+            return None
+        if node.op in ("Relu", "Clip"):
+            clips.append(_clip_bounds(node))
+        tensor = node.inputs[0]
+    return None
+
+
+def _clip_bounds(node: gs.Node) -> tuple[float, float]:
+    if node.op == "Relu":
+        return 0.0, np.inf
+    bounds = []
+    for index, key, default in ((1, "min", -np.inf), (2, "max", np.inf)):
+        value = graph_utils.const_input(node, index)
+        value = node.attrs.get(key, default) if value is None else value
+        bounds.append(float(value))
+    return bounds[0], bounds[1]
 
 
 def usable(rng: Range | None) -> str | None:

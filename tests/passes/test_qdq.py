@@ -221,3 +221,12 @@ def test_transformer_keeps_cosine_with_dynamic_matmul_inputs(tmp_path):
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert "MatMul" not in ops and sum(o in INTEGER_KERNELS for o in ops) == 8
     assert "LayerNormalization" in ops and "QuantizeLinear" not in ops
+
+
+def test_context_range_of_a_pre_activation_reaches_the_relu_output():
+    model = graphs.build(graphs.QDQ_CNN)
+    ctx = PassContext(ranges={"c1": (-3.0, 5.1, "dfq:bn"), "pw": (-1.0, 2.0, "dfq:bn")})
+    out, result = _qdq(model, ctx=ctx)
+    r1_dq = _dq_feeding(out, "Conv_2", 0)
+    assert np.isclose(_value(out, r1_dq.input[1]), 5.1 / 255)  # Relu clips at 0
+    assert result.notes["range_sources"]["dfq:bn"] == 2
