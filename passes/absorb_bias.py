@@ -6,7 +6,8 @@ is (with probability Phi(k)) always passed through f unchanged, so
 f(W1 x + b1 - c) = f(W1 x + b1) - c and W2 (a - c) + (b2 + W2 c) = W2 a + b2, with W2 c
 summed over each channel's kernel (or Flatten block). This shrinks the activation
 range the quantizer has to cover after equalization. Clipping bounds on the path
-become hi_i - c_i (Clip turns into Relu -> Min per channel). Exact when every
+become hi_i - c_i (Clip turns into Relu -> Min per channel), or with clip="stats" the
+Clip is kept and channels reaching it (mean + clip_k std > hi) absorb nothing. Exact when every
 pre-activation value stays above c (and away from zero-padded borders, where the
 padding now stands for -c); the report gives the share of channels absorbed and the
 expected share of values below c, Phi(-k).
@@ -29,7 +30,7 @@ from graphcomp import stats as channel_stats
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import ChannelStats, Pass, PassContext, PassResult
 from passes import dfq_layers as layers
-from passes.dfq_chains import Link, find_links
+from passes.dfq_chains import Link, bound_of, find_links
 from passes.equalize_apply import write_bounds
 
 RELU_LIKE = ("Relu", "LeakyRelu", "PRelu", "Clip", "Min")
@@ -40,6 +41,8 @@ class AbsorbBiasConfig:
     """How much of each channel is absorbed and where its statistics come from."""
 
     k: float = 3.0  # c = max(0, mean - k * std)
+    clip: str = "per-channel"  # per-channel: Clip -> Relu + Min(hi - c); stats: keep the Clip
+    clip_k: float = 4.0  # clip="stats": channels with mean + clip_k std > hi keep c = 0
     stats: str = "auto"  # auto, bn, synthetic, calibration (see graphcomp.stats)
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
@@ -48,6 +51,8 @@ class AbsorbBiasConfig:
     def __post_init__(self) -> None:
         if not self.k >= 0.0:
             raise ConfigError(f"k must be >= 0, got {self.k}")
+        if self.clip not in ("per-channel", "stats"):
+            raise ConfigError(f"clip must be 'per-channel' or 'stats', got '{self.clip}'")
         if self.stats not in channel_stats.METHODS:
             raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.samples < 1:
@@ -89,10 +94,14 @@ class AbsorbBiasPass(Pass):
                 result.skip(link.first, "no statistics for its output")
                 continue
             c = np.maximum(0.0, np.asarray(st.mean, np.float64) - cfg.k * st.std)
+            keep_clip = cfg.clip == "stats" and _scalar_clip(link) is not None
+            if keep_clip:  # channels that reach the clip keep it exact: nothing absorbed
+                c = np.where(st.mean + cfg.clip_k * st.std > _scalar_clip(link), 0.0, c)
             if not np.any(c > 0):
-                result.skip(link.first, f"no channel has mean - {cfg.k:g} std > 0")
+                result.skip(link.first, f"no channel has mean - {cfg.k:g} std > 0"
+                            + (" below the clip" if keep_clip else ""))
                 continue
-            _absorb(graph, link, c)
+            _absorb(graph, link, c, keep_clip)
             ctx.stats[link.first.outputs[0].name] = ChannelStats(st.mean - c, st.std, st.source)
             absorbed += 1
             result.change(link.first, f"absorbed c into {link.second.name}: "
@@ -111,7 +120,17 @@ def _link_reason(link: Link) -> str | None:
     return None
 
 
-def _absorb(graph: gs.Graph, link: Link, c: np.ndarray) -> None:
+def _scalar_clip(link: Link) -> float | None:
+    """The smallest upper bound of the Clips on `link`'s path (None: a Min or no Clip)."""
+    if not link.bounds or any(n.op != "Clip" for n in link.bounds):
+        return None
+    bounds = [bound_of(n) for n in link.bounds]
+    if any(b is None for b in bounds):
+        return None
+    return float(min(np.min(b[1]) for b in bounds))
+
+
+def _absorb(graph: gs.Graph, link: Link, c: np.ndarray, keep_clip: bool) -> None:
     first, second = link.first, link.second
     dtype = graph_utils.const_input(first, 1).dtype
     layers.set_bias(graph, first, layers.bias_of(first, link.channels) - c, dtype)
@@ -119,4 +138,5 @@ def _absorb(graph: gs.Graph, link: Link, c: np.ndarray) -> None:
     shift = layers.input_sums(second, w2, link.channels, link.block) @ c
     outs = layers.out_channels_of(second)
     layers.set_bias(graph, second, layers.bias_of(second, outs) + shift, dtype)
-    write_bounds(graph, link, np.ones(link.channels), c)
+    if not keep_clip:
+        write_bounds(graph, link, np.ones(link.channels), c)

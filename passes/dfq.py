@@ -51,6 +51,7 @@ class DfqConfig:
     ranges: str = "stats"  # stats: mean +- range_k std; measure: qdq measures them
     range_k: float = 4.0
     absorb_k: float = 3.0
+    clip_k: float = 4.0  # clip="stats": a channel reaches its clip if mean + clip_k std > hi
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
@@ -120,10 +121,14 @@ class DfqPass(Pass):
     def _steps(self) -> list[Pass]:
         cfg, steps = self.config, []
         if cfg.equalize:
-            steps.append(EqualizePass(EqualizeConfig(clip=cfg.clip)))
+            steps.append(EqualizePass(EqualizeConfig(
+                clip=cfg.clip, clip_k=cfg.clip_k, stats=cfg.stats, samples=cfg.samples,
+                prior=cfg.prior, seed=cfg.seed)))
         if cfg.absorb:
-            steps.append(AbsorbBiasPass(AbsorbBiasConfig(cfg.absorb_k, cfg.stats, cfg.samples,
-                                                         cfg.prior, cfg.seed)))
+            clip = "per-channel" if cfg.clip == "per-channel" else "stats"
+            steps.append(AbsorbBiasPass(AbsorbBiasConfig(
+                k=cfg.absorb_k, clip=clip, clip_k=cfg.clip_k, stats=cfg.stats,
+                samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))
         if cfg.correct:
             steps.append(BiasCorrectPass(BiasCorrectConfig(cfg.bits, cfg.per_channel, False,
                                                            cfg.stats, cfg.samples, cfg.prior,

@@ -6,10 +6,11 @@ s_i = sqrt(r1_i / r2_i) (r = max |w| of the channel): both then have range
 sqrt(r1_i r2_i). Links sharing a layer (conv -> depthwise -> conv) are swept in turn
 until no scale moves by more than `tol` (in log) or `max_iter` sweeps.
 
-A clipping activation (Clip(0, 6), Relu -> Min) is kept exact: with clip="per-channel"
-the bound is divided by s_i too (Clip becomes Relu -> Min by a per-channel constant);
-with clip="constrain" a channel is scaled only when its pre-activation provably never
-reaches the bound (interval bound from a clipped input), with s_i >= u_i / bound.
+A clipping activation (Clip(0, 6), Relu -> Min) is kept: clip="per-channel" divides
+the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant; exact);
+clip="constrain" scales a channel only when its pre-activation provably never reaches
+the bound (exact); clip="stats" gives the channels that reach it one shared scale and
+keeps the Clip (exact up to values beyond mean + clip_k std). See equalize_clip.py.
 BN statistics in ctx.stats follow the scaling. Function-preserving up to rounding.
 Will not touch the pairs `dfq_chains` rejects (residual junctions, Concat, shared
 weights, non-homogeneous activations): they are skipped with the reason.
@@ -25,15 +26,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphcomp import graph_utils
+from graphcomp import stats as channel_stats
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import ChannelStats, Pass, PassContext, PassResult
 from passes import dfq_layers as layers
-from passes.dfq_chains import Link, bound_of, find_links
-from passes.equalize_apply import input_bound, write_bounds
+from passes.dfq_chains import Link, find_links
+from passes.equalize_apply import write_bounds
+from passes.equalize_clip import ClipRule, clip_rule, constrain, write_scalar_bound
 
 log = logging.getLogger(__name__)
 
-CLIP_MODES = ("per-channel", "constrain")
+CLIP_MODES = ("per-channel", "constrain", "stats")
 TINY_RANGE = 1e-12  # channels with a smaller range are left at scale 1
 MAX_STEP = 1e4  # largest scale one step may apply
 
@@ -42,9 +45,14 @@ MAX_STEP = 1e4  # largest scale one step may apply
 class EqualizeConfig:
     """How equalization runs."""
 
-    clip: str = "per-channel"  # clipping activations: scale the bound, or constrain s
+    clip: str = "per-channel"  # clipping activations, see passes/equalize_clip.py
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
+    clip_k: float = 4.0  # clip="stats": a channel reaches the bound if mean + k std > bound
+    stats: str = "auto"  # clip="stats": where the statistics come from (graphcomp.stats)
+    samples: int = channel_stats.SYNTHETIC_SAMPLES
+    prior: str = channel_stats.DEFAULT_PRIOR
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.clip not in CLIP_MODES:
@@ -53,6 +61,11 @@ class EqualizeConfig:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
         if not 0.0 < self.tol < 1.0:
             raise ConfigError(f"tol must be in (0, 1), got {self.tol}")
+        if not self.clip_k > 0.0 or self.samples < 1:
+            raise ConfigError("clip_k must be > 0 and samples >= 1")
+        if self.stats not in channel_stats.METHODS or self.prior not in channel_stats.PRIORS:
+            raise ConfigError(f"stats must be one of {channel_stats.METHODS} and prior one of "
+                              f"{channel_stats.PRIORS}")
 
 
 @dataclasses.dataclass
@@ -82,22 +95,37 @@ class EqualizePass(Pass):
             result.skip(node, reason)
         before = channel_ranges(graph)
         state = _load(links)
-        caps = [_caps(link, state, self.config.clip) for link in links]
+        rules = self._rules(graph, ctx, links, state)
         sweeps, worst = 0, 0.0
         for sweeps in range(1, self.config.max_iter + 1):  # noqa: B007 - reported below
-            worst = max((_step(link, state, k, caps[k]) for k, link in enumerate(links)),
+            worst = max((_step(link, state, k, rules[k]) for k, link in enumerate(links)),
                         default=0.0)
             if worst < self.config.tol:
                 break
         for k, link in enumerate(links):
             _store(graph, link, state, k, ctx)
-            if self.config.clip == "per-channel":
+            if rules[k] is None:
                 write_bounds(graph, link, state.total[k])
+            elif rules[k].mode == "stats":
+                write_scalar_bound(graph, link, rules[k])
         after = channel_ranges(graph)
         for k, link in enumerate(links):
             result.change(link.first, _detail(link, state.total[k], before, after))
         result.notes.update(_notes(graph, links, sweeps, worst < self.config.tol, before, after))
         return result
+
+
+    def _rules(self, graph: gs.Graph, ctx: PassContext, links: list[Link], state: _State
+               ) -> list[ClipRule | None]:
+        cfg = self.config
+        known: dict[str, ChannelStats] = {}
+        if cfg.clip == "stats" and any(link.bounds for link in links):
+            names = [link.first.outputs[0].name for link in links if link.bounds]
+            known = channel_stats.estimate(graph, ctx, cfg.stats, names, cfg.samples, cfg.seed,
+                                           cfg.prior)
+        return [clip_rule(link, state.weight[link.first.name], state.bias[link.first.name],
+                          cfg.clip, known.get(link.first.outputs[0].name), cfg.clip_k)
+                for link in links]
 
 
 def _load(links: list[Link]) -> _State:
@@ -109,29 +137,7 @@ def _load(links: list[Link]) -> _State:
     return _State(weight, bias, [np.ones(link.channels) for link in links])
 
 
-def _caps(link: Link, state: _State, mode: str) -> np.ndarray | None:
-    """For clip="constrain" on a clipped link: per channel the bound, or 0 where s must be 1.
-
-    None means unconstrained (no clip on the path, or the bound is scaled per channel).
-    """
-    if mode != "constrain" or not link.bounds:
-        return None
-    hi = np.min([np.broadcast_to(bound_of(n)[1].reshape(-1), (link.channels,))
-                 for n in link.bounds], axis=0)
-    upper = _upper(link, state)
-    return np.where(upper <= hi, hi, 0.0)
-
-
-def _upper(link: Link, state: _State) -> np.ndarray:
-    """Provable upper bound of `first`'s pre-activation per channel (inf if unbounded)."""
-    bound = input_bound(link.first)
-    if bound is None or link.first.op != "Conv":
-        return np.full(link.channels, np.inf)
-    rows = layers.out_rows(link.first, state.weight[link.first.name])
-    return state.bias[link.first.name] + bound * np.maximum(rows, 0.0).sum(axis=1)
-
-
-def _step(link: Link, state: _State, k: int, cap: np.ndarray | None) -> float:
+def _step(link: Link, state: _State, k: int, rule: ClipRule | None) -> float:
     """One equalization step of `link`; returns max |log s| applied."""
     first, second = link.first, link.second
     r1 = layers.out_ranges(first, state.weight[first.name])
@@ -139,9 +145,9 @@ def _step(link: Link, state: _State, k: int, cap: np.ndarray | None) -> float:
     live = (r1 > TINY_RANGE) & (r2 > TINY_RANGE)
     s = np.ones(link.channels)
     s[live] = np.clip(np.sqrt(r1[live] / r2[live]), 1.0 / MAX_STEP, MAX_STEP)
-    if cap is not None:
-        upper = _upper(link, state)
-        s = np.where(cap > 0, np.maximum(s, upper / np.where(cap > 0, cap, 1.0)), 1.0)
+    if rule is not None:
+        s = constrain(rule, s, state.total[k], link, state.weight[first.name],
+                      state.bias[first.name], r1, r2)
     state.weight[first.name] = layers.scale_out(first, state.weight[first.name], 1.0 / s)
     state.bias[first.name] = state.bias[first.name] / s
     state.weight[second.name] = layers.scale_in(second, state.weight[second.name], s,

@@ -134,3 +134,18 @@ def test_bad_config_is_rejected():
         EqualizeConfig(clip="relu")
     with pytest.raises(ConfigError):
         EqualizeConfig(max_iter=0)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_stats_mode_keeps_a_scalar_clip_and_is_exact_within_the_statistics(seed):
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed)
+    feeds = {k: v * 3.0 for k, v in graphs.feeds_for(model, seed=seed, batch=8).items()}
+    ctx = PassContext(calibration=feeds)
+    cfg = EqualizeConfig(clip="stats", stats="calibration", clip_k=6.0)
+    out, res = graphs.apply(model, EqualizePass(cfg), ctx=ctx)
+    assert graphs.op_count(out, "Clip") == 2 and graphs.op_count(out, "Min") == 0
+    ref, new = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    # values beyond mean + 6 std of their channel are the only ones that may move
+    assert np.mean(np.abs(ref - new) > 1e-4 * np.abs(ref).max()) < 0.01
+    assert np.mean(np.abs(ref - new)) < 1e-3 * np.mean(np.abs(ref))
+    assert res.records[0].result.notes["links"] == 2
