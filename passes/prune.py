@@ -120,7 +120,11 @@ def _is_producer_space(cg: ChannelGraph, name: str) -> bool:
 
 def _moments(cg: ChannelGraph, ctx: PassContext, result: PassResult) -> prune_score.Moments:
     names = prune_comp.consumer_spaces(cg)
-    moments, source = prune_comp.measure(cg, ctx, names)
+    try:
+        moments, source = prune_comp.measure(cg, ctx, names)
+    except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; go on without
+        result.notes["statistics_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        moments, source = {}, "none"
     from_bn = prune_comp.bn_moments(cg, ctx, names)
     moments.update(from_bn)
     result.notes["statistics"] = {"bn": len(from_bn), source: len(moments) - len(from_bn)}

@@ -29,6 +29,12 @@ from onnx import shape_inference
 
 log = logging.getLogger(__name__)
 
+FOLD_LIMIT = 1 << 26  # bytes: larger folded constants stay computed
+PARAM_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
+               "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
+               "PRelu": (1,), "Clip": (1, 2)}
+OPERAND_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Where",
+               "Concat")
 MAX_ELEMENTS = 1 << 22  # whole-graph cap on tracked channel elements (Flatten blocks are big)
 
 
@@ -198,6 +204,7 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
     """Walk `graph` once (topological order) and return its channel groups."""
     from passes import prune_rules
 
+    fold_constants(graph)
     graph.toposort()
     fill_shapes(graph)
     cg = ChannelGraph(graph)
@@ -211,6 +218,32 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
             cg.block(sp, f"{name} is read inside a subgraph")
     cg.finish()
     return cg
+
+
+def fold_constants(graph: gs.Graph) -> None:
+    """Turn parameters computed from constants into constants.
+
+    Some exporters write a bias as Reshape(constant); folded, its layer and per-channel
+    constants are seen. Only parameter inputs are replaced (weights, biases, BN
+    parameters, elementwise and Concat operands); shape inputs keep their subgraphs.
+    Lossless, best effort.
+    """
+    copy = graph.copy()
+    try:
+        copy.fold_constants(fold_shapes=False, recurse_subgraphs=False,
+                            flatten_subgraphs=False, size_threshold=FOLD_LIMIT)
+    except Exception as e:  # noqa: BLE001 - folding is an aid, never required
+        log.debug("constant folding failed: %s", e)
+        return
+    folded = {name: t for name, t in copy.tensors().items() if isinstance(t, gs.Constant)}
+    for node in graph.nodes:
+        slots = PARAM_SLOTS.get(node.op, range(len(node.inputs)) if node.op in OPERAND_OPS
+                                else ())
+        for i in slots:
+            t = node.inputs[i] if i < len(node.inputs) else None
+            if isinstance(t, gs.Variable) and t.inputs and t.name in folded and \
+                    t.inputs[0].op != "Constant":
+                node.inputs[i] = gs.Constant(t.name + "_folded", np.asarray(folded[t.name].values))
 
 
 def fill_shapes(graph: gs.Graph) -> None:

@@ -44,7 +44,7 @@ def apply_rule(cg: ChannelGraph, node: gs.Node) -> None:
 
 
 def _rule_for(node: gs.Node) -> Callable[[ChannelGraph, gs.Node], None] | None:
-    if node.domain not in ("", "ai.onnx"):
+    if node.domain not in (None, "", "ai.onnx"):
         return None
     if node.op in UNARY:
         return identity
