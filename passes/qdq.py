@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
+from graphcomp import graph_utils, pipeline
 from graphcomp.errors import UnsupportedModelError
 from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes import qdq_emit, qdq_ranges, qdq_scales
@@ -115,6 +115,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     new = gs.import_onnx(converted)
     graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
     graph.opset, graph.import_domains = new.opset, new.import_domains
+    pipeline.name_nodes(graph)  # the converter may add unnamed nodes
     result.notes["opset"] = f"converted {have} -> {need}"
     return True
 

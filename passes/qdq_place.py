@@ -81,8 +81,21 @@ def is_transformer(graph: gs.Graph) -> bool:
     for node in graph.nodes:
         if node.op == "LayerNormalization":
             return True
-        if node.op == "Softmax" and any(c.op == "MatMul" for c in node.outputs[0].outputs):
+        if node.op == "Softmax" and _reaches_matmul(node.outputs[0]):
             return True
+    return False
+
+
+def _reaches_matmul(tensor: gs.Tensor) -> bool:
+    """True when `tensor` is read by a MatMul directly or through shape-only ops."""
+    frontier = [tensor]
+    for _ in range(MAX_PROPAGATION):
+        if not frontier:
+            return False
+        readers = frontier.pop().outputs
+        if any(c.op == "MatMul" for c in readers):
+            return True
+        frontier += [c.outputs[0] for c in readers if c.op in SHAPE + ("Shape",) and c.outputs]
     return False
 
 
