@@ -35,7 +35,7 @@ from graphcomp.pass_base import ChannelStats, PassContext
 log = logging.getLogger(__name__)
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METHODS = ("auto", "bn", "synthetic", "calibration")
+METHODS = ("auto", "bn", "analytic", "synthetic", "calibration")
 DEFAULT_DATA_FREE = "synthetic"
 PRIORS = ("normal", "smooth")  # synthetic inputs: white N(0, 1) or 1/f natural-image-like
 DEFAULT_PRIOR = "smooth"

@@ -8,7 +8,8 @@ the `block` features a Flatten gives each channel. Measured ("synthetic" /
 "calibration"): the mean of the input tensor itself over every axis but the channel,
 with the float model run on generated or user samples (graphcomp.observe).
 
-Under "auto" a layer gets the pushed mean when it can, else the measured one. Not
+Analytic ("analytic"): the input's mean from graphcomp.stats_analytic. Under "auto" a
+layer gets the pushed mean when it can, else the measured one. Not
 pushed through MaxPool (the mean of a max is not the max of means) nor through any
 op but one activation; graph inputs and residual sums are measured.
 """
@@ -39,7 +40,13 @@ def input_means(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node],
     if method == "bn":
         return out
     rest = [n for n in nodes if n.name not in out]
-    if rest:
+    if rest and method == "analytic":
+        from graphcomp import stats_analytic
+
+        flow = stats_analytic.propagate(graph, ctx, [n.inputs[0].name for n in rest])
+        out.update({n.name: (flow[n.inputs[0].name].mean, "analytic") for n in rest
+                    if n.inputs[0].name in flow})
+    elif rest:
         out.update(_measured(graph, ctx, rest, method, samples, seed, prior))
     return out
 

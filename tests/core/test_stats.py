@@ -116,3 +116,31 @@ def test_bad_method_and_missing_calibration_are_config_errors():
         stats.estimate(model, PassContext(), method="guess")
     with pytest.raises(ConfigError):
         stats.estimate(model, PassContext(), method="calibration")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_analytic_moments_match_white_noise_measurements(seed):
+    text = """
+    g (float[N, 3, 8, 8] x, float[6, 3, 3, 3] w_a, float[6] b_a, float[6, 1, 3, 3] w_dw,
+       float[6] b_dw, float[5, 6] w_fc) => (float[N, 5] y) {
+        a = Conv (x, w_a, b_a)
+        r = Relu (a)
+        d = Conv <group = 6> (r, w_dw, b_dw)
+        p = GlobalAveragePool (d)
+        f = Flatten (p)
+        y = Gemm <transB = 1> (f, w_fc)
+    }
+    """
+    model = graphs.build(text, seed=seed)
+    feeds = graphs.feeds_for(model, seed=seed, batch=4000)
+    ctx = PassContext(calibration=feeds)
+    measured = stats.estimate(model, ctx, "calibration")
+    analytic = stats.estimate(model, PassContext(), "analytic")
+    assert {s.source for s in analytic.values()} == {"analytic"}
+    assert set(analytic) == {"a", "d", "y"}
+    # the first layer sees independent inputs: exact up to sampling noise
+    np.testing.assert_allclose(analytic["a"].mean, measured["a"].mean, atol=0.05)
+    np.testing.assert_allclose(analytic["a"].std, measured["a"].std, rtol=0.03)
+    # behind a ReLU the elements are no longer independent: close, not equal
+    np.testing.assert_allclose(analytic["d"].mean, measured["d"].mean, rtol=0.1, atol=0.1)
+    np.testing.assert_allclose(analytic["d"].std, measured["d"].std, rtol=0.35)
