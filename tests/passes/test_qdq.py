@@ -230,3 +230,24 @@ def test_context_range_of_a_pre_activation_reaches_the_relu_output():
     r1_dq = _dq_feeding(out, "Conv_2", 0)
     assert np.isclose(_value(out, r1_dq.input[1]), 5.1 / 255)  # Relu clips at 0
     assert result.notes["range_sources"]["dfq:bn"] == 2
+
+
+IF_SUBGRAPHS = """
+g (float[N, 3, 8, 8] x, bool c, float[4, 3, 1, 1] w_a, float[4] b_a, float[4, 4, 1, 1] w_t,
+   float[4, 4, 1, 1] w_e) => (float[N, 4, 8, 8] y) {
+    a = Conv (x, w_a, b_a)
+    r = Relu (a)
+    y = If (c) <then_branch = g1 () => (float[N, 4, 8, 8] yt) { yt = Conv (r, w_t) },
+                else_branch = g2 () => (float[N, 4, 8, 8] ye) { ye = Conv (r, w_e) }>
+}
+"""
+
+
+def test_graph_with_if_subgraphs_comes_out_valid_and_close():
+    model = graphs.build(IF_SUBGRAPHS)
+    out, result = _qdq(model)
+    assert [c.node for c in result.changes] == ["Conv_0"]  # subgraphs are left alone
+    x = graphs.feeds_for(model)["x"]
+    for branch in (True, False):
+        feeds = {"x": x, "c": np.array(branch)}
+        assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
