@@ -28,10 +28,11 @@ from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
 from passes.bias_correct import BiasCorrectConfig, BiasCorrectPass
 from passes.dfq_layers import out_rows
-from passes.dfq_ranges import activation_ranges
+from passes.dfq_ranges import activation_ranges, measured_ranges
 from passes.equalize import CLIP_MODES, EqualizeConfig, EqualizePass
 from passes.fold_bn import FoldBnPass
 from passes.qdq import QdqConfig, QdqPass
+from passes.qdq_place import build_plan
 
 RANGE_MODES = ("stats", "measure")
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
@@ -48,7 +49,7 @@ class DfqConfig:
     correct: bool = True
     clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
     stats: str = "auto"  # auto, bn, synthetic, calibration (graphcomp.stats)
-    ranges: str = "stats"  # stats: mean +- range_k std; measure: qdq measures them
+    ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 4.0
     absorb_k: float = 3.0
     clip_k: float = 4.0  # clip="stats": a channel reaches its clip if mean + clip_k std > hi
@@ -110,6 +111,8 @@ class DfqPass(Pass):
             fresh = activation_ranges(graph, known, cfg.range_k)
             ctx.ranges.update({n: r for n, r in fresh.items() if n not in ctx.ranges})
             result.notes["ranges_from_stats"] = len(fresh)
+        if cfg.quantize:
+            result.notes["ranges_measured"] = self._measure_rest(graph, ctx)
         if cfg.plot:
             from graphcomp import plot
 
@@ -117,6 +120,22 @@ class DfqPass(Pass):
         if cfg.quantize:
             _merge(result, QdqPass(self._qdq_config()).apply(graph, ctx), graph)
         return result
+
+    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:
+        """Ranges of the other tensors qdq quantizes, measured on the statistics' inputs."""
+        cfg, qcfg = self.config, self._qdq_config()
+        plan = build_plan(graph, qcfg)
+        names = [n for n, a in plan.acts.items()
+                 if not a.dynamic and a.rule.method == "auto" and n not in ctx.ranges]
+        if not names:
+            return 0
+        use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
+        source = "calibration" if use_data else "synthetic"
+        model = channel_stats.to_model(graph)
+        batches = channel_stats.feeds(model, ctx, source, cfg.samples, cfg.seed, cfg.prior)
+        label = source if use_data else f"synthetic-{cfg.prior}"
+        ctx.ranges.update(measured_ranges(model, names, batches, qcfg.percentile, label))
+        return len(names)
 
     def _steps(self) -> list[Pass]:
         cfg, steps = self.config, []

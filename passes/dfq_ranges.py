@@ -7,21 +7,24 @@ max(hi, 0)], Clip(a, b) and Min(c) clip it, LeakyRelu/PRelu scale its negative e
 A tensor's range is the union over channels. Max/average pooling keep per-channel
 intervals (their output stays inside), so the walk goes on through them.
 
-Not here: tensors that are not a layer output or an activation chain after one
-(residual sums, Concat, the graph input): qdq measures those.
+Tensors that are not a layer output or an activation chain after one (residual sums,
+Concat, pooling outputs, the graph input) are measured on the same inputs the
+statistics came from (`measured_ranges`, a percentile of the observed values).
 """
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
+from graphcomp import graph_utils, observe, quant
 from graphcomp import stats as channel_stats
 from graphcomp.pass_base import ChannelStats
 
 Range = tuple[float, float, str]
 POOLS = ("MaxPool", "AveragePool", "Identity", "Dropout")
 MAX_WALK = 8
+PER_BATCH = 1 << 15  # values kept per tensor and batch for the percentile
 
 
 def activation_ranges(graph: gs.Graph, known: dict[str, ChannelStats], k: float
@@ -69,3 +72,24 @@ def _through(node: gs.Node, lo: np.ndarray, hi: np.ndarray
         return None
     slope = np.broadcast_to(np.asarray(slope, np.float64).reshape(-1), lo.shape)
     return np.where(lo < 0, lo * slope, lo), np.where(hi < 0, hi * slope, hi)
+
+
+def measured_ranges(model: onnx.ModelProto, names: list[str], batches: list[observe.Feeds],
+                    percentile: float, source: str) -> dict[str, Range]:
+    """(lo, hi) per tensor: the `percentile` range of its values on `batches` (subsampled)."""
+    rng = np.random.default_rng(0)
+    kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for values in observe.stream(model, names, batches):
+        for name, value in values.items():
+            flat = np.asarray(value, np.float32).ravel()
+            flat = flat[np.isfinite(flat)]
+            if flat.size > PER_BATCH:
+                flat = rng.choice(flat, PER_BATCH, replace=False)
+            kept[name].append(flat)
+    out: dict[str, Range] = {}
+    for name, parts in kept.items():
+        values = np.concatenate(parts) if parts else np.zeros(0)
+        if values.size:
+            lo, hi = quant.percentile(values, percentile)
+            out[name] = (lo, hi, f"{source}:percentile({percentile:g})")
+    return out
