@@ -11,8 +11,9 @@ correction, activation ranges, and prune compensation. Sources, in precedence or
   (graphcomp.stats_analytic), no onnxruntime run.
 
 `estimate(..., method="auto")` takes "bn" where present, then "calibration" when the
-user gave samples, else `DEFAULT_DATA_FREE`. The helpers give the moments of a normal
-N(mu, sigma^2) pushed through an activation: for ReLU
+user gave samples, else `DEFAULT_DATA_FREE`; "data-free" is "auto" that never uses
+the user's samples (for comparisons in one run that has samples). The helpers give
+the moments of a normal N(mu, sigma^2) pushed through an activation: for ReLU
 E[y] = mu Phi(mu/sigma) + sigma phi(mu/sigma); for Clip(a, b) the doubly clipped
 normal; for LeakyRelu/PRelu E[y] = E[relu(x)] + alpha (mu - E[relu(x)]).
 
@@ -35,7 +36,7 @@ from graphcomp.pass_base import ChannelStats, PassContext
 log = logging.getLogger(__name__)
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METHODS = ("auto", "bn", "analytic", "synthetic", "calibration")
+METHODS = ("auto", "data-free", "bn", "analytic", "synthetic", "calibration")
 DEFAULT_DATA_FREE = "synthetic"
 PRIORS = ("normal", "smooth")  # synthetic inputs: white N(0, 1) or 1/f natural-image-like
 DEFAULT_PRIOR = "smooth"
@@ -69,7 +70,7 @@ def estimate(model: gs.Graph | onnx.ModelProto, ctx: PassContext, method: str = 
     axes = layer_outputs(graph)
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
     source = "bn" if method == "bn" else _data_source(method, ctx)
-    kept = ("bn", source) if method in ("auto", "bn") else (source,)
+    kept = ("bn", source) if method in ("auto", "data-free", "bn") else (source,)
     tensors = graph.tensors()
     out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source in kept
            and np.size(ctx.stats[n].mean) == channels(tensors.get(n))}
@@ -103,6 +104,8 @@ def channels(tensor: gs.Tensor | None) -> int | None:
 def _data_source(method: str, ctx: PassContext) -> str:
     if method == "calibration" and ctx.calibration is None:
         raise ConfigError("statistics method 'calibration' needs --calibration-data")
+    if method == "data-free":
+        return DEFAULT_DATA_FREE
     if method != "auto":
         return method
     return "calibration" if ctx.calibration is not None else DEFAULT_DATA_FREE

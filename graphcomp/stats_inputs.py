@@ -31,7 +31,7 @@ def input_means(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node],
                 prior: str = stats.DEFAULT_PRIOR) -> dict[str, tuple[np.ndarray, str]]:
     """Layer name -> (E[x] per input feature of its data input, source of the estimate)."""
     out: dict[str, tuple[np.ndarray, str]] = {}
-    if method in ("auto", "bn"):
+    if method in ("auto", "data-free", "bn"):
         known = stats.estimate(graph, ctx, "bn")
         for node in nodes:
             mean = pushed_mean(node, known)

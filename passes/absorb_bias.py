@@ -43,7 +43,7 @@ class AbsorbBiasConfig:
     k: float = 3.0  # c = max(0, mean - k * std)
     clip: str = "per-channel"  # per-channel: Clip -> Relu + Min(hi - c); stats: keep the Clip
     clip_k: float = 4.0  # clip="stats": channels with mean + clip_k std > hi keep c = 0
-    stats: str = "auto"  # auto, bn, synthetic, calibration (see graphcomp.stats)
+    stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0

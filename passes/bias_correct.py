@@ -36,7 +36,7 @@ class BiasCorrectConfig:
     bits: int = 8
     per_channel: bool = False
     pow2: bool = False
-    stats: str = "auto"  # auto, bn, synthetic, calibration
+    stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0

@@ -48,7 +48,7 @@ class DfqConfig:
     absorb: bool = True
     correct: bool = True
     clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
-    stats: str = "auto"  # auto, bn, synthetic, calibration (graphcomp.stats)
+    stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 4.0
     absorb_k: float = 3.0

@@ -144,3 +144,14 @@ def test_analytic_moments_match_white_noise_measurements(seed):
     # behind a ReLU the elements are no longer independent: close, not equal
     np.testing.assert_allclose(analytic["d"].mean, measured["d"].mean, rtol=0.1, atol=0.1)
     np.testing.assert_allclose(analytic["d"].std, measured["d"].std, rtol=0.35)
+
+
+def test_data_free_ignores_calibration_but_keeps_bn():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    ctx = PassContext(calibration=graphs.feeds_for(model, batch=8))
+    folded, _ = graphs.apply(model, FoldBnPass(), ctx=ctx)
+    assert {s.source for s in stats.estimate(folded, ctx, "data-free").values()} == {"bn"}
+    plain = graphs.build(CONV_RELU_CONV)
+    ctx = PassContext(calibration=graphs.feeds_for(plain, batch=8))
+    assert {s.source for s in stats.estimate(plain, ctx, "data-free").values()} == {"synthetic"}
+    assert {s.source for s in stats.estimate(plain, ctx, "auto").values()} == {"calibration"}
