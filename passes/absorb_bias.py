@@ -9,8 +9,8 @@ range the quantizer has to cover after equalization. Clipping bounds on the path
 become hi_i - c_i (Clip turns into Relu -> Min per channel), or with clip="stats" the
 Clip is kept and channels reaching it (mean + clip_k std > hi) absorb nothing. Exact when every
 pre-activation value stays above c (and away from zero-padded borders, where the
-padding now stands for -c); the report gives the share of channels absorbed and the
-expected share of values below c, Phi(-k).
+padding would stand for -c: such links are skipped unless padded=true); the report
+gives the share of channels absorbed and the expected share of values below c, Phi(-k).
 
 Statistics come from graphcomp.stats ("bn" where BatchNorm was folded, else the
 chosen data-free or calibration source) and are shifted in ctx.stats.
@@ -47,6 +47,7 @@ class AbsorbBiasConfig:
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
+    padded: bool = False  # also absorb into zero-padded convs (wrong by W2 c on borders)
 
     def __post_init__(self) -> None:
         if not self.k >= 0.0:
@@ -79,7 +80,7 @@ class AbsorbBiasPass(Pass):
             result.skip(node, reason)
         todo = []
         for link in links:
-            if reason := _link_reason(link):
+            if reason := _link_reason(link, self.config.padded):
                 result.skip(link.first, reason)
             else:
                 todo.append(link)
@@ -112,12 +113,30 @@ class AbsorbBiasPass(Pass):
         return result
 
 
-def _link_reason(link: Link) -> str | None:
+def _link_reason(link: Link, padded: bool) -> str | None:
     if not any(n.op in RELU_LIKE for n in link.path):
         return "no ReLU-type activation between the layers (nothing always-on to absorb)"
     if link.second.op == "MatMul":
         return f"{link.second.name} is a MatMul without a bias to take W2 c"
+    if not padded and (_zero_padded(link.second) or any(
+            n.op == "Pad" or _zero_padded(n) for n in link.path)):
+        return (f"{link.second.name} or its path zero-pads: on the border the padding would "
+                "stand for -c (set padded=true to absorb anyway)")
     return None
+
+
+def _zero_padded(node: gs.Node) -> bool:
+    """True when a Conv/AveragePool pads its input with zeros that enter the result."""
+    if node.op not in ("Conv", "AveragePool"):
+        return False
+    auto = graph_utils.attr(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        return True
+    pads = graph_utils.attr(node, "pads", None)
+    if node.op == "AveragePool" and not graph_utils.attr(node, "count_include_pad", 0):
+        return False
+    return bool(pads) and any(int(p) != 0 for p in pads)
 
 
 def _scalar_clip(link: Link) -> float | None:

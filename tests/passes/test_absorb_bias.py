@@ -101,3 +101,22 @@ def test_bad_config_is_rejected():
         AbsorbBiasConfig(k=-1.0)
     with pytest.raises(ConfigError):
         AbsorbBiasConfig(stats="oracle")
+
+
+def test_zero_padded_consumer_is_skipped_unless_asked():
+    text = CONV_RELU_CONV_1X1.replace("float[4, 6, 1, 1] w_b", "float[4, 6, 3, 3] w_b").replace(
+        "y = Conv (r, w_b, b_b)", "y = Conv <pads = [1, 1, 1, 1]> (r, w_b, b_b)")
+    model = _high_bias(text, 0)
+    feeds = graphs.feeds_for(model, batch=4)
+    ctx = PassContext()
+    ctx.stats["a"] = _exact_stats(model, feeds, "a", 3.0)
+    _, res = graphs.apply(model, AbsorbBiasPass(), ctx=ctx)
+    result = res.records[0].result
+    assert not result.changes and "zero-pads" in result.skipped[-1].reason
+    out, res = graphs.apply(model, AbsorbBiasPass(AbsorbBiasConfig(padded=True)), ctx=ctx)
+    ref, new = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    border = np.ones(ref.shape, bool)
+    border[:, :, 1:-1, 1:-1] = False
+    # exact inside, off by the padded taps' W2 c on the border
+    assert np.max(np.abs(ref - new)[~border]) < 1e-4 * np.abs(ref).max()
+    assert np.max(np.abs(ref - new)[border]) > 1e-2 * np.abs(ref).max()
