@@ -53,8 +53,9 @@ def compile_job(job: dict[str, Any]) -> dict[str, Any]:
                                      calibration_data=job.get("calibration"),
                                      input_shapes=job.get("input_shapes") or None,
                                      verify_output=False)
-            note = "; ".join(f"{r.result.name}: {len(r.result.changes)} changed, "
-                             f"{len(r.result.skipped)} skipped" for r in report.passes)
+            note = "; ".join([f"{r.result.name}: {len(r.result.changes)} changed, "
+                              f"{len(r.result.skipped)} skipped" for r in report.passes]
+                             + [f"warning: {w}" for w in report.warnings])
     except GraphcompError as e:
         return {"ok": False, "error": str(e)}
     seconds = time.perf_counter() - start
