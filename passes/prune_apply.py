@@ -31,7 +31,7 @@ def remove(cg: ChannelGraph, keep: Keep) -> dict[str, tuple[int, int, str]]:
         if not spaces & changed:
             continue
         before = _params(b.node)
-        EDITS[b.kind](cg.graph, b, keep)
+        EDITS[b.kind](cg, b, keep)
         if b.kind in LAYERS:
             edits[b.node.name] = (before, _params(b.node), _detail(b, keep))
     for name in changed:
@@ -69,8 +69,9 @@ def _slice_bias(graph: gs.Graph, node: gs.Node, index: int, out: np.ndarray) -> 
     graph_utils.set_const_input(graph, node, index, np.compress(out, bias, axis=axis))
 
 
-def _conv(graph: gs.Graph, b: Binding, keep: Keep) -> None:
-    node, w = b.node, graph_utils.const_input(b.node, 1)
+def _conv(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
+    node, w = b.node, cg.input_value(b.node, 1)
     out = _mask(keep, b.out, w.shape[0])
     new = w[out]
     if b.extra.get("depthwise"):
@@ -81,16 +82,18 @@ def _conv(graph: gs.Graph, b: Binding, keep: Keep) -> None:
     _slice_bias(graph, node, 2, out)
 
 
-def _conv_transpose(graph: gs.Graph, b: Binding, keep: Keep) -> None:
-    node, w = b.node, graph_utils.const_input(b.node, 1)
+def _conv_transpose(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
+    node, w = b.node, cg.input_value(b.node, 1)
     out = _mask(keep, b.out, w.shape[1])
     new = w[_mask(keep, b.inp, w.shape[0])][:, out]
     graph_utils.set_const_input(graph, node, 1, new)
     _slice_bias(graph, node, 2, out)
 
 
-def _gemm(graph: gs.Graph, b: Binding, keep: Keep) -> None:
-    node, w = b.node, graph_utils.const_input(b.node, 1)
+def _gemm(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
+    node, w = b.node, cg.input_value(b.node, 1)
     trans = bool(graph_utils.attr(node, "transB", 0)) and b.kind == "gemm"
     rows, cols = (w.shape[1], w.shape[0]) if trans else w.shape
     inp, out = _mask(keep, b.inp, rows), _mask(keep, b.out, cols)
@@ -100,15 +103,17 @@ def _gemm(graph: gs.Graph, b: Binding, keep: Keep) -> None:
         _slice_bias(graph, node, 2, out)
 
 
-def _const(graph: gs.Graph, b: Binding, keep: Keep) -> None:
+def _const(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
     index, axis = b.extra["index"], b.extra["axis"]
-    value = graph_utils.const_input(b.node, index)
+    value = cg.input_value(b.node, index)
     mask = keep[b.out]
     if value is not None and value.shape[axis] == mask.size:
         graph_utils.set_const_input(graph, b.node, index, np.compress(mask, value, axis=axis))
 
 
-def _split(graph: gs.Graph, b: Binding, keep: Keep) -> None:
+def _split(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
     node = b.node
     sizes = np.array([int(keep[name].sum()) for name in b.extra["outputs"]], dtype=np.int64)
     node.attrs.pop("num_outputs", None)
@@ -118,7 +123,8 @@ def _split(graph: gs.Graph, b: Binding, keep: Keep) -> None:
         graph_utils.set_const_input(graph, node, 1, sizes)
 
 
-def _slice(graph: gs.Graph, b: Binding, keep: Keep) -> None:
+def _slice(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
     node, mask, pos = b.node, keep[b.inp], b.extra["pos"]
     begin = int(mask[:b.extra["begin"]].sum())
     end = begin + int(mask[b.extra["begin"]:b.extra["end"]].sum())
@@ -129,27 +135,30 @@ def _slice(graph: gs.Graph, b: Binding, keep: Keep) -> None:
             entries[pos] = value
             node.attrs[key] = entries
         else:
-            entries = graph_utils.const_input(node, slot).copy()
+            entries = cg.input_value(node, slot).copy()
             entries[pos] = value
             graph_utils.set_const_input(graph, node, slot, entries)
 
 
-def _reshape(graph: gs.Graph, b: Binding, keep: Keep) -> None:
-    target = graph_utils.const_input(b.node, 1).copy()
+def _reshape(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
+    target = cg.input_value(b.node, 1)
     axis = b.extra["axis"]
-    if target[axis] > 0:
+    if target is not None and target[axis] > 0:
+        target = target.copy()
         target[axis] = int(keep[b.out].sum())
         graph_utils.set_const_input(graph, b.node, 1, target)
 
 
-def _resize(graph: gs.Graph, b: Binding, keep: Keep) -> None:
+def _resize(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
+    graph = cg.graph
     index, pos = b.extra["index"], b.extra["pos"]
-    sizes = graph_utils.const_input(b.node, index).copy()
+    sizes = cg.input_value(b.node, index).copy()
     sizes[pos] = int(keep[b.out].sum())
     graph_utils.set_const_input(graph, b.node, index, sizes)
 
 
-EDITS: dict[str, Callable[[gs.Graph, Binding, Keep], None]] = {
+EDITS: dict[str, Callable[[ChannelGraph, Binding, Keep], None]] = {
     "conv": _conv,
     "convT": _conv_transpose,
     "gemm": _gemm,

@@ -30,6 +30,7 @@ from passes.prune_score import Moments, input_rows
 log = logging.getLogger(__name__)
 
 SAMPLES = 64
+BATCH = 8  # samples per onnxruntime run (every consumer input is an output)
 ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu")
 
 
@@ -42,7 +43,11 @@ def consumer_spaces(cg: ChannelGraph) -> list[str]:
 def measure(cg: ChannelGraph, ctx: PassContext, names: list[str]) -> tuple[Moments, str]:
     """(mean, E[x^2]) per channel of the spaces `names`, and the source used."""
     model = stats.to_model(cg.graph)
-    batches, source = observe.feeds_for(model, ctx.calibration, SAMPLES, 0, ctx.input_shapes)
+    if ctx.calibration is not None:
+        batches, source = observe.calibration_feeds(model, ctx.calibration, BATCH), "calibration"
+    else:
+        batches = observe.synthetic_feeds(model, SAMPLES, 0, ctx.input_shapes, BATCH)
+        source = "synthetic"
     out: Moments = {}
     by_axis: dict[int, list[str]] = {}
     for name in names:

@@ -27,6 +27,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
+from graphcomp import graph_utils
+
 log = logging.getLogger(__name__)
 
 FOLD_LIMIT = 1 << 26  # bytes: larger folded constants stay computed
@@ -101,6 +103,20 @@ class ChannelGraph:
         self.blocks: list[tuple[np.ndarray, str]] = []
         self.groups: list[Group] = []
         self.roots: dict[str, np.ndarray] = {}
+        self.folded: dict[str, np.ndarray] = {}
+
+    def value(self, tensor: gs.Tensor | None) -> np.ndarray | None:
+        """The constant value of `tensor`, also when computed from constants only."""
+        found = graph_utils.const_value(tensor)
+        if found is None and tensor is not None:
+            found = self.folded.get(tensor.name)
+        return found
+
+    def input_value(self, node: gs.Node, index: int) -> np.ndarray | None:
+        """The constant value of input `index` of `node` (see `value`), None if absent."""
+        if index >= len(node.inputs) or not node.inputs[index].name:
+            return None
+        return self.value(node.inputs[index])
 
     # -- building -------------------------------------------------------------
     def space(self, tensor: gs.Tensor | None) -> Space | None:
@@ -204,10 +220,11 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
     """Walk `graph` once (topological order) and return its channel groups."""
     from passes import prune_rules
 
-    fold_constants(graph)
+    folded = fold_constants(graph)
     graph.toposort()
     fill_shapes(graph)
     cg = ChannelGraph(graph)
+    cg.folded = folded
     nested = _subgraph_reads(graph)
     for node in graph.nodes:
         prune_rules.apply_rule(cg, node)
@@ -220,7 +237,7 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
     return cg
 
 
-def fold_constants(graph: gs.Graph) -> None:
+def fold_constants(graph: gs.Graph) -> dict[str, np.ndarray]:
     """Turn parameters computed from constants into constants.
 
     Some exporters write a bias as Reshape(constant); folded, its layer and per-channel
@@ -234,7 +251,7 @@ def fold_constants(graph: gs.Graph) -> None:
                             flatten_subgraphs=False, size_threshold=FOLD_LIMIT)
     except Exception as e:  # noqa: BLE001 - folding is an aid, never required
         log.debug("constant folding failed: %s", e)
-        return
+        return {}
     folded = {name: t for name, t in copy.tensors().items() if isinstance(t, gs.Constant)}
     for node in graph.nodes:
         slots = PARAM_SLOTS.get(node.op, range(len(node.inputs)) if node.op in OPERAND_OPS
@@ -244,6 +261,7 @@ def fold_constants(graph: gs.Graph) -> None:
             if isinstance(t, gs.Variable) and t.inputs and t.name in folded and \
                     t.inputs[0].op != "Constant":
                 node.inputs[i] = gs.Constant(t.name + "_folded", np.asarray(folded[t.name].values))
+    return {name: np.asarray(t.values) for name, t in folded.items()}
 
 
 def fill_shapes(graph: gs.Graph) -> None:

@@ -56,14 +56,14 @@ def _rule_for(node: gs.Node) -> Callable[[ChannelGraph, gs.Node], None] | None:
             or index_rules.RULES.get(node.op))
 
 
-def _weight_reason(node: gs.Node) -> str | None:
+def _weight_reason(cg: ChannelGraph, node: gs.Node) -> str | None:
     """Why the weights of layer `node` cannot be edited, or None."""
     weight = node.inputs[1] if len(node.inputs) > 1 else None
-    if graph_utils.const_value(weight) is None:
+    if cg.value(weight) is None:
         return f"{node.name}: weight is not a constant"
     if graph_utils.is_shared(weight):
         return f"{node.name}: weight is shared with other nodes"
-    if len(node.inputs) > 2 and node.inputs[2].name and graph_utils.const_input(node, 2) is None:
+    if len(node.inputs) > 2 and node.inputs[2].name and cg.input_value(node, 2) is None:
         return f"{node.name}: bias is not a constant"
     return None
 
@@ -74,12 +74,12 @@ def _dynamic_weights(cg: ChannelGraph, node: gs.Node) -> None:
 
 
 def _conv(cg: ChannelGraph, node: gs.Node) -> None:
-    x, w = cg.space(node.inputs[0]), graph_utils.const_input(node, 1)
+    x, w = cg.space(node.inputs[0]), cg.input_value(node, 1)
     _dynamic_weights(cg, node)
     y = cg.add_space(node.outputs[0], 1, graph_utils.channel_count(node.outputs[0]) or (
         w.shape[0] if w is not None else None))
     group = int(graph_utils.attr(node, "group", 1))
-    reason = _weight_reason(node)
+    reason = _weight_reason(cg, node)
     if reason is None and y is None:
         reason = f"{node.name}: output channel count unknown"
     if reason is None and group == 1:
@@ -103,7 +103,7 @@ def _conv_transpose(cg: ChannelGraph, node: gs.Node) -> None:
     group = int(graph_utils.attr(node, "group", 1))
     size = graph_utils.channel_count(node.outputs[0])
     y = cg.add_space(node.outputs[0], 1, size)
-    reason = _weight_reason(node)
+    reason = _weight_reason(cg, node)
     if reason is None and group != 1:
         reason = f"{node.name}: grouped ConvTranspose (group={group})"
     if reason is None and y is not None:
@@ -114,12 +114,12 @@ def _conv_transpose(cg: ChannelGraph, node: gs.Node) -> None:
 
 
 def _gemm(cg: ChannelGraph, node: gs.Node) -> None:
-    a, b = cg.space(node.inputs[0]), graph_utils.const_input(node, 1)
+    a, b = cg.space(node.inputs[0]), cg.input_value(node, 1)
     _dynamic_weights(cg, node)
     trans_b = int(graph_utils.attr(node, "transB", 0))
     size = b.shape[0 if trans_b else 1] if b is not None and b.ndim == 2 else None
     y = cg.add_space(node.outputs[0], 1, size)
-    reason = _weight_reason(node) or _gemm_bias_reason(node, size)
+    reason = _weight_reason(cg, node) or _gemm_bias_reason(cg, node, size)
     if reason is None and y is None:
         reason = f"{node.name}: output size unknown"
     if reason is not None:
@@ -132,16 +132,16 @@ def _gemm(cg: ChannelGraph, node: gs.Node) -> None:
     cg.bind("gemm", node, a, y)
 
 
-def _gemm_bias_reason(node: gs.Node, size: int | None) -> str | None:
-    bias = graph_utils.const_input(node, 2)
+def _gemm_bias_reason(cg: ChannelGraph, node: gs.Node, size: int | None) -> str | None:
+    bias = cg.input_value(node, 2)
     if bias is None or bias.size in (1, size) and (bias.ndim < 2 or bias.shape[0] == 1):
         return None
     return f"{node.name}: Gemm bias varies over rows"
 
 
 def _matmul(cg: ChannelGraph, node: gs.Node) -> None:
-    a, b = cg.space(node.inputs[0]), graph_utils.const_input(node, 1)
-    reason = _weight_reason(node)
+    a, b = cg.space(node.inputs[0]), cg.input_value(node, 1)
+    reason = _weight_reason(cg, node)
     if reason is None and b.ndim != 2:
         reason = f"{node.name}: MatMul weight is not 2-D"
     out_rank = rank(node.outputs[0])
@@ -169,7 +169,7 @@ def _norm(cg: ChannelGraph, node: gs.Node) -> None:
     if y is None:
         return
     for i in NORM_PARAMS[node.op]:
-        value = graph_utils.const_input(node, i)
+        value = cg.input_value(node, i)
         if value is None or value.shape != (y.size,):
             cg.block(y, f"{node.name}: parameter {i} is not a constant per channel")
             return
@@ -218,7 +218,7 @@ def _other_inputs(cg: ChannelGraph, node: gs.Node, inputs: list[int], axis: int,
         d = 1 if k < 0 else dim(t, k)
         if d == 1:
             continue
-        if d == size and graph_utils.const_value(t) is not None:
+        if d == size and cg.value(t) is not None:
             consts.append((i, k))
             continue
         return [], f"{node.name}: channels meet {t.name}, which prune does not track"

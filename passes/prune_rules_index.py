@@ -23,7 +23,7 @@ def _slice(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    params = slice_params(node, x.rank)
+    params = slice_params(cg, node, x.rank)
     if params is None:
         cg.block(x, f"{node.name}: Slice bounds computed at run time")
         return
@@ -79,8 +79,13 @@ def _reshape(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    target = graph_utils.const_input(node, 1)
-    found = _reshape_map(node.inputs[0].shape, node.outputs[0].shape, x.axis, x.size)
+    target = cg.input_value(node, 1)
+    dst = node.outputs[0].shape
+    if target is None:
+        target, dst = _batch_view(cg, node)
+        if dst is not None and node.outputs[0].shape is None:
+            node.outputs[0].shape = dst
+    found = _reshape_map(node.inputs[0].shape, dst, x.axis, x.size)
     if target is None or isinstance(found, str):
         cg.block(x, f"{node.name}: " + (found if isinstance(found, str)
                                         else "Reshape target computed at run time"))
@@ -88,7 +93,8 @@ def _reshape(cg: ChannelGraph, node: gs.Node) -> None:
     k, per_channel = found
     zeros = [i for i, v in enumerate(np.ravel(target)) if v == 0]
     if zeros and (graph_utils.attr(node, "allowzero", 0) or x.axis in zeros and (
-            x.axis != k or per_channel != 1) or k in zeros and k != x.axis):
+            x.axis != k or per_channel != 1) or k in zeros and k != x.axis) or (
+            cg.input_value(node, 1) is None and target[k] != -1):
         cg.block(x, f"{node.name}: Reshape copies the channel count to another axis")
         return
     if per_channel == 1 and k == x.axis:
@@ -97,6 +103,49 @@ def _reshape(cg: ChannelGraph, node: gs.Node) -> None:
             cg.bind("reshape", node, x, y, axis=k, per_channel=1)
         return
     _fold(cg, node, x, k, 1, per_channel)
+
+
+def _batch_view(cg: ChannelGraph, node: gs.Node) -> tuple[np.ndarray | None, object]:
+    """Target and output dims of `x.view(x.size(0), ...)`, else (None, None).
+
+    The target is a Concat of constants and the input's own dynamic batch size
+    (Shape -> Gather 0 -> Unsqueeze).
+    """
+    maker, src = graph_utils.producer(node.inputs[1]), node.inputs[0].shape
+    if maker is None or maker.op != "Concat" or src is None or _static(src[:1]) or not _static(
+            src[1:]):
+        return None, None
+    entries: list[int] = []
+    for part in maker.inputs:
+        value = cg.value(part)
+        if value is None and _is_batch_size(cg, part, node.inputs[0]) and not entries:
+            entries.append(0)
+        elif value is not None:
+            entries += [int(v) for v in np.ravel(value)]
+        else:
+            return None, None
+    if not entries or entries[0] != 0 or entries[1:].count(-1) > 1 or 0 in entries[1:]:
+        return None, None
+    known = int(np.prod([e for e in entries[1:] if e != -1], dtype=np.int64))
+    total = int(np.prod(src[1:], dtype=np.int64))
+    if known <= 0 or total % known:
+        return None, None
+    dst = [src[0], *[total // known if e == -1 else e for e in entries[1:]]]
+    return np.array(entries, dtype=np.int64), dst
+
+
+def _is_batch_size(cg: ChannelGraph, part: gs.Tensor, data: gs.Tensor) -> bool:
+    """True when `part` is Unsqueeze(Gather(Shape(t), 0)) with t's dim 0 the batch."""
+    node = graph_utils.producer(part)
+    if node is not None and node.op == "Unsqueeze":
+        node = graph_utils.producer(node.inputs[0])
+    if node is None or node.op != "Gather" or np.ravel(cg.input_value(node, 1)).tolist() != [0]:
+        return False
+    shape = graph_utils.producer(node.inputs[0])
+    if shape is None or shape.op != "Shape" or int(graph_utils.attr(shape, "start", 0)) != 0:
+        return False
+    source = shape.inputs[0].shape  # `data` itself, or the graph input (the same batch)
+    return shape.inputs[0] is data or bool(source) and not _static(source[:1])
 
 
 def _reshape_map(src: object, dst: object, axis: int, size: int) -> tuple[int, int] | str:

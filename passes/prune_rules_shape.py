@@ -62,11 +62,11 @@ def identity(cg: ChannelGraph, node: gs.Node, out_axis: int | None = None) -> Sp
     return y
 
 
-def _axes(node: gs.Node, r: int) -> list[int] | None:
+def _axes(cg: ChannelGraph, node: gs.Node, r: int) -> list[int] | None:
     """The `axes` of a node from its attribute or input 1, non-negative; None if absent."""
     value = graph_utils.attr(node, "axes", None)
     if value is None and len(node.inputs) > 1 and node.inputs[1].name:
-        value = graph_utils.const_input(node, 1)
+        value = cg.input_value(node, 1)
         if value is None:
             return None
     return None if value is None else [norm_axis(int(a), r) for a in np.ravel(value)]
@@ -92,7 +92,7 @@ def _squeeze(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    axes = _axes(node, x.rank)
+    axes = _axes(cg, node, x.rank)
     if axes is None and (node.inputs[0].shape is None or len(node.inputs) > 1):
         cg.block(x, f"{node.name}: Squeeze axes unknown")
         return
@@ -109,7 +109,7 @@ def _unsqueeze(cg: ChannelGraph, node: gs.Node) -> None:
     if x is None:
         return
     out_rank = rank(node.outputs[0])
-    axes = _axes(node, out_rank) if out_rank is not None else None
+    axes = _axes(cg, node, out_rank) if out_rank is not None else None
     if axes is None:
         cg.block(x, f"{node.name}: Unsqueeze axes unknown")
         return
@@ -121,7 +121,7 @@ def _reduce(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    axes = _axes(node, x.rank)
+    axes = _axes(cg, node, x.rank)
     if not axes and not graph_utils.attr(node, "noop_with_empty_axes", 0):
         axes = list(range(x.rank))
     if x.axis in (axes or []):
@@ -145,7 +145,7 @@ def _softmax(cg: ChannelGraph, node: gs.Node) -> None:
 
 
 def _gather(cg: ChannelGraph, node: gs.Node) -> None:
-    x, idx = cg.space(node.inputs[0]), graph_utils.const_input(node, 1)
+    x, idx = cg.space(node.inputs[0]), cg.input_value(node, 1)
     if x is None:
         return
     axis = norm_axis(int(graph_utils.attr(node, "axis", 0)), x.rank)
@@ -161,8 +161,8 @@ def _pad(cg: ChannelGraph, node: gs.Node) -> None:
         return
     pads = graph_utils.attr(node, "pads", None)
     if pads is None:
-        pads = graph_utils.const_input(node, 1)
-    axes = (graph_utils.const_input(node, 3) if len(node.inputs) > 3 and node.inputs[3].name
+        pads = cg.input_value(node, 1)
+    axes = (cg.input_value(node, 3) if len(node.inputs) > 3 and node.inputs[3].name
             else np.arange(x.rank))
     if pads is None or axes is None:
         cg.block(x, f"{node.name}: Pad amounts computed at run time")
@@ -183,7 +183,7 @@ def _resize(cg: ChannelGraph, node: gs.Node) -> None:
     pos = _resize_position(node, x)
     scale_at = 1 if node.op == "Upsample" else 2
     sizes_given = len(node.inputs) > 3 and node.inputs[3].name
-    values = graph_utils.const_input(node, 3 if sizes_given else scale_at)
+    values = cg.input_value(node, 3 if sizes_given else scale_at)
     if values is None and node.op == "Upsample":
         values = graph_utils.attr(node, "scales", None)
     if pos is not None and values is None:
@@ -218,17 +218,17 @@ def _shape(cg: ChannelGraph, node: gs.Node) -> None:
     out = node.outputs[0]
     readers = graph_utils.consumers(out)
     if graph_utils.is_graph_output(cg.graph, out) or not all(
-            _skips_position(r, x.axis - start, end - start) for r in readers):
+            _skips_position(cg, r, x.axis - start, end - start) for r in readers):
         cg.block(x, f"{node.name}: the channel count is read at run time")
 
 
-def _skips_position(reader: gs.Node, pos: int, length: int) -> bool:
+def _skips_position(cg: ChannelGraph, reader: gs.Node, pos: int, length: int) -> bool:
     """True when `reader` of a shape vector provably ignores entry `pos`."""
     if reader.op == "Gather" and int(graph_utils.attr(reader, "axis", 0)) == 0:
-        idx = graph_utils.const_input(reader, 1)
+        idx = cg.input_value(reader, 1)
         return idx is not None and pos not in [norm_axis(int(i), length) for i in np.ravel(idx)]
     if reader.op == "Slice":
-        params = slice_params(reader, 1)
+        params = slice_params(cg, reader, 1)
         if params is None or params[3] != [1]:
             return False
         begin, end = clamp_range(params[0][0], params[1][0], length)
@@ -236,13 +236,13 @@ def _skips_position(reader: gs.Node, pos: int, length: int) -> bool:
     return False
 
 
-def slice_params(node: gs.Node, r: int) -> tuple[list[int], ...] | None:
+def slice_params(cg: ChannelGraph, node: gs.Node, r: int) -> tuple[list[int], ...] | None:
     """(starts, ends, axes, steps) of a Slice as int lists (axes non-negative), or None."""
     if "starts" in node.attrs:
         starts, ends = list(node.attrs["starts"]), list(node.attrs["ends"])
         axes, steps = node.attrs.get("axes"), None
     else:
-        values = [graph_utils.const_input(node, i) for i in range(1, 5)]
+        values = [cg.input_value(node, i) for i in range(1, 5)]
         if values[0] is None or values[1] is None or any(
                 v is None and i < len(node.inputs) and node.inputs[i].name
                 for i, v in zip(range(3, 5), values[2:], strict=True)):

@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper, shape_inference
 
-from graphcomp import analysis, observe
+from graphcomp import analysis, graph_utils, observe
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import PassContext
 from passes import prune_apply, prune_groups
@@ -34,7 +34,7 @@ def zero_units(model: onnx.ModelProto, share: float = 0.5) -> onnx.ModelProto:
         if b.out is None or not (hit := np.isin(cg.roots[b.out], chosen)).any():
             continue
         if b.kind in prune_apply.LAYERS:
-            w = np.array(b.node.inputs[1].values)
+            w = np.array(graph_utils.const_value(b.node.inputs[1]))
             trans = b.kind == "conv" or (b.kind == "gemm" and b.node.attrs.get("transB", 0))
             axis = 1 if b.kind == "convT" else (0 if trans else 1)
             w[(slice(None),) * axis + (hit,)] = 0
@@ -46,11 +46,11 @@ def zero_units(model: onnx.ModelProto, share: float = 0.5) -> onnx.ModelProto:
 
 
 def _zero_input(node: gs.Node, index: int, hit: np.ndarray, axis: int = 0) -> None:
-    if index >= len(node.inputs) or not isinstance(node.inputs[index], gs.Constant):
+    if index >= len(node.inputs) or graph_utils.const_value(node.inputs[index]) is None:
         return
     if node.op == "BatchNormalization" and index > 2:
         return
-    value = np.array(node.inputs[index].values)
+    value = np.array(graph_utils.const_value(node.inputs[index]))
     if value.ndim == 0 or value.shape[axis] != hit.size:
         return
     value[(slice(None),) * axis + (hit,)] = 0
