@@ -30,7 +30,7 @@ from graphcomp.errors import UnsupportedModelError
 from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes import qdq_emit, qdq_ranges, qdq_scales
 from passes.qdq_config import QdqConfig, RuleBook
-from passes.qdq_place import QUANTIZABLE, Layer, Plan, build_plan
+from passes.qdq_place import QUANTIZABLE, Act, Layer, Plan, build_plan
 
 __all__ = ["QdqConfig", "QdqPass"]
 log = logging.getLogger(__name__)
@@ -158,10 +158,10 @@ def _weight_and_bias(graph: gs.Graph, layer: Layer, in_params: qdq_scales.Params
     if not rule.enabled:
         return []
     weight_name = node.inputs[1].name
-    weight = graph_utils.const_value(node.inputs[1])
+    weight = np.asarray(graph_utils.const_value(node.inputs[1]))
     bias = graph_utils.const_input(node, 2) if layer.rules["bias"].enabled else None
     if bias is not None and node.op == "Gemm":
-        bias = bias.reshape(-1) * float(graph_utils.attr(node, "beta", 1.0))
+        bias = bias.reshape(-1) * float(np.asarray(graph_utils.attr(node, "beta", 1.0)))
     fit = None if in_params is None or weight_name in owners else in_params.scale
     wp, codes = qdq_scales.weight_params(rule, weight, layer.weight_axis, rule.per_channel,
                                          bias, fit)
@@ -211,7 +211,7 @@ def _report(result: PassResult, graph: gs.Graph, plan: Plan,
         float_ops=dict(float_ops))
 
 
-def _act_text(act: object) -> str:
+def _act_text(act: Act | None) -> str:
     if act is None:
         return "float"
     if act.dynamic:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphcomp import graph_utils
@@ -47,6 +48,7 @@ class Layer:
     rules: dict[str, TensorRule]
     out: gs.Tensor  # the tensor that carries the output quantization (after Relu/Clip)
     weight_axis: int = 0
+    weight_note: str = ""  # why the weight stays float although its rule says otherwise
 
 
 @dataclasses.dataclass
@@ -103,7 +105,9 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
     """Decide the quantized layers and activation tensors (no edits)."""
     book = book or RuleBook(config)
     transformer = config.dynamic == "on" or (config.dynamic == "auto" and is_transformer(graph))
-    layers, skips, produced = [], [], set()
+    layers: list[Layer] = []
+    skips: list[tuple[gs.Node, str]] = []
+    produced: set[str] = set()
     for node in graph.nodes:
         if node.op not in QUANTIZABLE or node.op in SHAPE:
             continue
@@ -119,12 +123,28 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
             continue
         layers.append(layer)
         produced.update({node.outputs[0].name, layer.out.name})
+    _share_weights(layers)
     acts: dict[str, Act] = {}
     for layer in layers:
         _request(graph, layer, acts, config, transformer)
     _propagate_shapes(graph, acts)
     _set_readers(graph, acts, layers, config)
     return Plan(layers, acts, skips, transformer)
+
+
+def _share_weights(layers: list[Layer]) -> None:
+    """A weight read by several layers is quantized once; a second rule for it loses."""
+    owners: dict[str, Layer] = {}
+    for layer in layers:
+        rule = layer.rules["weight"]
+        if not rule.enabled:
+            continue
+        first = owners.setdefault(layer.node.inputs[1].name, layer)
+        if first is not layer and first.rules["weight"].spec(first.weight_axis) != rule.spec(
+                layer.weight_axis):
+            layer.rules["weight"] = dataclasses.replace(rule, method="none")
+            layer.rules["bias"] = TensorRule(method="none")
+            layer.weight_note = f"shared with {first.node.name} under another rule"
 
 
 def _fed_by(node: gs.Node, produced: set[str]) -> bool:
@@ -181,9 +201,9 @@ def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
     if nxt is None or nxt.op not in FUSED:
         return out
     if nxt.op == "Clip":
-        lo = graph_utils.const_input(nxt, 1) if len(nxt.inputs) > 1 else None
+        lo: object = graph_utils.const_input(nxt, 1) if len(nxt.inputs) > 1 else None
         lo = graph_utils.attr(nxt, "min", None) if lo is None else lo
-        if lo is None or float(lo) != 0.0:
+        if lo is None or float(np.asarray(lo)) != 0.0:
             return out
     return nxt.outputs[0]
 

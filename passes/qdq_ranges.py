@@ -39,7 +39,8 @@ class _Sampler:
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.lo, self.hi, self.kept, self.count = np.inf, -np.inf, [], 0
+        self.lo, self.hi, self.count = np.inf, -np.inf, 0
+        self.kept: list[np.ndarray] = []
 
     def add(self, values: np.ndarray) -> None:
         flat = np.asarray(values, dtype=np.float32).ravel()
@@ -114,7 +115,7 @@ def from_context(tensor: gs.Tensor | None, ctx: PassContext) -> Range | None:
     Through Relu/Clip the found range is clipped; through MaxPool/Reshape/... it is
     kept, so dfq may key its ranges by pre-activation tensors.
     """
-    clips = []
+    clips: list[tuple[float, float]] = []
     for _ in range(MAX_WALK):
         if tensor is None:
             return None

@@ -37,7 +37,7 @@ class Params:
 def fixed_params(rule: TensorRule, spec: quant.QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     """(scale, zero_point) of a `fixed` rule; zero point defaults to the symmetric middle."""
     scale = rule.scale if rule.scale is not None else quant.scale_from_fraction_bits(
-        int(rule.frac_bits))
+        int(rule.frac_bits or 0))
     if rule.zero_point is not None:
         zp = rule.zero_point
     else:
@@ -137,7 +137,7 @@ def _fit_bias(scale: np.ndarray, bias: np.ndarray, input_scale: float,
     limit = quant.INT32_LIMIT * BIAS_HEADROOM
     needed = np.abs(bias.astype(np.float64)) / (input_scale * limit)
     if np.ndim(scale) == 0:
-        needed = np.max(needed)
+        needed = np.asarray(np.max(needed))
     raised = np.maximum(scale.astype(np.float64), needed)
     if spec.pow2:
         raised = np.where(raised > scale, quant.pow2_ceil(raised), scale)

@@ -92,7 +92,7 @@ def _weight_row(layer: Layer, rule: TensorRule) -> Row:
     node = layer.node
     if not rule.enabled:
         return Row(node.name, node.op, "weight", node.inputs[1].name, "none", "float", "-",
-                   "rule none")
+                   layer.weight_note or "rule none")
     gran = f"per-channel(axis={layer.weight_axis})" if rule.per_channel else "per-tensor"
     source = fixed_source(rule) if rule.method == "fixed" else (
         "min/max per channel" if rule.per_channel else "min/max")
@@ -104,8 +104,7 @@ def _act_row(layer: Layer, role: str, tensor: gs.Tensor, plan: Plan, config: Qdq
              ctx: PassContext) -> Row:
     node = layer.node
     act = plan.acts.get(tensor.name)
-    reads = act is not None and (role == "output" or node in act.readers)
-    if not reads:
+    if act is None or (role != "output" and node not in act.readers):
         why = _float_reason(layer, role, config)
         return Row(node.name, node.op, role, tensor.name, "none", "float", "-", why)
     if act.dynamic:

@@ -251,3 +251,17 @@ def test_graph_with_if_subgraphs_comes_out_valid_and_close():
     for branch in (True, False):
         feeds = {"x": x, "c": np.array(branch)}
         assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+def test_shared_weight_with_conflicting_rules_stays_float_for_the_second_reader(tmp_path):
+    model = graphs.build("""
+    g (float[N, 4, 8, 8] x, float[4, 4, 1, 1] w_s) => (float[N, 4, 8, 8] y) {
+        a = Conv (x, w_s)
+        r = Relu (a)
+        y = Conv (r, w_s)
+    }""")
+    rules = tmp_path / "q.toml"
+    rules.write_text('[layers."Conv_2"]\nweight = { bits = 16 }\n')
+    out, result = _qdq(model, qconfig=str(rules))
+    assert _dq_feeding(out, "Conv_0", 1) is not None and _dq_feeding(out, "Conv_2", 1) is None
+    assert "weight" not in next(c.detail for c in result.changes if c.node == "Conv_2")
