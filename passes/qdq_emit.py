@@ -103,16 +103,18 @@ def add_const_dq(graph: gs.Graph, node: gs.Node, index: int, codes: np.ndarray,
 
 
 def add_bias_dq(graph: gs.Graph, node: gs.Node, codes: np.ndarray, scale: np.ndarray) -> None:
-    """Input 2 of `node` becomes DequantizeLinear(int32 codes, scale, 0)."""
+    """Input 2 of `node` becomes DequantizeLinear(int32 codes, scale).
+
+    The zero point is left out (0 by default): 4 bytes per channel saved, and
+    onnxruntime still fuses the bias into QLinearConv/QGemm.
+    """
     base = node.inputs[2].name or f"{node.name}_bias"
     stored = graph_utils.new_const(graph, f"{base}_quantized", codes.astype(np.int32))
     s = graph_utils.new_const(graph, f"{base}_scale", np.asarray(scale, dtype=np.float32))
-    zp = graph_utils.new_const(graph, f"{base}_zero_point",
-                               np.zeros(np.shape(scale), dtype=np.int32))
     restored = gs.Variable(graph_utils.fresh_name(graph, f"{base}_dequantized"),
                            dtype=np.float32, shape=list(codes.shape))
     attrs = {"axis": 0} if np.ndim(scale) > 0 else {}
     graph.nodes.append(gs.Node("DequantizeLinear",
                                graph_utils.fresh_name(graph, f"{base}_DequantizeLinear"),
-                               attrs, [stored, s, zp], [restored]))
+                               attrs, [stored, s], [restored]))
     node.inputs[2] = restored
