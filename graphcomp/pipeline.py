@@ -118,15 +118,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def name_nodes(graph: gs.Graph) -> None:
-    """Give every unnamed node a unique name (`<op>_<index>`) so reports can name it."""
-    taken = {n.name for n in graph.nodes if n.name}
+    """Give every unnamed or repeated node a unique name, so reports can name it.
+
+    Unnamed nodes become `<op>_<index>`; a repeated name gets `_<index>` appended.
+    """
+    taken: set[str] = set()
     for i, node in enumerate(graph.nodes):
-        if not node.name:
-            name = f"{node.op}_{i}"
-            while name in taken:
-                name += "_"
-            node.name = name
-            taken.add(name)
+        name = node.name or f"{node.op}_{i}"
+        if name in taken:
+            name = f"{name}_{i}"
+        while name in taken:
+            name += "_"
+        node.name = name
+        taken.add(name)
 
 
 def finish_graph(graph: gs.Graph, original: onnx.ModelProto, label: str = "pass",

@@ -3,26 +3,38 @@
 Both models run on the same inputs and every output is compared.
 Inputs are seeded N(0, 1) floats (integers in [0, 2), random bools) unless the user
 gives an `.npz`; dynamic dims take `input_shapes` overrides, else `batch` for the first
-dim and `DEFAULT_DYNAMIC_DIM` for the others. Relative error is max|a - b| / max|a|.
+dim and `DEFAULT_DYNAMIC_DIM` for the others. Relative error is
+max|a - b| / max(max|a|, REL_FLOOR).
 """
 from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from graphcomp import model_io
-from graphcomp.errors import ConfigError
+from graphcomp.errors import ConfigError, GraphcompError, PassFailedError, UnsupportedModelError
 
 LOSSLESS_RTOL = 1e-4
-DEFAULT_DYNAMIC_DIM = 16
+DEFAULT_DYNAMIC_DIM = 64
+T = TypeVar("T")
+# onnxruntime's own exception classes derive from Exception directly.
+ORT_ERRORS = (RuntimeError, ValueError, *(
+    cls for cls in vars(ort_state).values()
+    if isinstance(cls, type) and issubclass(cls, Exception)))
 TINY = 1e-12  # guards divisions by an all-zero reference
+# Relative error is taken against max|ref|, but never against less than this: outputs
+# that are all tiny (saturated sigmoids on random inputs) would turn float rounding
+# (~1e-8 absolute) into large "relative" errors.
+REL_FLOOR = 1e-2
 ORT_OPT_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
@@ -83,6 +95,7 @@ def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.Infere
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ORT_OPT_LEVEL
     opts.log_severity_level = 3
+    _quiet_onnxruntime()
     if threads:
         opts.intra_op_num_threads = threads
     if isinstance(model, (str, Path)):
@@ -176,7 +189,7 @@ def compare_arrays(name: str, ref: np.ndarray, new: np.ndarray) -> OutputStats:
     sqnr = 10 * math.log10(float(np.sum(a**2)) / noise) if noise > 0 else math.inf
     return OutputStats(name, list(np.shape(ref)), float(err.max(initial=0.0)),
                        float(err.mean()) if err.size else 0.0,
-                       float(err.max(initial=0.0) / max(max_ref, TINY)),
+                       float(err.max(initial=0.0) / max(max_ref, REL_FLOOR)),
                        cosine, sqnr, _top1(ref, new))
 
 
@@ -203,13 +216,34 @@ def verdict(stats: list[OutputStats], thresholds: Thresholds) -> list[str]:
     return failures
 
 
+def _quiet_onnxruntime() -> None:
+    """Keep onnxruntime's own error log off stderr; graphcomp reports the failure."""
+    ort.set_default_logger_severity(4)
+
+
+def _guarded(call: Callable[[], T], error: type[GraphcompError], message: str) -> T:
+    """Run an onnxruntime call; turn its failure into `error` with `message`."""
+    try:
+        return call()
+    except ORT_ERRORS as e:
+        raise error(f"{message} ({_first_line(e)})") from e
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:300] if lines else type(error).__name__
+
+
 def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto | str | Path,
            thresholds: Thresholds | None = None, inputs: str | Path | None = None,
            input_shapes: dict[str, list[int]] | None = None, seed: int = 0,
            batch: int = 8) -> VerifyResult:
     """Compare the two models output by output on the same inputs."""
     thresholds = thresholds or Thresholds()
-    ref_sess, new_sess = session(original), session(compressed)
+    ref_sess = _guarded(lambda: session(original), UnsupportedModelError,
+                        "onnxruntime cannot load the original model")
+    new_sess = _guarded(lambda: session(compressed), PassFailedError,
+                        "onnxruntime cannot load the compressed model (a graphcomp bug)")
     if inputs is not None:
         feeds, source = load_inputs(inputs, ref_sess), f"file {inputs}"
     else:
@@ -220,7 +254,12 @@ def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto |
     missing = [n for n in names if n not in new_names]
     if missing:
         return VerifyResult([], thresholds, [f"outputs missing from the result: {missing}"], source)
-    ref_out = ref_sess.run(names, feeds)
-    new_out = new_sess.run(names, feeds)
+    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+    ref_out = _guarded(lambda: ref_sess.run(names, feeds), ConfigError,
+                       f"onnxruntime cannot run the original model on {shapes}; give "
+                       "--input-shape NAME:DIMS or --inputs FILE.npz")
+    new_out = _guarded(lambda: new_sess.run(names, feeds), PassFailedError,
+                       f"the compressed model fails in onnxruntime on {shapes} where the "
+                       "original runs (a graphcomp bug)")
     stats = [compare_arrays(n, r, x) for n, r, x in zip(names, ref_out, new_out, strict=True)]
     return VerifyResult(stats, thresholds, verdict(stats, thresholds), source)

@@ -25,6 +25,12 @@ def test_compare_arrays_on_known_numbers():
     assert flipped.top1_agreement == 0.0
 
 
+def test_relative_error_of_all_tiny_outputs_is_taken_against_the_floor():
+    ref = np.full((2, 3), 1e-6)
+    s = verify.compare_arrays("p", ref, ref + 1e-8)
+    assert s.rel_err == pytest.approx(1e-8 / verify.REL_FLOOR)
+
+
 def test_identical_outputs_have_infinite_sqnr_and_shape_mismatch_fails():
     ref = np.ones((2, 3), np.float32)
     assert verify.compare_arrays("y", ref, ref).sqnr_db == math.inf

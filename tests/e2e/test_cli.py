@@ -121,3 +121,20 @@ def test_passes_inspect_and_verify_commands(tmp_path, bn_model):
 def test_every_command_help_has_an_example(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example: graphcomp" in result.stdout
+
+
+def test_model_that_cannot_run_on_default_shapes_gets_a_hint(tmp_path):
+    text = """
+    g (float[N, K] x) => (float[8, 4] y) {
+        s = Constant <value = int64[2] {8, 4}> ()
+        y = Reshape (x, s)
+    }
+    """
+    path = tmp_path / "r.onnx"
+    onnx.save(graphs.build(text), path)
+    failed = runner.invoke(app, ["run", str(path), "-p", "cleanup"])
+    assert failed.exit_code == 2
+    assert failed.stderr.startswith("error: onnxruntime cannot run the original model on x:8x64")
+    assert "--input-shape" in failed.stderr and len(failed.stderr.strip().splitlines()) == 1
+    fixed = runner.invoke(app, ["run", str(path), "-p", "cleanup", "--input-shape", "x:2x16"])
+    assert fixed.exit_code == 0, fixed.output
