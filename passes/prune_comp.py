@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 SAMPLES = 64
 BATCH = 8  # samples per onnxruntime run (every consumer input is an output)
 ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu")
+POOLING = ("GlobalAveragePool", "Flatten", "Reshape", "Squeeze", "Identity", "Dropout",
+           "ReduceMean")
+MAX_WALK = 16
 
 
 def consumer_spaces(cg: ChannelGraph) -> list[str]:
@@ -47,22 +50,46 @@ def measure(cg: ChannelGraph, ctx: PassContext, names: list[str]) -> tuple[Momen
         batches, source = observe.calibration_feeds(model, ctx.calibration, BATCH), "calibration"
     else:
         batches = observe.synthetic_feeds(model, SAMPLES, 0, ctx.input_shapes, BATCH)
+        import os
+        if os.environ.get("PRUNE_PINK"):
+            batches = [{k: _pink(v, i) for k, v in b.items()} for i, b in enumerate(batches)]
         source = "synthetic"
-    out: Moments = {}
+    source_of = {name: per_pixel_source(cg, name) for name in names}
     by_axis: dict[int, list[str]] = {}
-    for name in names:
+    for name in sorted(set(source_of.values())):
         by_axis.setdefault(cg.spaces[name].axis, []).append(name)
+    found: Moments = {}
     for axis, group in sorted(by_axis.items()):
         for name, (mean, std) in observe.channel_moments(model, group, batches, axis).items():
-            out[name] = (mean, std**2 + mean**2)
-    return out, source
+            found[name] = (mean, std**2 + mean**2)
+    return {name: found[src] for name, src in source_of.items() if src in found}, source
+
+
+def per_pixel_source(cg: ChannelGraph, name: str) -> str:
+    """The space before global pooling / flattening with the same channels as `name`.
+
+    A pooled channel's mean is the mean of the map it pools; its variance across inputs
+    is taken as the map's per-pixel variance (an upper bound), which unlike the variance
+    of a pooled value under synthetic inputs does not vanish.
+    """
+    size = cg.spaces[name].size
+    tensor = cg.spaces[name].tensor
+    for _ in range(MAX_WALK):
+        node = graph_utils.producer(tensor)
+        if node is None or node.op not in POOLING or not node.inputs:
+            break
+        before = cg.space(node.inputs[0])
+        if before is None or before.size != size:
+            break
+        tensor = before.tensor
+    return tensor.name
 
 
 def bn_moments(cg: ChannelGraph, ctx: PassContext, names: list[str]) -> Moments:
     """Moments from BatchNormalization statistics where a BN describes the space."""
     out: Moments = {}
     for name in names:
-        tensor = cg.spaces[name].tensor
+        tensor = cg.spaces[per_pixel_source(cg, name)].tensor
         act = graph_utils.producer(tensor)
         if act is not None and act.op in ACTIVATIONS:
             pre = act.inputs[0]
@@ -151,3 +178,21 @@ def _add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool
     new = value.astype(np.float64) + delta.reshape(value.shape)
     graph_utils.set_const_input(graph, reader, index, new.astype(value.dtype))
     return True
+
+
+def _pink(x: np.ndarray, seed: int) -> np.ndarray:
+    import os
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or min(x.shape[2:]) < 8:
+        return x
+    alpha = float(os.environ.get("PRUNE_PINK", "1"))
+    mix = float(os.environ.get("PRUNE_MIX", "0"))
+    h, w = x.shape[2:]
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :]
+    f = np.sqrt(fy**2 + fx**2)
+    f[0, 0] = 1.0 / max(h, w)
+    spec = np.fft.rfft2(x.astype(np.float64)) / f**alpha
+    y = np.fft.irfft2(spec, s=(h, w))
+    if mix:
+        y = (1 - mix) * y + mix * y.mean(axis=1, keepdims=True)
+    y = (y - y.mean(axis=(2, 3), keepdims=True)) / (y.std(axis=(2, 3), keepdims=True) + 1e-8)
+    return y.astype(x.dtype)

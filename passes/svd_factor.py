@@ -1,17 +1,21 @@
 """Factorization of one layer matrix M (rows = input side), optionally whitened.
 
-Plain: M = U S V^T; P = U_r sqrt(S_r), Q = sqrt(S_r) V_r^T (Eckart-Young, error
-||M - P Q||_F^2 = sum_{i>r} s_i^2).
+Plain: M = U S V^T; the best rank-r fit (Eckart-Young, error ||M - M_r||_F^2 =
+sum_{i>r} s_i^2) is the projection M V_r V_r^T = U_r U_r^T M. The singular vectors of
+the smaller side come from the eigendecomposition of its Gram matrix (fast, exact at
+full rank since the basis is orthonormal); P and Q are then balanced by sqrt(s_i) per
+component, P = M V_r S_r^-1/2, Q = S_r^1/2 V_r^T (the textbook U_r sqrt(S_r), sqrt(S_r) V_r^T).
 
 Activation-aware (SVD-LLM / ASVD style): with the input second moment C = E[x x^T]
 (per input channel, damped by `DAMPING` x mean(diag C)) and its symmetric square
 root S, the output error of the layer is E||x^T (M - M')||^2 = ||S (M - M')||_F^2.
-So factor Mw = S M = U Sig V^T and set P = S^-1 U_r sqrt(Sig_r), Q = sqrt(Sig_r) V_r^T;
-the tail sum_{i>r} sig_i^2 is then the expected squared output error. For conv forms
+So factor Mw = S M = U Sig V^T; the fit is M V_r V_r^T (or S^-1 U_r U_r^T S M) and the
+tail sum_{i>r} sig_i^2 is the expected squared output error. For conv forms
 the rows are (channel, kernel position) and S = S_c (x) I_k (channel statistics only).
 
-Large matrices use a randomized SVD (Halko et al., 2011, with power iterations) for the
-top `rank_cap` values only; the total energy ||Mw||_F^2 is exact either way.
+Large matrices whose useful ranks (`rank_cap`, the break-even rank) are far below full
+rank use a randomized SVD (Halko et al., 2011, with power iterations) for the top
+`rank_cap` values only; the total energy ||Mw||_F^2 is exact either way.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ FULL_SVD_FLOPS = 3e9  # above m*n*min(m,n) the randomized SVD is used
 OVERSAMPLE = 16
 POWER_ITERS = 3
 EIG_FLOOR = 1e-12  # relative floor of covariance eigenvalues
+BALANCE_FLOOR = 1e-6  # relative floor of the singular values that balance P and Q
 
 
 @dataclass
@@ -55,11 +60,17 @@ def whitener(cov: np.ndarray, repeat: int = 1) -> Whitener:
 
 @dataclass
 class Factorization:
-    """Top singular triplets of the (whitened) matrix and what they were computed with."""
+    """Top singular values of the (whitened) matrix and one side's singular vectors.
 
-    u: np.ndarray
+    `side` is "right" (basis = V, cols x k) or "left" (basis = U, rows x k): the
+    decomposition is taken from the Gram matrix of the smaller side, so the best
+    rank-r fit is a projection, M V_r V_r^T or S^-1 U_r U_r^T S M, exact at full rank.
+    """
+
+    matrix: np.ndarray
+    basis: np.ndarray
     s: np.ndarray
-    vt: np.ndarray
+    side: str
     total: float
     method: str
     white: Whitener | None = None
@@ -74,45 +85,53 @@ class Factorization:
         return max(self.total - float(np.sum(self.energies[:rank])), 0.0)
 
     def rank_for_energy(self, energy: float) -> int:
-        """Smallest rank keeping `energy` of the total (capped at the computed rank)."""
+        """Smallest rank keeping `energy` of the total; len(s) + 1 when not computed."""
         if self.total <= 0:
             return 1
         kept = np.cumsum(self.energies) / self.total
-        hit = int(np.searchsorted(kept, energy - 1e-12)) + 1
-        return min(hit, len(self.s))
+        return int(np.searchsorted(kept, energy - 1e-12)) + 1
 
     def factors(self, rank: int) -> tuple[np.ndarray, np.ndarray]:
-        """P (rows x rank) and Q (rank x cols) with P Q the best rank-`rank` fit."""
-        root = np.sqrt(self.s[:rank])
-        p = self.u[:, :rank] * root
-        q = root[:, None] * self.vt[:rank]
-        if self.white is not None:
-            p = self.white.apply(p, inverse=True)
-        return p, q
+        """P (rows x rank) and Q (rank x cols), P Q the best rank-`rank` fit, balanced."""
+        basis = self.basis[:, :rank]
+        if self.side == "right":
+            p, q = self.matrix @ basis, basis.T
+        else:
+            white = self.white
+            p = white.apply(basis, inverse=True) if white is not None else basis
+            q = basis.T @ (white.apply(self.matrix) if white is not None else self.matrix)
+        s = self.s[:rank]
+        scale = np.sqrt(np.maximum(s, BALANCE_FLOOR * (s[0] if s.size else 1.0)))
+        return p / scale, scale[:, None] * q
 
 
 def factorize(matrix: np.ndarray, white: Whitener | None = None, rank_cap: int | None = None,
               seed: int = 0) -> Factorization:
-    """SVD of `matrix` (whitened from the left when `white` is given)."""
+    """Spectrum of `matrix` (whitened from the left when `white` is given)."""
     m = white.apply(matrix) if white is not None else matrix
     rows, cols = m.shape
     full = min(rows, cols)
     total = float(np.sum(m * m))
     cap = full if rank_cap is None else max(1, min(int(rank_cap), full))
-    if float(rows) * cols * full <= FULL_SVD_FLOPS or cap + OVERSAMPLE >= full:
-        u, s, vt = np.linalg.svd(m, full_matrices=False)
-        return Factorization(u, s, vt, total, "full", white)
-    u, s, vt = _randomized(m, cap, seed)
-    return Factorization(u, s, vt, total, f"randomized(k={cap})", white)
+    sketch_cost = 2 * (2 * POWER_ITERS + 1) * (cap + OVERSAMPLE)  # x rows * cols, vs Gram: x full
+    if float(rows) * cols * full <= FULL_SVD_FLOPS or sketch_cost >= full:
+        side = "right" if cols <= rows else "left"
+        gram = m.T @ m if side == "right" else m @ m.T
+        vals, vecs = np.linalg.eigh((gram + gram.T) / 2)
+        order = np.argsort(vals)[::-1]
+        s = np.sqrt(np.maximum(vals[order], 0.0))
+        return Factorization(matrix, vecs[:, order], s, side, total, "full", white)
+    s, vt = _randomized(m, cap, seed)
+    return Factorization(matrix, vt.T, s, "right", total, f"randomized(k={cap})", white)
 
 
-def _randomized(m: np.ndarray, rank: int, seed: int) -> tuple[np.ndarray, ...]:
-    """Top-`rank` SVD by a randomized range finder with power iterations."""
+def _randomized(m: np.ndarray, rank: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-`rank` singular values and right vectors by a randomized range finder."""
     rng = np.random.default_rng(seed)
     sketch = m @ rng.standard_normal((m.shape[1], rank + OVERSAMPLE))
     basis, _ = np.linalg.qr(sketch)
     for _ in range(POWER_ITERS):
         basis, _ = np.linalg.qr(m.T @ basis)
         basis, _ = np.linalg.qr(m @ basis)
-    small_u, s, vt = np.linalg.svd(basis.T @ m, full_matrices=False)
-    return (basis @ small_u)[:, :rank], s[:rank], vt[:rank]
+    _, s, vt = np.linalg.svd(basis.T @ m, full_matrices=False)
+    return s[:rank], vt[:rank]

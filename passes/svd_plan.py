@@ -8,7 +8,6 @@ budget (svd_rank.allocate, losses from the sensitivity probe or relative energy)
 from __future__ import annotations
 
 import fnmatch
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,16 +18,13 @@ import onnx_graphsurgeon as gs
 from graphcomp import analysis, graph_utils
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import PassContext
-from passes import svd_probe
+from passes import svd_probe, svd_sense
 from passes.svd_factor import Whitener, factorize, whitener
-from passes.svd_layers import Layer, find_layers, matrix_to_weight
+from passes.svd_layers import Layer, find_layers
 from passes.svd_rank import Candidate, Choice, allocate, by_energy, by_ratio, options
 
 if TYPE_CHECKING:
     from passes.svd import SvdConfig
-
-PROBE_SHARE = 0.5  # the sensitivity probe truncates each layer to half its MACs
-
 
 @dataclass
 class Plan:
@@ -72,6 +68,7 @@ def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
     plan = Plan()
     model = gs.export_onnx(graph.copy(), do_type_check=False)
     shapes = analysis.infer_shapes(model, ctx.input_shapes)
+    shapes.update(svd_probe.observed_shapes(model, ctx, config.seed))
     macs = {n.name: analysis.node_macs(n, shapes) for n in model.graph.node}
     layers, plan.skips = find_layers(graph, macs, shapes, allow_spatial=config.mode != "channel")
     layers = _filter(layers, config, plan)
@@ -151,7 +148,6 @@ def _per_layer(cand: Candidate, kind: str, value: float, config: SvdConfig) -> C
     if kind == "rank":
         mode = min(cand.facts, key=lambda m: cand.layer.forms[m].macs_per_rank)
         return cand.at(mode, min(int(value), len(cand.facts[mode].s)))  # honoured as asked
-    cand.gain = 1.0 / max(next(iter(cand.facts.values())).total, 1e-30)
     if kind == "energy":
         return by_energy(cand, value, config.round_to, config.min_saving)
     return by_ratio(cand, value, config.round_to, config.min_saving)
@@ -161,7 +157,12 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
             kind: str, value: float, total_macs: float) -> None:
     """Choices meeting a whole-model MAC or parameter budget."""
     cands = plan.candidates
-    _set_gains(plan, model, ctx, config)
+    if config.allocate == "sensitivity" and cands:
+        plan.notes["allocation"] = svd_sense.measure(cands, model, ctx, config.probe_samples,
+                                                     config.seed + 1)
+    else:
+        svd_sense.relative_energy(cands)
+        plan.notes["allocation"] = "relative energy per layer"
     fixed = {i: _per_layer(c, "energy", 1.0, config) for i, c in enumerate(cands)
              if matching_override(c.layer.node.name, config.overrides)}
     total = total_macs if kind == "macs" else analysis.count_params(model)
@@ -182,52 +183,3 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     if not met:
         plan.notes["warning"] = (f"{kind}={value} is out of reach: the splittable layers can "
                                  f"bring the model only to {reached / total:.3f}")
-
-
-def _set_gains(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdConfig) -> None:
-    """Loss per unit tail energy for each candidate (sensitivity probe or 1/total)."""
-    cands = plan.candidates
-    for cand in cands:
-        cand.gain = 1.0 / max(next(iter(cand.facts.values())).total, 1e-30)
-    if config.allocate != "sensitivity" or not cands:
-        plan.notes["allocation"] = "relative energy per layer"
-        return
-    names = [c.layer.node.inputs[_weight_index(c.layer)].name for c in cands]
-    weights = svd_probe.initializer_values(model, names)
-    trials, probed = [], []
-    for i, cand in enumerate(cands):
-        if names[i] in weights:
-            mode, rank = _probe_point(cand)
-            p, q = cand.facts[mode].factors(rank)
-            trials.append((names[i], matrix_to_weight(cand.layer, mode, p @ q)))
-            probed.append((i, mode, rank))
-    feeds, source = svd_probe.probe_feeds(model, ctx, config.probe_samples, config.seed + 1)
-    errors = svd_probe.output_errors(model, weights, trials, feeds)
-    normalized = []
-    for (i, mode, rank), err in zip(probed, errors, strict=True):
-        tail = cands[i].facts[mode].tail(rank)
-        cands[i].gain = err / tail if tail > 0 else 0.0
-        normalized.append(cands[i].gain * cands[i].facts[mode].total)
-    fallback = float(np.median(normalized)) if normalized else 1.0
-    done = {i for i, _, _ in probed}
-    for i, cand in enumerate(cands):
-        if i not in done:
-            cand.gain = fallback / max(next(iter(cand.facts.values())).total, 1e-30)
-    plan.notes["allocation"] = f"measured sensitivity ({source} inputs, {len(probed)} layers)"
-
-
-def _weight_index(layer: Layer) -> int:
-    return 0 if layer.kind == "matmul_left" else 1
-
-
-def _probe_point(cand: Candidate) -> tuple[str, int]:
-    """Mode and rank at which a split costs about PROBE_SHARE of the dense MACs."""
-    best = None
-    for mode, fact in cand.facts.items():
-        form = cand.layer.forms[mode]
-        rank = max(1, min(len(fact.s) - 1, math.floor(
-            PROBE_SHARE * form.dense_macs / max(form.macs_per_rank, 1e-30))))
-        key = fact.tail(rank) / max(fact.total, 1e-30)
-        if best is None or key < best[0]:
-            best = (key, mode, rank)
-    return best[1], best[2]

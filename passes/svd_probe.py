@@ -25,6 +25,9 @@ Feeds = dict[str, np.ndarray]
 PASS_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity")
 MAX_WALK = 4  # nodes followed from an integer input to its Gather
 TINY = 1e-30
+IMAGE_MIN = 8  # float 4-D inputs with H, W at least this get image-like noise
+SHARED = 0.8  # share of the noise common to all channels of a synthetic image
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 def probe_feeds(model: onnx.ModelProto, ctx: PassContext, samples: int, seed: int,
@@ -38,11 +41,31 @@ def probe_feeds(model: onnx.ModelProto, ctx: PassContext, samples: int, seed: in
     rng = np.random.default_rng(seed)
     for batch_feeds in feeds:
         for name, value in batch_feeds.items():
-            if np.issubdtype(value.dtype, np.integer):
+            if value.ndim == 4 and min(value.shape[2:]) >= IMAGE_MIN and \
+                    np.issubdtype(value.dtype, np.floating):
+                batch_feeds[name] = natural_noise(rng, value.shape).astype(value.dtype)
+            elif np.issubdtype(value.dtype, np.integer):
                 rows = tables.get(name)
                 batch_feeds[name] = (rng.integers(0, rows, value.shape).astype(value.dtype)
                                      if rows else np.ones_like(value))
     return feeds, "synthetic"
+
+
+def natural_noise(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """Image-like noise with the 1/f amplitude spectrum of natural images.
+
+    Channels share most of their content; each is standardized to zero mean, unit std.
+    """
+    n, c, h, w = shape
+    white = rng.standard_normal((n, 1, h, w)) * SHARED + rng.standard_normal((n, c, h, w)) * (
+        1 - SHARED)
+    fy = np.fft.fftfreq(h)[:, None]
+    fx = np.fft.rfftfreq(w)[None, :]
+    radius = np.sqrt(fy ** 2 + fx ** 2)
+    radius[0, 0] = 1.0 / max(h, w)
+    x = np.fft.irfft2(np.fft.rfft2(white) / radius, s=(h, w))
+    x -= x.mean(axis=(0, 2, 3), keepdims=True)
+    return x / np.maximum(x.std(axis=(0, 2, 3), keepdims=True), TINY)
 
 
 def _first(feeds: list[Feeds], samples: int) -> list[Feeds]:
@@ -77,6 +100,23 @@ def _embedding_rows(model: onnx.ModelProto) -> dict[str, int]:
                         nxt.append(node.output[0])
             frontier = nxt
     return found
+
+
+def observed_shapes(model: onnx.ModelProto, ctx: PassContext, seed: int) -> dict[str, list[int]]:
+    """Shapes of the inputs and outputs of every MAC-counted node, from one real run.
+
+    Shape inference cannot always see through computed pads or reshapes; one sample
+    through onnxruntime always can (dynamic dims as in `probe_feeds`, batch 1).
+    """
+    feeds, _ = probe_feeds(model, ctx, 1, seed, batch=1)
+    inits = {i.name for i in model.graph.initializer}
+    names = {name for node in model.graph.node if node.op_type in MAC_OPS
+             for name in [*node.input[:2], *node.output[:1]] if name and name not in inits}
+    shapes = {name: list(value.shape) for name, value in feeds[0].items()}
+    wanted = sorted(names - set(shapes))
+    values = observe.intermediates(model, wanted, feeds[0]) if wanted else {}
+    shapes.update({name: list(np.shape(value)) for name, value in values.items()})
+    return shapes
 
 
 def second_moments(model: onnx.ModelProto, inputs: dict[str, int], batches: Iterable[Feeds]

@@ -3,9 +3,10 @@
 Per layer: energy, rank ratio or fixed rank; whole model: a MAC or parameter budget.
 
 A split of layer l at rank r in mode m costs r * macs_per_rank MACs and loses
-loss_l(r) = gain_l * tail_l,m(r), where tail is the (whitened) energy past rank r and
-gain_l turns it into what the model loses: 1 / total_l (relative energy, data-free
-default) or the measured model-output error per unit tail (sensitivity probe).
+loss_l(tail_l,m(r)), where tail is the (whitened) energy past rank r and loss_l turns
+it into what the model loses: tail / total_l (relative energy), or the model-output
+error measured at a few probe ranks (svd_sense), interpolated piecewise-linearly in
+the tail and extrapolated with the last measured slope.
 Budget mode minimizes sum_l loss_l subject to sum_l cost_l <= budget by a Lagrangian
 sweep (each layer takes argmin loss + lambda * cost over its options, lambda bisected
 to the smallest value that meets the budget: rank goes where the loss per MAC saved is
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 from passes.svd_factor import Factorization
 from passes.svd_layers import Layer
@@ -43,9 +46,20 @@ class Candidate:
 
     layer: Layer
     facts: dict[str, Factorization]
-    gain: float = 0.0
-    fixed: Choice | None = None  # set by a per-layer override
+    scale: float = 0.0  # loss per unit tail where nothing was measured
+    curve: tuple[tuple[float, float], ...] = ()  # measured (tail, loss), ascending tail
     notes: list[str] = field(default_factory=list)
+
+    def loss(self, tail: float) -> float:
+        """What the model loses for a truncation leaving `tail` energy out."""
+        if not self.curve:
+            return self.scale * tail
+        ts = [0.0, *(t for t, _ in self.curve)]
+        ls = [0.0, *(v for _, v in self.curve)]
+        if tail <= ts[-1]:
+            return float(np.interp(tail, ts, ls))
+        slope = (ls[-1] - ls[-2]) / max(ts[-1] - ts[-2], 1e-30)
+        return ls[-1] + max(slope, self.scale) * (tail - ts[-1])
 
     def dense(self) -> Choice:
         """Keep the layer as it is."""
@@ -56,7 +70,7 @@ class Candidate:
         form, fact = self.layer.forms[mode], self.facts[mode]
         rows, cols = form.matrix.shape
         return Choice(mode, rank, rank * form.macs_per_rank, rank * (rows + cols),
-                      self.gain * fact.tail(rank))
+                      self.loss(fact.tail(rank)))
 
     def saves(self, choice: Choice, min_saving: float) -> bool:
         """True when the split costs at most (1 - min_saving) of the dense MACs and params."""
@@ -82,7 +96,7 @@ def best_of(cand: Candidate, ranks: dict[str, int], min_saving: float) -> Choice
 def by_energy(cand: Candidate, energy: float, round_to: int, min_saving: float) -> Choice:
     """Per layer: the smallest rank keeping `energy`, in the cheapest mode."""
     ranks = {m: round_rank(f.rank_for_energy(energy), round_to, len(f.s))
-             for m, f in cand.facts.items()}
+             for m, f in cand.facts.items() if f.rank_for_energy(energy) <= len(f.s)}
     return best_of(cand, ranks, min_saving)
 
 
