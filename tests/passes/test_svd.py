@@ -39,14 +39,16 @@ g (float[N, 64, 5] x, float[48, 64] w_a) => (float[N, 48, 5] y) {
 }
 """
 CONV = """
-g (float[N, 12, 17, 15] x, float[20, 12, {kh}, {kw}] w_a, float[20] b_a) => (float[N, 20, ?, ?] y) {{
+g (float[N, 12, 17, 15] x, float[20, 12, {kh}, {kw}] w_a, float[20] b_a)
+  => (float[N, 20, ?, ?] y) {{
     y = Conv <{attrs}> (x, w_a, b_a)
 }}
 """
 CONV_CASES = {
     "3x3_stride2_asym_pads": (3, 3, "strides = [2, 2], pads = [0, 1, 2, 1]"),
     "5x3_dilation2": (5, 3, "dilations = [2, 2], pads = [2, 1, 3, 0]"),
-    "3x3_stride_2x1_dilation_1x2": (3, 3, "strides = [2, 1], dilations = [1, 2], pads = [1, 2, 1, 2]"),
+    "3x3_stride_2x1_dilation_1x2": (3, 3, "strides = [2, 1], dilations = [1, 2], "
+                                          "pads = [1, 2, 1, 2]"),
     "5x3_same_upper_stride2": (5, 3, 'strides = [2, 2], auto_pad = "SAME_UPPER"'),
     "3x5_valid": (3, 5, 'auto_pad = "VALID"'),
 }

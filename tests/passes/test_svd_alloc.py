@@ -1,0 +1,110 @@
+"""svd rank allocation: budget spent where the whole model loses least; helpers."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+from graphcomp.pass_base import PassContext
+from passes.svd import SvdConfig, SvdPass
+from passes.svd_factor import DAMPING, factorize, whitener
+from passes.svd_rank import Choice, allocate, round_rank
+from tests import graphs
+
+# Pre-LN encoder-like stack: two residual MLP branches; the first branch's output is
+# damped by a LayerScale-like constant, so its truncation barely reaches the output.
+ENCODER = """
+g (float[N, 16, 64] x, float[64] w_g1, float[64] b_n1, float[64, 192] w_a1, float[192] b_a1,
+   float[192, 64] w_a2, float[64] b_a2, float[64] w_g2, float[64] b_n2, float[64, 192] w_b1,
+   float[192] b_b1, float[192, 64] w_b2, float[64] b_b2, float[1] damp)
+  => (float[N, 16, 64] y) {
+    n1 = LayerNormalization <axis = -1> (x, w_g1, b_n1)
+    h1 = MatMul (n1, w_a1)
+    h1b = Add (h1, b_a1)
+    g1 = Relu (h1b)
+    o1 = MatMul (g1, w_a2)
+    o1b = Add (o1, b_a2)
+    o1s = Mul (o1b, damp)
+    r1 = Add (x, o1s)
+    n2 = LayerNormalization <axis = -1> (r1, w_g2, b_n2)
+    h2 = MatMul (n2, w_b1)
+    h2b = Add (h2, b_b1)
+    g2 = Relu (h2b)
+    o2 = MatMul (g2, w_b2)
+    o2b = Add (o2, b_b2)
+    y = Add (r1, o2b)
+}
+"""
+
+
+def _encoder(seed: int) -> onnx.ModelProto:
+    return graphs.build(ENCODER, seed=seed, damp=np.array([0.02], np.float32))
+
+
+def _rel_mse(model: onnx.ModelProto, out: onnx.ModelProto) -> float:
+    feeds = graphs.feeds_for(model, seed=9, batch=8)
+    ref, got = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
+    return float(np.sum((ref - got) ** 2) / np.sum(ref ** 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sensitivity_allocation_spends_budget_on_the_damped_branch(seed: int) -> None:
+    model = _encoder(seed)
+    sense, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
+    flat, _ = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7, allocate="energy")))
+    changed = {c.node for c in run.records[0].result.changes}
+    assert changed == {"MatMul_1", "MatMul_4"}  # the damped branch only
+    assert run.records[0].macs[1] <= 0.7 * run.records[0].macs[0]
+    assert _rel_mse(model, sense) < 0.1 * _rel_mse(model, flat)
+
+
+def test_synthetic_probe_feeds_index_embedding_tables() -> None:
+    text = """
+    g (int64[N, 12] ids, int64[N, 12] mask, float[50, 16] w_emb, float[16, 24] w_p)
+      => (float[N, 12, 24] y) {
+        e = Gather (w_emb, ids)
+        y = MatMul (e, w_p)
+    }
+    """
+    from passes import svd_probe
+
+    model = graphs.build(text)
+    feeds, source = svd_probe.probe_feeds(model, PassContext(), 40, seed=0)
+    ids = np.concatenate([f["ids"] for f in feeds])
+    assert source == "synthetic" and ids.shape[0] == 40
+    assert ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 30
+    assert all(np.all(f["mask"] == 1) for f in feeds)
+
+
+def test_allocate_picks_least_loss_within_budget() -> None:
+    menus = [[Choice(None, 0, 100, 100, 0.0), Choice("linear", 8, 40, 40, 0.5)],
+             [Choice(None, 0, 100, 100, 0.0), Choice("linear", 8, 40, 40, 0.1),
+              Choice("linear", 4, 20, 20, 0.3)]]
+    picked, met = allocate(menus, 150, lambda c: c.macs)
+    assert met and [c.loss for c in picked] == [0.0, 0.1]
+    picked, met = allocate(menus, 60, lambda c: c.macs)
+    assert met and [c.macs for c in picked] == [40, 20]
+    _, met = allocate(menus, 10, lambda c: c.macs)
+    assert not met
+
+
+def test_round_rank_rounds_up_within_full_rank() -> None:
+    assert [round_rank(r, 8, 20) for r in (1, 8, 9, 17, 30)] == [8, 8, 16, 20, 20]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whitened_factors_exact_at_full_rank_and_tail_is_output_error(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((500, 24)) * np.exp(rng.normal(0, 1, 24))
+    m = rng.standard_normal((24, 40))
+    cov = x.T @ x / len(x)
+    fact = factorize(m, whitener(cov))
+    p, q = fact.factors(24)
+    assert np.allclose(p @ q, m, atol=1e-8)
+    p, q = fact.factors(10)
+    delta = m - p @ q
+    err = np.mean(np.sum((x @ delta) ** 2, axis=1))
+    # The whitened tail is the output error under the damped covariance C + d I:
+    # tail = E||x^T dW||^2 + d ||dW||_F^2, with d = DAMPING * mean(diag C).
+    ridge = DAMPING * np.mean(np.diag(cov)) * np.sum(delta ** 2)
+    assert err + ridge == pytest.approx(fact.tail(10), rel=1e-6)
