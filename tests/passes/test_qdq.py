@@ -265,3 +265,50 @@ def test_shared_weight_with_conflicting_rules_stays_float_for_the_second_reader(
     out, result = _qdq(model, qconfig=str(rules))
     assert _dq_feeding(out, "Conv_0", 1) is not None and _dq_feeding(out, "Conv_2", 1) is None
     assert "weight" not in next(c.detail for c in result.changes if c.node == "Conv_2")
+
+
+def _inverted_residual_net(seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2-like: Clip(0, 6) activations, depthwise convs, residual Adds, Gemm head."""
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], [numpy_helper.from_array(np.array(v, np.float32), n)
+                        for n, v in (("zero", 0.0), ("six", 6.0))]
+
+    def conv(x, cin, cout, k=1, group=1, act=True):
+        name = f"conv{len(nodes)}"
+        w = rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2 / (cin // group * k * k))
+        inits.extend([numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+                      numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32),
+                                              f"{name}_b")])
+        nodes.append(onnx.helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name],
+                                           pads=[k // 2] * 4, group=group, name=name))
+        if not act:
+            return name
+        nodes.append(onnx.helper.make_node("Clip", [name, "zero", "six"], [f"{name}_a"]))
+        return f"{name}_a"
+
+    x = conv("input", 1, 16, 3)
+    for _ in range(3):
+        h = conv(conv(conv(x, 16, 64), 64, 64, 3, group=64), 64, 16, act=False)
+        nodes.append(onnx.helper.make_node("Add", [x, h], [f"add{len(nodes)}"]))
+        x = nodes[-1].output[0]
+    nodes += [onnx.helper.make_node("GlobalAveragePool", [x], ["gap"]),
+              onnx.helper.make_node("Flatten", ["gap"], ["flat"]),
+              onnx.helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
+    inits += [numpy_helper.from_array(rng.normal(0, 0.2, (10, 16)).astype(np.float32), "fc_w"),
+              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    graph = onnx.helper.make_graph(
+        nodes, "irnet", [onnx.helper.make_tensor_value_info("input", 1, ["N", 1, 16, 16])],
+        [onnx.helper.make_tensor_value_info("logits", 1, ["N", 10])], inits)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_inverted_residual_net_is_fully_integer_and_removes_clips(tmp_path):
+    model = _inverted_residual_net()
+    out, _ = _qdq(model)
+    ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
+    assert ops.count("QLinearConv") == 10 and ops.count("QLinearAdd") == 3
+    assert "QGemm" in ops and "Clip" not in ops and "DequantizeLinear" not in ops
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.99
