@@ -159,7 +159,7 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     cands = plan.candidates
     if config.allocate == "sensitivity" and cands:
         plan.notes["allocation"] = svd_sense.measure(cands, model, ctx, config.probe_samples,
-                                                     config.seed + 1)
+                                                     config.seed + 1, total_macs)
     else:
         svd_sense.relative_energy(cands)
         plan.notes["allocation"] = "relative energy per layer"
@@ -180,6 +180,8 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     plan.choices = [chosen[i] for i in range(len(cands))]
     reached = outside + sum(cost(c) for c in picked)
     plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": round(reached / total, 4)})
+    if config.allocate == "sensitivity":
+        plan.notes["predicted_output_rel_mse"] = float(f"{sum(c.loss for c in picked):.3g}")
     if not met:
         plan.notes["warning"] = (f"{kind}={value} is out of reach: the splittable layers can "
                                  f"bring the model only to {reached / total:.3f}")

@@ -21,6 +21,8 @@ from passes.svd_layers import matrix_to_weight
 from passes.svd_rank import Candidate
 
 PROBE_SHARES = (0.5, 0.2)  # split MACs / dense MACs at the probe ranks
+PROBE_MACS = 1e12  # total MACs the probe runs may spend; fewer samples when exceeded
+MIN_PROBE_SAMPLES = 2
 
 
 def weight_name(cand: Candidate) -> str:
@@ -37,8 +39,12 @@ def relative_energy(cands: list[Candidate]) -> None:
 
 
 def measure(cands: list[Candidate], model: onnx.ModelProto, ctx: PassContext, samples: int,
-            seed: int) -> str:
-    """Fill each candidate's loss curve from probe runs; returns a note on the source."""
+            seed: int, sample_macs: float) -> str:
+    """Fill each candidate's loss curve from probe runs; returns a note on the source.
+
+    Uses at most `samples` inputs, fewer (down to MIN_PROBE_SAMPLES) when the runs
+    would cost more than PROBE_MACS for a model of `sample_macs` MACs per sample.
+    """
     relative_energy(cands)
     names = [weight_name(c) for c in cands]
     weights = svd_probe.initializer_values(model, names)
@@ -53,7 +59,9 @@ def measure(cands: list[Candidate], model: onnx.ModelProto, ctx: PassContext, sa
             points.append((i, cand.facts[mode].tail(rank)))
     if not trials:
         return "relative energy per layer (no weight could be probed)"
-    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed)
+    affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
+    samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
+    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, batch=samples)
     errors = svd_probe.output_errors(model, weights, trials, feeds)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
@@ -70,7 +78,7 @@ def measure(cands: list[Candidate], model: onnx.ModelProto, ctx: PassContext, sa
     for i, cand in enumerate(cands):
         if i not in curves:
             cand.scale *= typical
-    return f"measured sensitivity ({source} inputs, {len(curves)} layers x " \
+    return f"measured sensitivity ({samples} {source} inputs, {len(curves)} layers x " \
            f"{len(PROBE_SHARES)} ranks)"
 
 
