@@ -42,6 +42,7 @@ class PruneConfig:
     min_channels: int = 1  # never keep fewer channels in a group
     round_to: int = 8  # kept counts are multiples of this (or the whole group)
     layers: str = ""  # per-layer ratios by producer name glob: "conv1*:0.5;fc*:0"
+    prior: str = "smooth"  # data-free inputs for statistics: smooth (1/f^2 noise) | white
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -51,6 +52,8 @@ class PruneConfig:
         if self.importance not in prune_score.IMPORTANCE:
             raise ConfigError(f"importance must be one of {prune_score.IMPORTANCE}, "
                               f"got '{self.importance}'")
+        if self.prior not in prune_comp.PRIORS:
+            raise ConfigError(f"prior must be one of {prune_comp.PRIORS}, got '{self.prior}'")
         if self.round_to < 1 or self.min_channels < 1:
             raise ConfigError("round_to and min_channels must be >= 1")
         try:
@@ -87,7 +90,7 @@ class PrunePass(Pass):
         result.notes.update(groups=len(cg.groups), prunable=len(groups))
         if not groups:
             return result
-        moments = _moments(cg, ctx, result) if (
+        moments = _moments(self, cg, ctx, result) if (
             cfg.compensate or cfg.importance == "energy") else None
         bn_std = prune_score.bn_scales(cg, ctx.stats) if cfg.importance == "bn" else {}
         scores = prune_score.scores(cg, groups, cfg.importance, moments, bn_std,
@@ -118,10 +121,11 @@ def _is_producer_space(cg: ChannelGraph, name: str) -> bool:
     return any(b.out == name and b.kind in prune_apply.LAYERS for b in cg.bindings)
 
 
-def _moments(cg: ChannelGraph, ctx: PassContext, result: PassResult) -> prune_score.Moments:
+def _moments(self: PrunePass, cg: ChannelGraph, ctx: PassContext, result: PassResult
+             ) -> prune_score.Moments:
     names = prune_comp.consumer_spaces(cg)
     try:
-        moments, source = prune_comp.measure(cg, ctx, names)
+        moments, source = prune_comp.measure(cg, ctx, names, self.config.prior)
     except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; go on without
         result.notes["statistics_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         moments, source = {}, "none"

@@ -25,18 +25,11 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference
 
 from graphcomp import graph_utils
 
 log = logging.getLogger(__name__)
 
-FOLD_LIMIT = 1 << 26  # bytes: larger folded constants stay computed
-PARAM_SLOTS = {"Conv": (1, 2), "ConvTranspose": (1, 2), "Gemm": (1, 2), "MatMul": (0, 1),
-               "BatchNormalization": (1, 2, 3, 4), "InstanceNormalization": (1, 2),
-               "PRelu": (1,), "Clip": (1, 2)}
-OPERAND_OPS = ("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Mean", "Pow", "Where",
-               "Concat")
 MAX_ELEMENTS = 1 << 22  # whole-graph cap on tracked channel elements (Flatten blocks are big)
 
 
@@ -218,14 +211,14 @@ def _producer_spaces(cg: ChannelGraph) -> dict[str, str]:
 
 def analyze(graph: gs.Graph) -> ChannelGraph:
     """Walk `graph` once (topological order) and return its channel groups."""
-    from passes import prune_rules
+    from passes import prune_prep, prune_rules
 
-    folded = fold_constants(graph)
+    folded = prune_prep.fold_constants(graph)
     graph.toposort()
-    fill_shapes(graph)
+    prune_prep.fill_shapes(graph)
     cg = ChannelGraph(graph)
     cg.folded = folded
-    nested = _subgraph_reads(graph)
+    nested = prune_prep.subgraph_reads(graph)
     for node in graph.nodes:
         prune_rules.apply_rule(cg, node)
     for name, sp in cg.spaces.items():
@@ -235,70 +228,6 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
             cg.block(sp, f"{name} is read inside a subgraph")
     cg.finish()
     return cg
-
-
-def fold_constants(graph: gs.Graph) -> dict[str, np.ndarray]:
-    """Turn parameters computed from constants into constants.
-
-    Some exporters write a bias as Reshape(constant); folded, its layer and per-channel
-    constants are seen. Only parameter inputs are replaced (weights, biases, BN
-    parameters, elementwise and Concat operands); shape inputs keep their subgraphs.
-    Lossless, best effort.
-    """
-    copy = graph.copy()
-    try:
-        copy.fold_constants(fold_shapes=False, recurse_subgraphs=False,
-                            flatten_subgraphs=False, size_threshold=FOLD_LIMIT)
-    except Exception as e:  # noqa: BLE001 - folding is an aid, never required
-        log.debug("constant folding failed: %s", e)
-        return {}
-    folded = {name: t for name, t in copy.tensors().items() if isinstance(t, gs.Constant)}
-    for node in graph.nodes:
-        slots = PARAM_SLOTS.get(node.op, range(len(node.inputs)) if node.op in OPERAND_OPS
-                                else ())
-        for i in slots:
-            t = node.inputs[i] if i < len(node.inputs) else None
-            if isinstance(t, gs.Variable) and t.inputs and t.name in folded and \
-                    t.inputs[0].op != "Constant":
-                node.inputs[i] = gs.Constant(t.name + "_folded", np.asarray(folded[t.name].values))
-    return {name: np.asarray(t.values) for name, t in folded.items()}
-
-
-def fill_shapes(graph: gs.Graph) -> None:
-    """Give tensors without a shape the one onnx shape inference finds.
-
-    The first pass of a pipeline gets a graph without intermediate shapes.
-    """
-    tensors = graph.tensors()
-    if all(t.shape is not None for t in tensors.values() if isinstance(t, gs.Variable)):
-        return
-    from graphcomp import stats
-
-    try:
-        model = shape_inference.infer_shapes(stats.to_model(graph), data_prop=True)
-    except Exception as e:  # noqa: BLE001 - best effort: unknown shapes block their groups
-        log.debug("shape inference failed: %s", e)
-        return
-    for value in model.graph.value_info:
-        tensor = tensors.get(value.name)
-        if isinstance(tensor, gs.Variable) and tensor.shape is None and value.type.HasField(
-                "tensor_type") and value.type.tensor_type.HasField("shape"):
-            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in value.type.tensor_type.shape.dim]
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-
-
-def _subgraph_reads(graph: gs.Graph) -> set[str]:
-    """Names of tensors read by nodes of nested graphs (If/Loop/Scan bodies)."""
-    names: set[str] = set()
-    for node in graph.nodes:
-        for value in node.attrs.values():
-            subs = value if isinstance(value, list) else [value]
-            for sub in subs:
-                if isinstance(sub, gs.Graph):
-                    names |= {t.name for n in sub.nodes for t in n.inputs}
-                    names |= _subgraph_reads(sub)
-    return names
 
 
 def describe(model: onnx.ModelProto) -> list[dict[str, Any]]:
