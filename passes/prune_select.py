@@ -26,6 +26,7 @@ from passes.prune_groups import ChannelGraph, Group
 
 MAX_STEPS = 1_000_000  # cap of the greedy loop
 TINY = 1e-12
+SLACK = 0.02  # a MAC budget may be undershot by this share when steps are coarse
 
 
 @dataclass(frozen=True)
@@ -119,22 +120,40 @@ def select_macs(cg: ChannelGraph, groups: list[Group], scores: dict[int, np.ndar
         if ratio is not None:
             state[g.index].fix(macs, nearest_keep(g.units.size, g.units.size * (1 - ratio),
                                                   budget))
-    heap = [(s.price(macs), i) for i, s in state.items() if not s.fixed and s.can_step()]
+    heap = [(s.price(macs), i, 0) for i, s in state.items() if not s.fixed and s.can_step()]
     heapq.heapify(heap)
+    slack = SLACK * goal
     for _ in range(MAX_STEPS):
-        if not heap or macs.total() <= goal:
+        total = macs.total()
+        if not heap or total <= goal:
             break
-        price, i = heapq.heappop(heap)
+        price, i, version = heapq.heappop(heap)
         s = state[i]
+        if version != s.at:
+            continue  # the group moved since this entry was queued
         now = s.price(macs)
         if now > price * (1 + 1e-9) + TINY and heap and now > heap[0][0]:
-            heapq.heappush(heap, (now, i))  # stale: saving changed since it was queued
+            heapq.heappush(heap, (now, i, s.at))  # stale: saving changed since queued
             continue
+        if total - s.saving(macs) < goal - slack:  # would overshoot: take the best fit
+            heapq.heappush(heap, (now, i, s.at))
+            s = state[_best_fit(state, macs, total, goal - slack)]
         s.step(macs)
         if s.can_step():
-            heapq.heappush(heap, (s.price(macs), i))
+            heapq.heappush(heap, (s.price(macs), s.group.index, s.at))
     removed = [s.removed() for s in state.values()]
     return np.concatenate(removed) if removed else np.zeros(0, dtype=np.int64)
+
+
+def _best_fit(state: dict[int, _GroupState], macs: MacModel, total: float, floor: float
+              ) -> int:
+    """The cheapest step that stays above `floor` MACs, else the one overshooting least."""
+    movable = [(s.saving(macs), s.price(macs), i) for i, s in state.items()
+               if not s.fixed and s.can_step()]
+    fitting = [(price, i) for saved, price, i in movable if total - saved >= floor]
+    if fitting:
+        return min(fitting)[1]
+    return min(movable)[2]
 
 
 class _GroupState:
@@ -163,12 +182,17 @@ class _GroupState:
         for name, share in self.share.items():
             macs.gone[name][self.group.index] = int(share[gone].sum())
 
-    def price(self, macs: MacModel) -> float:
-        """Loss added per MAC saved by the next step."""
+    def saving(self, macs: MacModel) -> float:
+        """MACs the next step saves."""
         before = macs.total()
         self._set(macs, self.options[self.at + 1])
         saved = before - macs.total()
         self._set(macs, self.options[self.at])
+        return saved
+
+    def price(self, macs: MacModel) -> float:
+        """Loss added per MAC saved by the next step."""
+        saved = self.saving(macs)
         extra = self._loss(self.options[self.at + 1]) - self._loss(self.options[self.at])
         return extra / saved if saved > 0 else np.inf
 
