@@ -70,13 +70,18 @@ class QdqPass(Pass):
             plan = build_plan(graph, self.config, book)
         specs = {n: a.rule.spec(per_channel=False) for n, a in plan.acts.items()
                  if not a.dynamic and a.rule.method == "auto"}
-        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config)
+        typical: dict[str, float] = {}
+        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, typical)
         if error:
             result.notes["ranges_error"] = error
+        outliers = _outlier_prone(plan, ranges, typical, self.config.outlier_ratio)
+        for name in outliers:
+            plan.acts.pop(name)
         params, dropped, notes = qdq_scales.activation_params(plan, ranges,
                                                               self.config.concat_ratio)
+        dropped.update(outliers)
         for name in dropped:
-            plan.acts.pop(name)
+            plan.acts.pop(name, None)
         inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
         texts = _layer_texts(plan)
         _emit_activations(graph, plan, params)
@@ -84,6 +89,19 @@ class QdqPass(Pass):
         _report(result, graph, plan, texts, details, dropped, notes, ranges)
         result.notes["profile"] = self.config.profile
         return result
+
+
+def _outlier_prone(plan: Plan, ranges: dict[str, qdq_ranges.Range],
+                   typical: dict[str, float], limit: float) -> dict[str, str]:
+    """Guarded tensors whose max |x| dwarfs the median |x| (outlier channels): float."""
+    out = {}
+    for name, act in plan.acts.items():
+        if not act.guard or name not in ranges or typical.get(name, 0.0) <= 0.0:
+            continue
+        ratio = max(abs(ranges[name][0]), abs(ranges[name][1])) / typical[name]
+        if ratio > limit:
+            out[name] = f"outlier-prone: max |x| is {ratio:.0f}x the median |x|"
+    return out
 
 
 def required_opset(plan: Plan) -> int:

@@ -115,6 +115,7 @@ class QdqConfig:
     samples: int = 64  # synthetic inputs when there is neither data nor dfq ranges
     dynamic: str = "auto"  # MatMul inputs at run time: auto = in transformer graphs
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
+    outlier_ratio: float = 60.0  # static transformer MatMul inputs with max/median |x| above
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -128,8 +129,8 @@ class QdqConfig:
                 raise ConfigError(f"bits must be one of {BITS}, got {bits}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.samples < 1 or self.concat_ratio < 1.0:
-            raise ConfigError("samples must be >= 1 and concat_ratio >= 1")
+        if self.samples < 1 or self.concat_ratio < 1.0 or self.outlier_ratio < 1.0:
+            raise ConfigError("samples must be >= 1, concat_ratio and outlier_ratio >= 1")
 
     def builtin(self, role: str) -> dict[str, Any]:
         """The built-in rule fields of `role` before any file applies."""

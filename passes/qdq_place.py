@@ -14,9 +14,10 @@ Shape-only ops (MaxPool, Reshape, Flatten, Transpose, Resize, ...) share one sca
 their input (onnxruntime drops their Q/DQ and runs them on integers); the need for a
 quantized tensor propagates up through them. Concat inputs share the output's scale
 (decided later against the ranges, see qdq.py). In transformer graphs (`dynamic`),
-MatMul inputs are quantized at run time (DynamicQuantizeLinear, per batch) and the
-residual stream (Add/Mul/Concat) stays float: static int8 of every activation
-destroys outlier channels.
+MatMul inputs are quantized at run time (DynamicQuantizeLinear, per batch; `ort` only,
+TensorRT has no dynamic quantization) and the residual stream (Add/Mul/Concat) stays
+float: static int8 of every activation destroys outlier channels. Static MatMul/Gemm
+inputs of transformer graphs are guarded: left float when outlier-prone (qdq.py).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ class Act:
     rule: TensorRule
     owner: str  # "<layer> <role>" whose rule it uses
     dynamic: bool = False
+    guard: bool = False  # a transformer MatMul input: left float if outlier-prone
     readers: list[gs.Node] = dataclasses.field(default_factory=list)
     group: str = ""  # tensors with the same group share one scale (Concat, shape ops)
     hard_group: str = ""  # the part of the group that must share (through shape ops)
@@ -104,7 +106,7 @@ def _reaches_matmul(tensor: gs.Tensor) -> bool:
 def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None) -> Plan:
     """Decide the quantized layers and activation tensors (no edits)."""
     book = book or RuleBook(config)
-    transformer = config.dynamic == "on" or (config.dynamic == "auto" and is_transformer(graph))
+    transformer = is_transformer(graph)
     layers: list[Layer] = []
     skips: list[tuple[gs.Node, str]] = []
     produced: set[str] = set()
@@ -238,11 +240,14 @@ def _request(graph: gs.Graph, layer: Layer, acts: dict[str, Act], config: QdqCon
              transformer: bool) -> None:
     node, rules = layer.node, layer.rules
     in_rule = rules["input"]
-    dynamic = (in_rule.dynamic if in_rule.dynamic is not None
-               else transformer and node.op == "MatMul")
+    auto = transformer and config.profile == "ort"  # TensorRT has no dynamic quantization
+    dynamic = (in_rule.dynamic if in_rule.dynamic is not None else node.op == "MatMul" and (
+        config.dynamic == "on" or (config.dynamic == "auto" and auto)))
     if in_rule.enabled:
         for i in layer.acts:
             _add(acts, node.inputs[i], in_rule, f"{node.name} input", dynamic, node)
+            if transformer and not dynamic and node.op in ("MatMul", "Gemm"):
+                acts[node.inputs[i].name].guard = True
     out_rule = rules["output"]
     if (config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled
             or graph_utils.is_graph_output(graph, layer.out)):

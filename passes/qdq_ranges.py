@@ -58,6 +58,14 @@ class _Sampler:
             self.kept.append(take)
             self.count += take.size
 
+    def typical(self) -> float:
+        """Median of the nonzero |x| kept (0 when there is none)."""
+        if not self.kept:
+            return 0.0
+        values = np.abs(np.concatenate(self.kept))
+        values = values[values > 0]
+        return float(np.median(values)) if values.size else 0.0
+
     def range(self, config: QdqConfig, spec: quant.QuantSpec) -> tuple[float, float]:
         if not (np.isfinite(self.lo) and np.isfinite(self.hi)) or not self.kept:
             return self.lo, self.hi
@@ -85,8 +93,12 @@ def _method(config: QdqConfig) -> str:
 
 
 def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext,
-            config: QdqConfig) -> tuple[dict[str, Range], str | None]:
-    """Ranges of the tensors in `specs` and an error message if measuring failed."""
+            config: QdqConfig, typical: dict[str, float] | None = None
+            ) -> tuple[dict[str, Range], str | None]:
+    """Ranges of the tensors in `specs` and an error message if measuring failed.
+
+    With a `typical` dict, the median nonzero |x| of each measured tensor goes there.
+    """
     tensors = graph.tensors()
     ranges = {n: r for n in specs if (r := from_context(tensors.get(n), ctx)) is not None}
     todo = [n for n in specs if n not in ranges]
@@ -106,6 +118,8 @@ def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext
     for name, sampler in samplers.items():
         lo, hi = sampler.range(config, specs[name])
         ranges[name] = (float(lo), float(hi), f"{source}:{_method(config)}")
+        if typical is not None:
+            typical[name] = sampler.typical()
     return ranges, None
 
 

@@ -115,7 +115,11 @@ def _act_row(layer: Layer, role: str, tensor: gs.Tensor, plan: Plan, config: Qdq
         config, ctx, tensor.name)
     return Row(node.name, node.op, role, tensor.name, rule.method, _format(rule),
                "per-tensor", source + _shared(act, plan, config) + (" pow2" if rule.pow2
-                                                                     else ""))
+                                                                     else "") + _guard(act))
+
+
+def _guard(act: Act) -> str:
+    return " (float if outlier-prone)" if act.guard else ""
 
 
 def _shared(act: Act, plan: Plan, config: QdqConfig) -> str:

@@ -216,8 +216,8 @@ def test_transformer_keeps_cosine_with_dynamic_matmul_inputs(tmp_path):
     feeds = graphs.feeds_for(model, batch=4)
     ref = graphs.run(model, feeds)[0]
     dynamic_cos = _cosine(ref, graphs.run(out, feeds)[0])
-    static, _ = _qdq(model, dynamic="off")
-    assert dynamic_cos >= 0.99 and dynamic_cos > _cosine(ref, graphs.run(static, feeds)[0])
+    naive, _ = _qdq(model, dynamic="off", outlier_ratio=1e9)  # static int8 everywhere
+    assert dynamic_cos >= 0.99 and dynamic_cos > _cosine(ref, graphs.run(naive, feeds)[0])
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert "MatMul" not in ops and sum(o in INTEGER_KERNELS for o in ops) == 8
     assert "LayerNormalization" in ops and "QuantizeLinear" not in ops
@@ -310,5 +310,16 @@ def test_inverted_residual_net_is_fully_integer_and_removes_clips(tmp_path):
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert ops.count("QLinearConv") == 10 and ops.count("QLinearAdd") == 3
     assert "QGemm" in ops and "Clip" not in ops and "DequantizeLinear" not in ops
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.99
+
+
+@pytest.mark.parametrize("profile", ["ort", "trt"])
+def test_static_transformer_leaves_outlier_prone_matmul_inputs_float(profile):
+    model = graphs.qdq_encoder(outlier=60.0)
+    out, result = _qdq(model, profile=profile, dynamic="off")
+    assert set(result.notes["left_float"]) == {"h", "h2"}  # the LayerNorm outputs
+    assert not result.notes["dynamic"]
+    assert not any(n.op_type == "DynamicQuantizeLinear" for n in out.graph.node)
     feeds = graphs.feeds_for(model, batch=4)
     assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.99
