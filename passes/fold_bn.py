@@ -1,9 +1,12 @@
 """Fold inference BatchNormalization into the Conv, ConvTranspose or Gemm before it.
 
 With s = gamma / sqrt(var + eps): W'[c] = s[c] W[c] along the output-channel axis and
-b' = s (b - mean) + beta. Lossless up to float rounding. The BN's beta and |gamma| are
-kept in the run's context as the per-channel mean and std of the folded layer's
-output (DESIGN.md 5.1), for the dfq steps that follow.
+b' = s (b - mean) + beta. Lossless up to float rounding. The BN's beta and
+|gamma| sqrt(var / (var + eps)) (the std of gamma (x - mean) / sqrt(var + eps) + beta
+when x has the running variance; |gamma| alone overstates it wherever var is not
+large against eps, as in dead channels) are kept in the run's context as the
+per-channel mean and std of the folded layer's output (DESIGN.md 5.1), for the dfq
+steps that follow.
 
 Will not touch (skipped with the reason): BN after any other op, BN whose producer's
 output is read by others too or is a graph output, a weight shared with other nodes,
@@ -38,23 +41,23 @@ class FoldBnPass(Pass):
                 result.skip(bn, reason)
                 continue
             layer = graph_utils.producer(bn.inputs[0])
-            scale, shift, beta, gamma = _affine(bn)
+            scale, shift, beta, std = _affine(bn)
             _fold_into(graph, layer, scale, shift)
             layer.outputs = [bn.outputs[0]]
             bn.inputs.clear()
             bn.outputs.clear()
-            ctx.stats[layer.outputs[0].name] = ChannelStats(beta, np.abs(gamma), "bn")
+            ctx.stats[layer.outputs[0].name] = ChannelStats(beta, std, "bn")
             result.change(layer, f"folded {bn.name} ({scale.size} channels)")
         return result
 
 
 def _affine(bn: gs.Node) -> tuple[np.ndarray, ...]:
-    """(scale, shift, beta, gamma) with y = scale * x + shift, in float64."""
+    """(scale, shift, beta, output std) with y = scale * x + shift, in float64."""
     gamma, beta, mean, var = (graph_utils.const_input(bn, i).astype(np.float64)
                               for i in range(1, 5))
     eps = float(graph_utils.attr(bn, "epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
-    return scale, beta - scale * mean, beta, gamma
+    return scale, beta - scale * mean, beta, np.abs(scale) * np.sqrt(np.maximum(var, 0.0))
 
 
 def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
