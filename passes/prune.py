@@ -25,7 +25,7 @@ import onnx_graphsurgeon as gs
 from graphcomp import analysis, graph_utils, stats
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import Pass, PassContext, PassResult
-from passes import prune_apply, prune_comp, prune_groups, prune_score, prune_select
+from passes import prune_apply, prune_comp, prune_groups, prune_recon, prune_score, prune_select
 from passes.prune_groups import ChannelGraph
 
 MAX_REPAIR = 10_000  # cap on units restored so that no tensor loses every channel
@@ -39,6 +39,7 @@ class PruneConfig:
     macs: float | None = None  # e.g. 0.5: keep half the model's MACs
     importance: str = "energy"  # energy | l1 | l2 | bn
     compensate: bool = True  # fold removed channels' means into the next biases
+    reconstruct: bool = True  # with --calibration-data: least-squares refit of next layers
     min_channels: int = 1  # never keep fewer channels in a group
     round_to: int = 8  # kept counts are multiples of this (or the whole group)
     layers: str = ""  # per-layer ratios by producer name glob: "conv1*:0.5;fc*:0"
@@ -97,8 +98,10 @@ class PrunePass(Pass):
                                     centered=cfg.compensate)
         removed = _choose(cg, groups, scores, cfg, ctx, result)
         keep = cg.keep_masks(_repair(cg, removed))
+        refitted = prune_recon.reconstruct(cg, ctx, keep) if cfg.reconstruct else []
+        result.notes["reconstructed"] = len(refitted)
         if cfg.compensate and moments is not None:
-            done, missed = prune_comp.compensate(cg, keep, moments)
+            done, missed = prune_comp.compensate(cg, keep, moments, frozenset(refitted))
             result.notes.update(compensated=done, not_compensated=missed)
         nodes = {n.name: n for n in graph.nodes}
         for name, (before, after, detail) in prune_apply.remove(cg, keep).items():
@@ -129,8 +132,10 @@ def _moments(self: PrunePass, cg: ChannelGraph, ctx: PassContext, result: PassRe
     except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; go on without
         result.notes["statistics_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         moments, source = {}, "none"
-    from_bn = prune_comp.bn_moments(cg, ctx, names)
-    moments.update(from_bn)
+    from_bn = {} if source == "calibration" else prune_comp.bn_moments(cg, ctx, names)
+    for name, (mean, second) in from_bn.items():  # BN means, measured spreads
+        var = moments[name][1] - moments[name][0] ** 2 if name in moments else second - mean**2
+        moments[name] = (mean, var + mean**2)
     result.notes["statistics"] = {"bn": len(from_bn), source: len(moments) - len(from_bn)}
     return moments
 

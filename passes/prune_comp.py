@@ -11,9 +11,13 @@ else that consumer is left uncompensated (noted). ConvTranspose is not compensat
 
 E[x_i] and E[x_i^2] per channel come from running the float model (onnxruntime) on
 the user's calibration samples when given, else on seeded synthetic inputs (the
-source graphcomp.stats uses); where a BatchNormalization (kept in the graph or folded
-by fold-bn) describes the layer before an activation, its (beta, |gamma|) pushed
-through the activation replaces the measurement (statistics of the real training data).
+source graphcomp.stats uses, here shaped as smooth noise); where a BatchNormalization
+(kept in the graph or folded by fold-bn) describes the layer before an activation, its
+(beta, |gamma|) pushed through the activation gives the mean (statistics of the real
+training data) while the spread stays measured: on EfficientNet-Lite0 the BN means
+correlate 0.96 with real-image means (smooth noise: 0.77) but BN spreads only 0.36
+(smooth noise: 0.57), and this mix pruned best (top-1 agreement 0.52 at 0.8x MACs,
+BN alone 0.38, measured alone 0.47). With calibration data, only measurements count.
 """
 from __future__ import annotations
 
@@ -123,8 +127,8 @@ def _bn_stats(tensor: gs.Tensor, ctx: PassContext) -> ChannelStats | None:
     return found if found is not None and found.source == "bn" else None
 
 
-def compensate(cg: ChannelGraph, keep: dict[str, np.ndarray], moments: Moments
-               ) -> tuple[int, list[str]]:
+def compensate(cg: ChannelGraph, keep: dict[str, np.ndarray], moments: Moments,
+               skip: frozenset[str] = frozenset()) -> tuple[int, list[str]]:
     """Fold the mean of every removed input channel into its consumer's bias.
 
     Returns how many layers were compensated and the names of those that could not be.
@@ -132,7 +136,7 @@ def compensate(cg: ChannelGraph, keep: dict[str, np.ndarray], moments: Moments
     done, missed = 0, []
     for b in cg.bindings:
         if b.inp is None or b.kind not in ("conv", "gemm", "matmul") or b.extra.get(
-                "depthwise") or keep[b.inp].all():
+                "depthwise") or keep[b.inp].all() or b.node.name in skip:
             continue
         if b.inp not in moments:
             missed.append(b.node.name)
@@ -159,7 +163,7 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
     """Add `delta` (one value per output channel) to the bias of layer `b`."""
     node = b.node
     if b.kind == "matmul":
-        return _add_to_following(graph, node, delta)
+        return add_to_following(graph, node, delta)
     dtype = graph_utils.const_input(node, 1).dtype
     bias = graph_utils.const_input(node, 2)
     if b.kind == "gemm":
@@ -177,7 +181,8 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
     return True
 
 
-def _add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
+def add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
+    """Add `delta` to the per-channel constant of the Add that alone reads MatMul `node`."""
     reader = graph_utils.only_consumer(node.outputs[0], graph)
     if reader is None or reader.op != "Add":
         return False
