@@ -5,12 +5,13 @@ it), one per pass list (`graphcomp.api.compress`), one per onnxruntime quantizer
 baseline (`graphcomp.baselines`). Each compile runs in its own child process
 (`graphcomp.bench_compile`), which gives its wall time and peak RSS. Then, in this
 process, for every row: params and MACs per sample (`graphcomp.analysis`), bytes on
-disk (file plus external data), weight bytes (initializers by dtype), top-1 against
-the eval labels, top-1 agreement with the original on the same inputs (eval inputs,
-else `AGREEMENT_SAMPLES` seeded ones), the verification verdict (`graphcomp.verify`,
-seeded inputs; lossless pass lists held to 1e-4 relative, others to the user's
-thresholds) and latency (`graphcomp.bench_measure`, same sessions options and inputs
-for every row). A row whose compile fails keeps its error and the others go on.
+disk (file plus external data), weight bytes (initializers by dtype); on the same
+inputs (the eval set, else `AGREEMENT_SAMPLES` seeded N(0, 1) samples) top-1 against
+the labels, top-1 agreement with the original and every output's fidelity statistics
+and verdict (`graphcomp.verify.compare_arrays` and `verdict`; lossless pass lists held
+to 1e-4 relative, others to the user's thresholds); and latency
+(`graphcomp.bench_measure`: same session options and inputs for every row). A row
+whose compile fails, or that onnxruntime cannot run, keeps its error; the others go on.
 """
 from __future__ import annotations
 
@@ -152,16 +153,15 @@ def bench(model: str | Path, options: BenchOptions, progress: Progress | None = 
         for i, (label, job) in enumerate(jobs, 1):
             say(f"compile {label}")
             rows.append(_compile(source, folder, Path(tmp), i, label, job, options))
-        lossless = {s: flag for s, flag in specs}
         measured = [r for r in rows if r.path is not None and _runs(r, options.input_shapes)]
         say("sizes, accuracy, verification")
         for row in measured:
             _sizes(row, options.input_shapes)
-            _verify(row, source, options, lossless.get(row.config, False))
-        _accuracy(measured, options)
+        fidelity_inputs = _fidelity(measured, options, dict(specs))
         _latency(measured, options, say)
     facts = {**bench_measure.machine(), "load_avg_1m": [load_start, bench_measure.load_average()]}
-    return BenchResult(str(model), facts, _settings(options), rows)
+    return BenchResult(str(model), facts, {**_settings(options),
+                                           "fidelity_inputs": fidelity_inputs}, rows)
 
 
 def _check_eval(model: onnx.ModelProto, eval_data: Path | None) -> None:
@@ -220,39 +220,48 @@ def _sizes(row: Row, input_shapes: dict[str, list[int]]) -> None:
     row.weight_bytes = bench_measure.weight_bytes(proto)
 
 
-def _verify(row: Row, source: Path, options: BenchOptions, lossless: bool) -> None:
-    if row.kind == ORIGINAL or row.path is None:
-        return
+def _fidelity(rows: list[Row], options: BenchOptions, lossless: dict[str, bool]) -> str:
+    """Top-1, agreement and verification of every row on the same inputs; their source."""
+    reference = verify.session(rows[0].path or Path())
+    feeds, labels = bench_measure.sample_inputs(reference, options.eval_data,
+                                                AGREEMENT_SAMPLES, options.input_shapes)
+    base = bench_measure.outputs(rows[0].path or Path(), feeds)
+    first = next(iter(base))
+    base_pred = bench_measure.top1(base[first])
+    for row in rows:
+        outs = base if row is rows[0] else bench_measure.outputs(row.path or Path(), feeds)
+        pred = bench_measure.top1(outs[first]) if first in outs else None
+        if pred is not None and labels is not None:
+            row.top1 = float(np.mean(pred == labels[:len(pred)]))
+        if pred is not None and base_pred is not None:
+            row.agreement = float(np.mean(pred == base_pred))
+        if row is not rows[0]:
+            row.verification = _verdict(base, outs, _limits(options, lossless.get(row.config)))
+    count = min(len(a) for a in feeds.values())
+    return (f"{count} samples of {options.eval_data}" if options.eval_data
+            else f"{count} seeded N(0,1) samples")
+
+
+def _limits(options: BenchOptions, lossless: bool | None) -> verify.Thresholds:
     limits = options.thresholds
     if lossless:
         rtol = limits.max_rel_err
         limits = dataclasses.replace(limits, max_rel_err=verify.LOSSLESS_RTOL if rtol is None
                                      else min(rtol, verify.LOSSLESS_RTOL))
-    result = verify.verify(source, row.path, limits, None, options.input_shapes)
+    return limits
+
+
+def _verdict(base: dict[str, np.ndarray], outs: dict[str, np.ndarray],
+             limits: verify.Thresholds) -> dict[str, Any]:
+    stats = [verify.compare_arrays(n, ref, outs[n]) for n, ref in base.items() if n in outs]
+    failures = [f"outputs missing from the result: {sorted(set(base) - set(outs))}"] \
+        if set(base) - set(outs) else verify.verdict(stats, limits)
     checked = any(v is not None for v in dataclasses.astuple(limits))
-    outs = result.outputs
-    row.verification = {
-        "verdict": "failed" if not result.passed else ("passed" if checked else "unchecked"),
-        "thresholds": dataclasses.asdict(limits), "failures": result.failures,
-        "rel_err": max((o.rel_err for o in outs), default=None),
-        "cosine": min((o.cosine for o in outs), default=None),
-        "sqnr_db": min((o.sqnr_db for o in outs), default=None),
-        "input_source": result.input_source}
-
-
-def _accuracy(rows: list[Row], options: BenchOptions) -> None:
-    reference = verify.session(rows[0].path or Path())
-    feeds, labels = bench_measure.sample_inputs(reference, options.eval_data,
-                                                AGREEMENT_SAMPLES, options.input_shapes)
-    base = bench_measure.predictions(rows[0].path or Path(), feeds)
-    for row in rows:
-        pred = base if row is rows[0] else bench_measure.predictions(row.path or Path(), feeds)
-        if pred is None:
-            continue
-        if labels is not None:
-            row.top1 = float(np.mean(pred == labels[:len(pred)]))
-        if base is not None and len(base) == len(pred):
-            row.agreement = float(np.mean(pred == base))
+    return {"verdict": "failed" if failures else ("passed" if checked else "unchecked"),
+            "thresholds": dataclasses.asdict(limits), "failures": failures,
+            "rel_err": max((o.rel_err for o in stats), default=None),
+            "cosine": min((o.cosine for o in stats), default=None),
+            "sqnr_db": min((o.sqnr_db for o in stats), default=None)}
 
 
 def _latency(rows: list[Row], options: BenchOptions, say: Progress) -> None:
@@ -271,8 +280,6 @@ def _settings(options: BenchOptions) -> dict[str, Any]:
     data = {k: (str(v) if isinstance(v, Path) else v) for k, v in data.items()}
     data.update(batches=list(options.batches), configs=list(options.configs),
                 baselines=list(options.baselines), rounds=min(bench_measure.ROUNDS, options.runs),
-                agreement_inputs=str(options.eval_data) if options.eval_data
-                else f"{AGREEMENT_SAMPLES} seeded N(0,1) samples",
                 compile_measure="child process per compile: wall time of the compile "
                 "call; peak = ru_maxrss of the child (base = after imports)")
     return data

@@ -150,24 +150,31 @@ def sample_inputs(sess: ort.InferenceSession, eval_data: Path | None, count: int
     return {arg.name: inputs.astype(NP_TYPES.get(arg.type, inputs.dtype))}, labels
 
 
-def predictions(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Argmax over axis 1 of the first output for every sample; None if not [N, C] scores.
+def outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output of the model on all samples of `feeds`, by output name.
 
     Runs in chunks of `PREDICT_CHUNK` samples, or of the model's fixed batch size (a
-    remainder that does not fill a fixed batch is left out).
+    remainder that does not fill a fixed batch is left out); chunks are joined on axis 0.
     """
     sess = verify.session(path)
     first = sess.get_inputs()[0].shape[0]
     fixed = first if isinstance(first, int) and first > 0 else None
     count = min(len(a) for a in feeds.values())
     step = fixed or PREDICT_CHUNK
-    parts = []
+    names = [o.name for o in sess.get_outputs()]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, count - step + 1 if fixed else count, step):
-        out = sess.run(None, {k: a[i:i + step] for k, a in feeds.items()})[0]
-        if out.ndim != 2 or out.shape[1] < 2:
-            return None
-        parts.append(np.argmax(out, axis=1))
-    return np.concatenate(parts) if parts else None
+        for name, out in zip(names, sess.run(names, {k: a[i:i + step] for k, a in
+                                                     feeds.items()}), strict=True):
+            parts[name].append(out)
+    return {n: np.concatenate(p) for n, p in parts.items() if p}
+
+
+def top1(scores: np.ndarray) -> np.ndarray | None:
+    """Argmax over axis 1 of [N, C] class scores; None for any other output."""
+    if scores.ndim != 2 or scores.shape[1] < 2:
+        return None
+    return np.argmax(scores, axis=1)
 
 
 def cpu_info() -> tuple[str, int | None]:

@@ -73,8 +73,9 @@ def notes(result: BenchResult) -> list[str]:
         f"latency: median ms of {s['runs']} timed runs after {s['warmup']} warm-up runs, "
         f"spread over {s['rounds']} rounds that interleave the models; t=1: one intra-op "
         "thread; t=def(n): onnxruntime's default (one per physical core); seeded inputs.",
-        f"{top1}; agreement = same top-1 as the original on {s['agreement_inputs']}; "
-        "SQNR and verify on seeded inputs (lossless pass lists held to 1e-4 relative).",
+        f"{top1}; agree (same top-1 as the original), SQNR dB (worst output) and verify on "
+        f"{s['fidelity_inputs']}; lossless pass lists must stay within 1e-4 relative error, "
+        "unchecked = no threshold given (--max-rel-err, --min-cosine, --min-top1).",
         "compile s, peak MB: each compile runs in a fresh child process, imports done "
         "before the clock starts; peak MB = the child's max RSS (getrusage), (+N) = above "
         "its RSS after imports" + (f" ({min(base):.0f} MB for graphcomp alone)." if base else "."),

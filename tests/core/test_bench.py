@@ -112,6 +112,7 @@ def test_json_and_markdown_carry_every_row(folded):
                 "compile_peak_mb", "top1", "agreement", "verification"):
         assert row[key] is not None, key
     assert row["path"] is None  # compiled models live in a temporary folder unless kept
+    assert data["settings"]["fidelity_inputs"].startswith("300 samples of ")
     text = bench_table.markdown(result)
     table = [line for line in text.splitlines() if line.startswith("|")]
     assert len(table) == 4 and len({line.count("|") for line in table}) == 1
@@ -225,3 +226,15 @@ def test_model_onnxruntime_cannot_run_is_an_error_not_a_crash(tmp_path):
     assert bench._runs(row, {}) is False and "onnxruntime cannot run it" in row.error
     with pytest.raises(UnsupportedModelError, match="onnxruntime cannot run it"):
         bench.bench(tmp_path / "custom.onnx", bench.BenchOptions(configs=("cleanup",)))
+
+
+def test_verdict_compares_every_output_and_flags_missing_ones():
+    ref = {"a": np.ones((4, 3), np.float32), "b": np.arange(8, dtype=np.float32)}
+    same = bench._verdict(ref, dict(ref), Thresholds(max_rel_err=1e-4))
+    assert same["verdict"] == "passed" and same["rel_err"] == 0.0
+    noisy = {"a": ref["a"], "b": ref["b"] + 0.7}
+    worse = bench._verdict(ref, noisy, Thresholds())
+    assert worse["verdict"] == "unchecked" and worse["rel_err"] == pytest.approx(0.1)
+    assert bench._verdict(ref, noisy, Thresholds(max_rel_err=0.05))["verdict"] == "failed"
+    missing = bench._verdict(ref, {"a": ref["a"]}, Thresholds())
+    assert missing["verdict"] == "failed" and "missing" in missing["failures"][0]
