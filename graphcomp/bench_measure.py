@@ -7,7 +7,9 @@ session, the `runs` timed runs are spread over `ROUNDS` rounds that visit the mo
 turn (rotating the order); each model's first run in a round is discarded too, so a
 model switch (caches, the previous session's spinning threads) is not timed, and a
 load change on the machine hits every model alike. The figure is the median of the
-timed `sess.run` wall times (`time.perf_counter`), in ms.
+timed `sess.run` wall times (`time.perf_counter`), in ms; the minimum, 10th and 90th
+percentiles come with it (on a loaded machine the times are bimodal: a run that gets
+a core to itself, or one that shares it, and the minimum is the steadier figure).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ class Latency:
     batch: int
     threads: int  # 0 = onnxruntime's default
     median_ms: float | None
+    min_ms: float | None = None
     p10_ms: float | None = None
     p90_ms: float | None = None
     runs: int = 0
@@ -134,7 +137,8 @@ def _timed(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], n: int) -> 
 
 def _summary(batch: int, threads: int, times: list[float]) -> Latency:
     p10, median, p90 = np.percentile(times, [10, 50, 90])
-    return Latency(batch, threads, float(median), float(p10), float(p90), len(times))
+    return Latency(batch, threads, float(median), min(times), float(p10), float(p90),
+                   len(times))
 
 
 def sample_inputs(sess: ort.InferenceSession, eval_data: Path | None, count: int,

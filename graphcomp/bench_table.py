@@ -48,7 +48,8 @@ def cells(row: Row, original: Row, n_latency: int) -> list[str]:
     if row.error:
         return [row.config, *["-"] * (n_latency + 9), "error"]
     check = row.verification or {}
-    lat = [_ms(t.median_ms) for t in row.latency]
+    lat = [f"{_ms(t.median_ms)} ({_ms(t.min_ms)})" if t.median_ms is not None else "n/a"
+           for t in row.latency]
     return [
         row.config if row.kind != "original" else "original (float)",
         human(row.params or 0), human(row.macs or 0),
@@ -70,7 +71,7 @@ def notes(result: BenchResult) -> list[str]:
         f"onnxruntime {m['onnxruntime']} CPU on {m['processor']}, {m['cpu_count']} logical "
         f"CPUs, {m['physical_cores']} physical cores; 1-minute load average {load or '?'} "
         "during the run (other processes share the CPUs).",
-        f"latency: median ms of {s['runs']} timed runs after {s['warmup']} warm-up runs, "
+        f"latency: median (min) ms of {s['runs']} timed runs after {s['warmup']} warm-up runs, "
         f"spread over {s['rounds']} rounds that interleave the models; t=1: one intra-op "
         "thread; t=def(n): onnxruntime's default (one per physical core); seeded inputs.",
         f"{top1}; agree (same top-1 as the original), SQNR dB (worst output) and verify on "

@@ -80,7 +80,7 @@ def test_latency_has_every_batch_and_thread_setting(folded):
         assert [(t.batch, t.threads) for t in row.latency] == [(1, 1), (1, 0), (4, 1), (4, 0)]
         for t in row.latency:
             assert t.runs == 3 and t.skipped is None
-            assert 0 < t.p10_ms <= t.median_ms <= t.p90_ms
+            assert 0 < t.min_ms <= t.p10_ms <= t.median_ms <= t.p90_ms
 
 
 def test_top1_agreement_and_verification(folded):

@@ -60,7 +60,7 @@ def test_bench_markdown_and_terminal_table(bn_model):
     assert md.exit_code == 0, md.output
     table = [line for line in md.stdout.splitlines() if line.startswith("| ")]
     assert len(table) == 3 and table[1].startswith("| original (float) |")
-    assert "median ms of 2 timed runs" in md.stdout
+    assert "median (min) ms of 2 timed runs" in md.stdout
     plain = runner.invoke(app, ["bench", str(bn_model), "-p", "cleanup", "--runs", "2"])
     assert plain.exit_code == 0 and "cleanup" in plain.stdout and "SQNR" in plain.stdout
 
