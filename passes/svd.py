@@ -31,6 +31,7 @@ from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes import svd_plan, svd_split
 from passes.svd_plan import parse_override
 from passes.svd_rank import Candidate, Choice
+from passes.svd_sense import mean_shift
 
 log = logging.getLogger(__name__)
 TARGETS = ("energy", "rank_ratio", "macs", "params")
@@ -51,6 +52,7 @@ class SvdConfig:
     min_params: int = 1024  # leave smaller weights alone
     allocate: str = "sensitivity"  # budget loss proxy: sensitivity | energy
     whiten: str = "auto"  # auto (with calibration data) | always | never
+    correct_mean: bool = True  # with statistics: add the mean output shift to the bias
     samples: int = 64  # inputs used for statistics (calibration or synthetic)
     probe_samples: int = 16  # inputs per sensitivity run
     overrides: tuple[str, ...] = ()  # "glob:skip", "glob:rank=32", "glob:energy=0.9", ...
@@ -114,9 +116,10 @@ class SvdPass(Pass):
             method = fact.method.split("(")[0]
             methods[method] = methods.get(method, 0) + 1
             p, q = fact.factors(choice.rank)
-            detail = _detail(cand, choice)
+            shift = mean_shift(cand, choice.mode, p, q)
+            detail = _detail(cand, choice) + (", mean shift in bias" if shift is not None else "")
             before = cand.layer.params
-            svd_split.split(graph, cand.layer, choice.mode, p, q)
+            svd_split.split(graph, cand.layer, choice.mode, p, q, shift)
             result.change(node, detail, before, choice.params)
         result.notes.update(plan.notes, svd_methods=methods)
         return result

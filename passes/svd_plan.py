@@ -72,9 +72,9 @@ def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
     macs = {n.name: analysis.node_macs(n, shapes) for n in model.graph.node}
     layers, plan.skips = find_layers(graph, macs, shapes, allow_spatial=config.mode != "channel")
     layers = _filter(layers, config, plan)
-    whites = _whiteners(model, layers, ctx, config, plan)
+    stats = _statistics(model, layers, ctx, config, plan)
     for layer in layers:
-        plan.candidates.append(_candidate(layer, whites, config))
+        plan.candidates.append(_candidate(layer, stats, config))
     kind, value = config.target
     plan.notes.update(target=f"{kind}={value}", layers_considered=len(layers))
     if kind in ("energy", "rank_ratio"):
@@ -110,9 +110,9 @@ def _activation_axis(layer: Layer) -> int:
     return -1
 
 
-def _whiteners(model: onnx.ModelProto, layers: list[Layer], ctx: PassContext,
-               config: SvdConfig, plan: Plan) -> dict[str, np.ndarray]:
-    """Input second moments by tensor name when whitening is on, else {}."""
+def _statistics(model: onnx.ModelProto, layers: list[Layer], ctx: PassContext,
+                config: SvdConfig, plan: Plan) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Input (E[x x^T], E[x]) by tensor name when whitening is on, else {}."""
     on = config.whiten == "always" or (config.whiten == "auto" and ctx.calibration is not None)
     if not on or not layers:
         return {}
@@ -120,19 +120,28 @@ def _whiteners(model: onnx.ModelProto, layers: list[Layer], ctx: PassContext,
     axes = {layer.input_name: _activation_axis(layer) for layer in layers}
     plan.notes["statistics"] = f"{source} ({sum(len(next(iter(f.values()))) for f in feeds)} " \
                                "samples)"
-    return svd_probe.second_moments(model, axes, feeds)
+    return svd_probe.moments(model, axes, feeds)
 
 
-def _candidate(layer: Layer, covs: dict[str, np.ndarray], config: SvdConfig) -> Candidate:
+def _candidate(layer: Layer, stats: dict[str, tuple[np.ndarray, np.ndarray]],
+               config: SvdConfig) -> Candidate:
+    """Factor every form, whitened by the input covariance when there are statistics.
+
+    The covariance is centred when the mean shift goes to the bias (correct_mean):
+    then only x - E[x] needs fitting.
+    """
     facts = {}
-    cov = covs.get(layer.input_name)
+    cov, mean = stats.get(layer.input_name, (None, None))
+    if cov is not None and config.correct_mean:
+        cov = cov - np.outer(mean, mean)
     for mode, form in layer.forms.items():
         white = _whitener_for(cov, layer, form.matrix.shape[0])
         rows, cols = form.matrix.shape
         by_macs = (1.0 - config.min_saving) * form.dense_macs / max(form.macs_per_rank, 1e-30)
         cap = max(1, min(int(by_macs), rows * cols // (rows + cols)))
         facts[mode] = factorize(form.matrix, white, rank_cap=cap, seed=config.seed)
-    return Candidate(layer, facts)
+    use_mean = mean is not None and config.correct_mean and mean.size == layer.input_channels
+    return Candidate(layer, facts, mean=mean if use_mean else None)
 
 
 def _whitener_for(cov: np.ndarray | None, layer: Layer, rows: int) -> Whitener | None:

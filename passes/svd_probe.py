@@ -4,7 +4,8 @@
   float inputs; an integer input that indexes a constant embedding table (through
   Cast/Unsqueeze/Reshape) gets uniform ids over the table's rows, any other integer
   input (attention masks) is all ones.
-- Input second moments E[x x^T] per input channel of each layer (whitening).
+- Input moments E[x x^T] and E[x] per input channel of each layer (whitening and the
+  mean-shift bias correction).
 - Sensitivity: the model's weights become graph inputs of one onnxruntime session;
   each layer in turn gets its rank-truncated weight while the others stay exact, and
   the relative squared error of the model outputs, sum ||y' - y||^2 / sum ||y||^2
@@ -119,50 +120,68 @@ def observed_shapes(model: onnx.ModelProto, ctx: PassContext, seed: int) -> dict
     return shapes
 
 
-def second_moments(model: onnx.ModelProto, inputs: dict[str, int], batches: Iterable[Feeds]
-                   ) -> dict[str, np.ndarray]:
-    """E[x x^T] over channel axis `inputs[name]` of each tensor (float64)."""
-    sums: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for values in observe.stream(model, list(inputs), batches):
+def moments(model: onnx.ModelProto, inputs: dict[str, int], batches: Iterable[Feeds]
+            ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """(E[x x^T], E[x]) over channel axis `inputs[name]` of each tensor (float64)."""
+    sums: dict[str, list] = {}
+    batches = list(batches)
+    inner = [n for n in inputs if n not in batches[0]] if batches else []
+    streamed = observe.stream(model, inner, batches) if inner else ({} for _ in batches)
+    for feeds, values in zip(batches, streamed, strict=True):
+        values = {**values, **{n: feeds[n] for n in inputs if n in feeds}}
         for name, value in values.items():
             x = np.moveaxis(np.asarray(value, dtype=np.float64), inputs[name], -1)
             x = x.reshape(-1, x.shape[-1])
-            sums[name] = sums.get(name, 0.0) + x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
-    return {name: sums[name] / max(counts[name], 1) for name in sums}
+            acc = sums.setdefault(name, [0.0, 0.0, 0])
+            acc[0] = acc[0] + x.T @ x
+            acc[1] = acc[1] + x.sum(axis=0)
+            acc[2] += x.shape[0]
+    return {name: (a[0] / max(a[2], 1), a[1] / max(a[2], 1)) for name, a in sums.items()}
 
 
-def weights_as_inputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
-    """A copy of `model` where the initializers `names` are graph inputs instead."""
+def probe_model(model: onnx.ModelProto, base: dict[str, np.ndarray],
+                shifts: dict[str, str]) -> onnx.ModelProto:
+    """A copy of `model` for probe runs: the initializers in `base` become inputs.
+
+    Each tensor t in `shifts` gets `+ shifts[t]`, a new input (fed zero by default), so
+    a trial can move a layer's output as a bias change would.
+    """
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    wanted = set(names)
     have_inputs = {v.name for v in probe.graph.input}
-    keep = []
+    keep = [i for i in probe.graph.initializer if i.name not in base]
     for init in probe.graph.initializer:
-        if init.name not in wanted:
-            keep.append(init)
-            continue
-        if init.name not in have_inputs:
+        if init.name in base and init.name not in have_inputs:
             probe.graph.input.append(onnx.helper.make_tensor_value_info(
                 init.name, init.data_type, list(init.dims)))
     del probe.graph.initializer[:]
     probe.graph.initializer.extend(keep)
+    for tensor, shift in shifts.items():
+        value = base[shift]
+        elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+        probe.graph.input.append(onnx.helper.make_tensor_value_info(shift, elem, value.shape))
+        raw = f"{tensor}__svd_raw"
+        for node in probe.graph.node:
+            node.output[:] = [raw if o == tensor else o for o in node.output]
+        probe.graph.node.append(onnx.helper.make_node("Add", [raw, shift], [tensor],
+                                                      name=f"{tensor}__svd_shift"))
     return probe
 
 
-def output_errors(model: onnx.ModelProto, weights: dict[str, np.ndarray],
-                  trials: list[tuple[str, np.ndarray]], feeds: list[Feeds]) -> list[float]:
-    """Relative squared output error of each trial (weight name, replacement value)."""
-    sess = verify.session(weights_as_inputs(model, list(weights)))
+def output_errors(model: onnx.ModelProto, base: dict[str, np.ndarray], shifts: dict[str, str],
+                  trials: list[dict[str, np.ndarray]], feeds: list[Feeds]) -> list[float]:
+    """Relative squared output error of each trial (inputs to replace in `base`).
+
+    `base` holds the original weights and a zero for each shift input (see probe_model).
+    """
+    sess = verify.session(probe_model(model, base, shifts))
     outputs = [o.name for o in sess.get_outputs()]
-    refs = [sess.run(outputs, {**f, **weights}) for f in feeds]
+    refs = [sess.run(outputs, {**f, **base}) for f in feeds]
     errors = []
-    for name, value in trials:
+    for trial in trials:
         num, den = np.zeros(len(outputs)), np.zeros(len(outputs))
         for f, ref in zip(feeds, refs, strict=True):
-            got = sess.run(outputs, {**f, **weights, name: value})
+            got = sess.run(outputs, {**f, **base, **trial})
             for k, (a, b) in enumerate(zip(ref, got, strict=True)):
                 if np.issubdtype(np.asarray(a).dtype, np.floating):
                     num[k] += float(np.sum((np.asarray(b, np.float64) - a) ** 2))

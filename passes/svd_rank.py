@@ -49,6 +49,7 @@ class Candidate:
     scale: float = 0.0  # loss per unit tail where nothing was measured
     curve: tuple[tuple[float, float], ...] = ()  # measured (tail, loss), ascending tail
     notes: list[str] = field(default_factory=list)
+    mean: np.ndarray | None = None  # input channel means: the split's mean shift goes to the bias
 
     def loss(self, tail: float) -> float:
         """What the model loses for a truncation leaving `tail` energy out."""

@@ -15,6 +15,7 @@ import math
 import numpy as np
 import onnx
 
+from graphcomp import graph_utils
 from graphcomp.pass_base import PassContext
 from passes import svd_probe
 from passes.svd_layers import matrix_to_weight
@@ -46,26 +47,49 @@ def measure(cands: list[Candidate], model: onnx.ModelProto, ctx: PassContext, sa
     would cost more than PROBE_MACS for a model of `sample_macs` MACs per sample.
     """
     relative_energy(cands)
-    names = [weight_name(c) for c in cands]
-    weights = svd_probe.initializer_values(model, names)
+    base = svd_probe.initializer_values(model, [weight_name(c) for c in cands])
+    shifts: dict[str, str] = {}
     trials, points = [], []
     for i, cand in enumerate(cands):
-        if names[i] not in weights:
-            continue
-        mode = _probe_mode(cand)
-        for rank in _probe_ranks(cand, mode):
-            p, q = cand.facts[mode].factors(rank)
-            trials.append((names[i], matrix_to_weight(cand.layer, mode, p @ q)))
-            points.append((i, cand.facts[mode].tail(rank)))
+        if weight_name(cand) in base:
+            for trial, tail in _trials(cand, base, shifts):
+                trials.append(trial)
+                points.append((i, tail))
     if not trials:
         return "relative energy per layer (no weight could be probed)"
     affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
     samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
     feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, batch=samples)
-    errors = svd_probe.output_errors(model, weights, trials, feeds)
+    errors = svd_probe.output_errors(model, base, shifts, trials, feeds)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
         curves.setdefault(i, []).append((tail, err))
+    _set_curves(cands, curves)
+    return f"measured sensitivity ({samples} {source} inputs, {len(curves)} layers x " \
+           f"{len(PROBE_SHARES)} ranks)"
+
+
+def _trials(cand: Candidate, base: dict[str, np.ndarray], shifts: dict[str, str]
+            ) -> list[tuple[dict[str, np.ndarray], float]]:
+    """(inputs to feed, tail) per probe rank; registers the layer's shift input."""
+    mode = _probe_mode(cand)
+    out = []
+    shift_name = ""
+    if cand.mean is not None:
+        output = cand.layer.node.outputs[0].name
+        shift_name = shifts.setdefault(output, f"{output}__svd_shift_in")
+        base[shift_name] = np.zeros(shift_shape(cand), cand.layer.weight.dtype)
+    for rank in _probe_ranks(cand, mode):
+        p, q = cand.facts[mode].factors(rank)
+        trial = {weight_name(cand): matrix_to_weight(cand.layer, mode, p @ q)}
+        if shift_name:
+            shift = mean_shift(cand, mode, p, q)
+            trial[shift_name] = shift.reshape(shift_shape(cand)).astype(cand.layer.weight.dtype)
+        out.append((trial, cand.facts[mode].tail(rank)))
+    return out
+
+
+def _set_curves(cands: list[Candidate], curves: dict[int, list[tuple[float, float]]]) -> None:
     ratios = []
     for i, curve in curves.items():
         curve.sort()
@@ -78,8 +102,29 @@ def measure(cands: list[Candidate], model: onnx.ModelProto, ctx: PassContext, sa
     for i, cand in enumerate(cands):
         if i not in curves:
             cand.scale *= typical
-    return f"measured sensitivity ({samples} {source} inputs, {len(curves)} layers x " \
-           f"{len(PROBE_SHARES)} ranks)"
+
+
+def mean_shift(cand: Candidate, mode: str, p: np.ndarray, q: np.ndarray) -> np.ndarray | None:
+    """(M - P Q)^T E[x] per output channel: the mean output change of the split."""
+    if cand.mean is None:
+        return None
+    delta = cand.layer.forms[mode].matrix - p @ q
+    shift = np.repeat(cand.mean, delta.shape[0] // cand.mean.size) @ delta
+    if mode == "spatial":
+        shift = shift.reshape(cand.layer.weight.shape[0], -1).sum(axis=1)
+    if cand.layer.kind == "gemm":
+        shift = shift * float(graph_utils.attr(cand.layer.node, "alpha", 1.0))
+    return shift
+
+
+def shift_shape(cand: Candidate) -> tuple[int, ...]:
+    """Shape that broadcasts a per-output-channel vector over the layer's output."""
+    layer = cand.layer
+    if layer.kind == "conv":
+        return (layer.weight.shape[0], *([1] * (layer.weight.ndim - 2)))
+    if layer.kind == "matmul_left":
+        return (layer.weight.shape[0], 1)
+    return (layer.forms["linear"].matrix.shape[1],)
 
 
 def _probe_mode(cand: Candidate) -> str:

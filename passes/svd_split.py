@@ -23,8 +23,13 @@ from graphcomp import graph_utils
 from passes.svd_layers import Layer
 
 
-def split(graph: gs.Graph, layer: Layer, mode: str, p: np.ndarray, q: np.ndarray) -> None:
-    """Replace `layer.node` by two nodes computing x -> (x P) Q in the layer's layout."""
+def split(graph: gs.Graph, layer: Layer, mode: str, p: np.ndarray, q: np.ndarray,
+          shift: np.ndarray | None = None) -> None:
+    """Replace `layer.node` by two nodes computing x -> (x P) Q in the layer's layout.
+
+    `shift` (per output channel) is added to the output: folded into the bias of the
+    second node (Conv B, Gemm C, a MatMul's sole constant bias Add) or a new Add.
+    """
     dtype = layer.weight.dtype
     p, q = p.astype(dtype), q.astype(dtype)
     node = layer.node
@@ -33,7 +38,7 @@ def split(graph: gs.Graph, layer: Layer, mode: str, p: np.ndarray, q: np.ndarray
     elif layer.kind == "matmul_left":
         first = ("MatMul", [p.T, node.inputs[1]], {})
         second = ("MatMul", [q.T], {})
-        _emit(graph, node, first, second, h_first=False)
+        _shifted(graph, layer, _emit(graph, node, first, second, h_first=False), shift)
         return
     elif layer.kind == "gemm":
         first, second = _gemm_parts(node, p, q)
@@ -41,14 +46,14 @@ def split(graph: gs.Graph, layer: Layer, mode: str, p: np.ndarray, q: np.ndarray
         first, second = _channel_parts(node, layer.weight.shape, p, q)
     else:
         first, second = _spatial_parts(node, layer.weight.shape, p, q)
-    _emit(graph, node, first, second)
+    _shifted(graph, layer, _emit(graph, node, first, second), shift)
 
 
 Part = tuple[str, list, dict]
 
 
 def _emit(graph: gs.Graph, node: gs.Node, first: Part, second: Part,
-          h_first: bool = True) -> None:
+          h_first: bool = True) -> gs.Node:
     """Add the two nodes (second writes the old output) and detach the old node."""
     dtype = node.outputs[0].dtype
     hidden = gs.Variable(graph_utils.fresh_name(graph, f"{node.name}_svd_hidden"), dtype=dtype)
@@ -64,6 +69,53 @@ def _emit(graph: gs.Graph, node: gs.Node, first: Part, second: Part,
     node.inputs.clear()
     node.outputs.clear()
     graph.nodes.extend([n1, n2])
+    return n2
+
+
+def _shifted(graph: gs.Graph, layer: Layer, second: gs.Node, shift: np.ndarray | None) -> None:
+    """Add `shift` to the output of `second` through its bias, else through an Add."""
+    if shift is None or not np.any(shift):
+        return
+    shift = shift.astype(layer.weight.dtype)
+    if second.op == "Conv":
+        old = graph_utils.const_input(second, 2)
+        graph_utils.set_const_input(graph, second, 2, shift if old is None else old + shift)
+        return
+    if second.op == "Gemm" and (len(second.inputs) < 3 or not second.inputs[2].name):
+        second.attrs["beta"] = 1.0
+        graph_utils.set_const_input(graph, second, 2, shift)
+        return
+    if second.op == "Gemm" and graph_utils.const_input(second, 2) is not None:
+        beta = float(graph_utils.attr(second, "beta", 1.0))
+        if beta != 0.0:
+            graph_utils.set_const_input(graph, second, 2,
+                                        graph_utils.const_input(second, 2) + shift / beta)
+            return
+    if layer.kind == "matmul_left":
+        shift = shift[:, None]
+    if not _into_bias_add(graph, second, shift):
+        _append_add(graph, second, shift)
+
+
+def _into_bias_add(graph: gs.Graph, second: gs.Node, shift: np.ndarray) -> bool:
+    reader = graph_utils.only_consumer(second.outputs[0], graph)
+    if reader is None or reader.op != "Add":
+        return False
+    index = 1 if reader.inputs[0] is second.outputs[0] else 0
+    bias = graph_utils.const_input(reader, index)
+    if bias is None or graph_utils.is_shared(reader.inputs[index]) or bias.shape != shift.shape:
+        return False
+    graph_utils.set_const_input(graph, reader, index, bias + shift)
+    return True
+
+
+def _append_add(graph: gs.Graph, second: gs.Node, shift: np.ndarray) -> None:
+    out = second.outputs[0]
+    raw = gs.Variable(graph_utils.fresh_name(graph, f"{second.name}_raw"), dtype=out.dtype)
+    second.outputs = [raw]
+    const = graph_utils.new_const(graph, f"{second.name}_mean_shift", shift)
+    graph.nodes.append(gs.Node("Add", graph_utils.fresh_name(graph, f"{second.name}_shift"),
+                               inputs=[raw, const], outputs=[out]))
 
 
 def _tensor(graph: gs.Graph, node: gs.Node, value: object, tag: str) -> gs.Tensor:

@@ -241,3 +241,45 @@ def test_calibration_whitening_lowers_output_error() -> None:
 def test_bad_config_is_rejected(fields: dict) -> None:
     with pytest.raises(ConfigError):
         SvdConfig(**fields)
+
+
+GEMM_NO_C = """
+g (float[N, 64] x, float[64, 48] w_a) => (float[N, 48] y) {
+    y = Gemm <alpha = 0.5> (x, w_a)
+}
+"""
+CONV_VALID = CONV.format(kh=3, kw=3, attrs='auto_pad = "VALID"')
+
+
+@pytest.mark.parametrize("text,mode", [(MATMUL_BIAS, "auto"), (GEMM_NO_C, "auto"),
+                                       (LEFT_MATMUL, "auto"), (CONV_VALID, "channel"),
+                                       (CONV_VALID, "spatial")])
+def test_mean_shift_keeps_calibration_mean_output(text: str, mode: str) -> None:
+    # With calibration data the split's mean output change (M - PQ)^T E[x] goes into the
+    # bias. Linear layers: on the calibration set the mean of each output channel (over
+    # every other axis) is then unchanged. Convs: exact up to the gap between a window's
+    # mean and the channel mean, so the mean error must fall at least 10x.
+    from graphcomp.pass_base import PassContext
+
+    model = graphs.build(text, seed=2)
+    feeds = graphs.feeds_for(model, seed=4, batch=32)
+    name = next(iter(feeds))
+    calib = {name: feeds[name] + 1.5}  # a large input mean
+    ref = graphs.run(model, calib)[0]
+    others = tuple(i for i in range(ref.ndim) if i != 1)
+
+    def mean_error(correct: bool) -> float:
+        config = SvdConfig(min_params=0, mode=mode, samples=32, overrides=("*:rank=4",),
+                           correct_mean=correct)
+        out, run = graphs.apply(model, SvdPass(config), ctx=PassContext(calibration=calib))
+        assert ("mean shift in bias" in run.records[0].result.changes[0].detail) == correct
+        onnx.checker.check_model(out)
+        got = graphs.run(out, calib)[0]
+        assert np.abs(ref - got).max() > 1e-2 * np.abs(ref).max()  # truncated, not exact
+        return float(np.abs(ref.mean(axis=others) - got.mean(axis=others)).max())
+
+    corrected, plain = mean_error(True), mean_error(False)
+    if "Conv" in text:
+        assert corrected < plain / 10
+    else:
+        assert corrected <= 1e-4 * np.abs(ref).max()
