@@ -108,3 +108,29 @@ def test_whitened_factors_exact_at_full_rank_and_tail_is_output_error(seed: int)
     # tail = E||x^T dW||^2 + d ||dW||_F^2, with d = DAMPING * mean(diag C).
     ridge = DAMPING * np.mean(np.diag(cov)) * np.sum(delta ** 2)
     assert err + ridge == pytest.approx(fact.tail(10), rel=1e-6)
+
+
+def test_params_budget_and_overrides_from_a_spec_string() -> None:
+    from graphcomp import api
+
+    model = _encoder(0)
+    (svd,) = api.resolve_passes('svd(params=0.8, min_params=0, '
+                                'overrides=["MatMul_1:skip", "MatMul_9:rank=8"])', None)
+    out, run = graphs.apply(model, svd)
+    record = run.records[0]
+    changes = {c.node: c.detail for c in record.result.changes}
+    assert "MatMul_1" not in changes
+    assert "rank 8/64" in changes["MatMul_9"]
+    assert any(s.node == "MatMul_1" and "override" in s.reason for s in record.result.skipped)
+    assert record.params[1] <= 0.8 * record.params[0]
+    assert record.result.notes["budget_met"] is True
+
+
+def test_energy_override_per_layer() -> None:
+    model = _encoder(1)
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, energy=0.999, min_saving=0.0,
+                                                   overrides=("MatMul_4:energy=0.5",))))
+    changes = {c.node: c.detail for c in run.records[0].result.changes}
+    assert list(changes) == ["MatMul_4"]
+    kept = float(changes["MatMul_4"].split("energy kept ")[1].split(")")[0].rstrip(","))
+    assert kept >= 0.5
