@@ -29,6 +29,7 @@ from graphcomp import graph_utils, pipeline
 from graphcomp.errors import UnsupportedModelError
 from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes import qdq_emit, qdq_ranges, qdq_scales
+from passes.fold_bn import FoldBnPass
 from passes.qdq_config import QdqConfig, RuleBook
 from passes.qdq_place import QUANTIZABLE, Act, Layer, Plan, build_plan
 
@@ -36,6 +37,7 @@ __all__ = ["QdqConfig", "QdqPass"]
 log = logging.getLogger(__name__)
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, folded at load
 MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 10, 13, 21
 
 
@@ -44,8 +46,8 @@ class QdqPass(Pass):
 
     name = "qdq"
     summary = "insert QuantizeLinear/DequantizeLinear (int8 weights/activations, int32 bias)"
-    matches = QUANTIZABLE
-    creates = QDQ_OPS
+    matches = QUANTIZABLE | {"BatchNormalization"}
+    creates = CREATES
     lossless = False
     config_class = QdqConfig
 
@@ -63,6 +65,10 @@ class QdqPass(Pass):
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Plan, measure ranges, then emit every quantizer; see the module docstring."""
         result = PassResult(self.name)
+        if self.config.fold_bn:
+            folded = FoldBnPass().apply(graph, ctx)
+            result.changes += folded.changes
+            result.notes["folded_bn"] = len(folded.changes)
         book = RuleBook(self.config)
         plan = build_plan(graph, self.config, book)
         if ensure_opset(graph, plan, result):
@@ -185,7 +191,7 @@ def _weight_and_bias(graph: gs.Graph, layer: Layer, in_params: qdq_scales.Params
                                          bias, fit)
     wp = owners.setdefault(weight_name, wp)
     qdq_emit.add_const_dq(graph, node, 1, codes, wp.scale, wp.zero_point, wp.spec, cache,
-                          weight_name)
+                          weight_name, with_zero_point=_needs_zero_point(node, wp))
     parts = [f"weight {rule.describe()}"]
     if bias is None or in_params is None:
         return parts
@@ -197,7 +203,8 @@ def _weight_and_bias(graph: gs.Graph, layer: Layer, in_params: qdq_scales.Params
         bscale = np.asarray(bscale.reshape(-1)[0], dtype=np.float32)
     if node.op == "Gemm":
         node.attrs["beta"] = 1.0
-    qdq_emit.add_bias_dq(graph, node, codes32, bscale)
+    qdq_emit.add_bias_dq(graph, node, codes32, bscale, _dq_scale(node.inputs[0]),
+                         _dq_scale(node.inputs[1]))
     return [*parts, "bias int32"]
 
 
@@ -209,6 +216,19 @@ def _layer_texts(plan: Plan) -> dict[str, tuple[list[str], str]]:
         ins = [f"input {_act_text(plan.acts.get(node.inputs[i].name))}" for i in layer.acts]
         texts[node.name] = (ins, f"output {_act_text(plan.acts.get(layer.out.name))}")
     return texts
+
+
+def _needs_zero_point(node: gs.Node, params: qdq_scales.Params) -> bool:
+    """False for Conv weights whose zero point is 0: it is left out (1 byte per channel).
+
+    onnxruntime's Gemm/MatMul fusion wants the zero point, so those keep it.
+    """
+    return node.op not in ("Conv", "ConvTranspose") or bool(np.any(params.zero_point))
+
+
+def _dq_scale(tensor: gs.Tensor) -> gs.Tensor:
+    """The scale input of the DequantizeLinear that produces `tensor`."""
+    return graph_utils.producer(tensor).inputs[1]
 
 
 def _report(result: PassResult, graph: gs.Graph, plan: Plan,

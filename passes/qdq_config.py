@@ -117,6 +117,7 @@ class QdqConfig:
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
     outlier_ratio: float = 60.0  # static transformer MatMul inputs with max/median |x| above
     seed: int = 0
+    fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
 
     def __post_init__(self) -> None:
         checks = [(self.profile, PROFILES, "profile"), (self.calibration, CALIBRATION,
@@ -137,8 +138,8 @@ class QdqConfig:
         if role == "weight":
             return {"bits": self.bits, "signed": True, "symmetric": True,
                     "per_channel": self.per_channel, "pow2": self.pow2}
-        if role == "bias":
-            return {}
+        if role == "bias":  # TensorRT fuses float biases itself
+            return {"method": "none"} if self.profile == "trt" else {}
         trt = self.profile == "trt"
         signed = trt if self.act_signed is None else self.act_signed
         symmetric = trt if self.act_symmetric is None else self.act_symmetric

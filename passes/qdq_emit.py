@@ -80,10 +80,12 @@ def add_dynamic(graph: gs.Graph, tensor: gs.Tensor, readers: list[gs.Node]) -> g
 
 def add_const_dq(graph: gs.Graph, node: gs.Node, index: int, codes: np.ndarray,
                  scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec,
-                 dq_cache: dict[str, gs.Tensor] | None = None, key: str = "") -> gs.Tensor:
+                 dq_cache: dict[str, gs.Tensor] | None = None, key: str = "",
+                 with_zero_point: bool = True) -> gs.Tensor:
     """Input `index` of `node` becomes DequantizeLinear(codes, scale, zero_point).
 
     With a `dq_cache` and `key`, a weight shared by several layers gets one DQ.
+    Without `with_zero_point` the (all-zero) zero point is left out.
     """
     if dq_cache is not None and key in dq_cache:
         node.inputs[index] = dq_cache[key]
@@ -92,9 +94,10 @@ def add_const_dq(graph: gs.Graph, node: gs.Node, index: int, codes: np.ndarray,
     stored = codes_const(graph, f"{base}_quantized", codes, spec)
     restored = gs.Variable(graph_utils.fresh_name(graph, f"{base}_dequantized"),
                            dtype=np.float32, shape=list(np.shape(codes)))
+    params = _params(graph, base, scale, zero_point, spec)
     dq = gs.Node("DequantizeLinear", graph_utils.fresh_name(graph, f"{base}_DequantizeLinear"),
-                 _axis_attrs(spec, scale), [stored, *_params(graph, base, scale, zero_point,
-                                                              spec)], [restored])
+                 _axis_attrs(spec, scale), [stored, *params[:2 if with_zero_point else 1]],
+                 [restored])
     graph.nodes.append(dq)
     node.inputs[index] = restored
     if dq_cache is not None:
@@ -102,15 +105,20 @@ def add_const_dq(graph: gs.Graph, node: gs.Node, index: int, codes: np.ndarray,
     return restored
 
 
-def add_bias_dq(graph: gs.Graph, node: gs.Node, codes: np.ndarray, scale: np.ndarray) -> None:
-    """Input 2 of `node` becomes DequantizeLinear(int32 codes, scale).
+def add_bias_dq(graph: gs.Graph, node: gs.Node, codes: np.ndarray, scale: np.ndarray,
+                input_scale: gs.Tensor, weight_scale: gs.Tensor) -> None:
+    """Input 2 of `node` becomes DequantizeLinear(int32 codes, input_scale * weight_scale).
 
-    The zero point is left out (0 by default): 4 bytes per channel saved, and
-    onnxruntime still fuses the bias into QLinearConv/QGemm.
+    The scale is computed in the graph by a Mul of the input's and the weight's scale
+    constants (the same float32 product as `scale`, which only gives its shape; no
+    bytes stored, onnxruntime folds it at load). The zero point is left out (0).
     """
     base = node.inputs[2].name or f"{node.name}_bias"
     stored = graph_utils.new_const(graph, f"{base}_quantized", codes.astype(np.int32))
-    s = graph_utils.new_const(graph, f"{base}_scale", np.asarray(scale, dtype=np.float32))
+    s = gs.Variable(graph_utils.fresh_name(graph, f"{base}_scale"), dtype=np.float32,
+                    shape=list(np.shape(scale)))
+    graph.nodes.append(gs.Node("Mul", graph_utils.fresh_name(graph, f"{base}_scale_Mul"),
+                               inputs=[input_scale, weight_scale], outputs=[s]))
     restored = gs.Variable(graph_utils.fresh_name(graph, f"{base}_dequantized"),
                            dtype=np.float32, shape=list(codes.shape))
     attrs = {"axis": 0} if np.ndim(scale) > 0 else {}

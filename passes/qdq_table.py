@@ -84,7 +84,7 @@ def _static_input(layer: Layer, plan: Plan) -> bool:
 
 def _bias_reason(bias: TensorRule, weight: TensorRule) -> str:
     if not bias.enabled:
-        return "rule none"
+        return "rule none (trt: TensorRT keeps biases float)"
     return "weight float" if not weight.enabled else "input not statically quantized"
 
 

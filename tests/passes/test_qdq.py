@@ -28,7 +28,13 @@ def _inits(model):
 
 
 def _value(model, name):
-    return numpy_helper.to_array(_inits(model)[name])
+    """An initializer, or the float32 product a Mul computes from two (bias scales)."""
+    inits = _inits(model)
+    if name in inits:
+        return numpy_helper.to_array(inits[name])
+    mul = next(n for n in model.graph.node if name in n.output and n.op_type == "Mul")
+    a, b = (numpy_helper.to_array(inits[i]) for i in mul.input)
+    return np.float32(a) * b
 
 
 def _dq_feeding(model, node_name, index):
@@ -323,3 +329,23 @@ def test_static_transformer_leaves_outlier_prone_matmul_inputs_float(profile):
     assert not any(n.op_type == "DynamicQuantizeLinear" for n in out.graph.node)
     feeds = graphs.feeds_for(model, batch=4)
     assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.99
+
+
+def test_batchnorm_is_folded_first_so_the_conv_fuses(tmp_path):
+    model = graphs.build("""
+    g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
+       float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[4, 4] w_fc) => (float[N, 4] y) {
+        c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
+        n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
+        r = Relu (n)
+        p = GlobalAveragePool (r)
+        f = Flatten (p)
+        y = MatMul (f, w_fc)
+    }""")
+    out, result = _qdq(model)
+    assert result.notes["folded_bn"] == 1 and graphs.op_count(out, "BatchNormalization") == 0
+    assert graphs.optimized_ops(out, str(tmp_path / "o.onnx")).count("QLinearConv") == 1
+    kept, _ = _qdq(model, fold_bn=False)
+    assert graphs.op_count(kept, "BatchNormalization") == 1
+    feeds = graphs.feeds_for(model)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999

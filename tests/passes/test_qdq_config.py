@@ -74,8 +74,10 @@ def _observed(model, layer, tensor, role):
     if dq is None or dq.op_type != "DequantizeLinear":
         return "none", "float", False
     codes = inits[dq.input[0]]
-    per_channel = numpy_helper.to_array(inits[dq.input[1]]).ndim > 0
-    return "quantized", codes.data_type, per_channel
+    scale = inits.get(dq.input[1])
+    if scale is None:  # a bias scale: Mul(input scale, weight scale)
+        scale = inits[prod[dq.input[1]].input[1]]
+    return "quantized", codes.data_type, numpy_helper.to_array(scale).ndim > 0
 
 
 def _describe(q, inits):
