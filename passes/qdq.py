@@ -128,6 +128,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     need, have = required_opset(plan), int(graph.opset)
     if have >= need:
         return False
+    graph.cleanup()  # drop nodes detached by fold-bn before the converter sees them
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
     try:

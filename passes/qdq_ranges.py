@@ -172,6 +172,6 @@ def usable(rng: Range | None) -> str | None:
 
 def _export(graph: gs.Graph) -> onnx.ModelProto:
     """The float graph as a runnable ModelProto (no edits to `graph`)."""
-    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model = gs.export_onnx(graph.copy().cleanup(), do_type_check=False)
     model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
     return model
