@@ -19,6 +19,7 @@ from rich.table import Table
 from graphcomp import pipeline
 from graphcomp.pass_base import PassContext
 from passes import qdq_ranges
+from passes.fold_bn import FoldBnPass
 from passes.qdq_config import QdqConfig, TensorRule
 from passes.qdq_place import Act, Layer, Plan, build_plan
 from passes.qdq_scales import fixed_source
@@ -50,6 +51,9 @@ def resolve(model: onnx.ModelProto, config: QdqConfig, ctx: PassContext | None =
     ctx = ctx or PassContext()
     graph = gs.import_onnx(model)
     pipeline.name_nodes(graph)
+    if config.fold_bn:  # as the pass does first (on this private copy)
+        FoldBnPass().apply(graph, PassContext())
+        graph.cleanup()
     plan = build_plan(graph, config)
     rows = []
     for layer in plan.layers:

@@ -99,14 +99,28 @@ def _expected(row):
     return "quantized", ACT_DTYPES[(kind, bits)], row.granularity.startswith("per-channel")
 
 
-@pytest.mark.parametrize("case", ["rules", "trt", "encoder", "pow2"])
+BN_NET = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
+   float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[4, 4] w_fc) => (float[N, 4] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
+    n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
+    r = Relu (n)
+    p = GlobalAveragePool (r)
+    f = Flatten (p)
+    y = MatMul (f, w_fc)
+}
+"""
+
+
+@pytest.mark.parametrize("case", ["rules", "trt", "encoder", "pow2", "bn"])
 def test_config_table_matches_the_output_graph_tensor_by_tensor(tmp_path, case):
-    model = graphs.qdq_encoder() if case == "encoder" else graphs.build(graphs.QDQ_CNN)
+    model = {"encoder": graphs.qdq_encoder, "bn": lambda: graphs.build(BN_NET)}.get(
+        case, lambda: graphs.build(graphs.QDQ_CNN))()
     fields = {"rules": {"qconfig": _write(tmp_path, RULES)}, "trt": {"profile": "trt"},
-              "encoder": {}, "pow2": {"pow2": True}}[case]
+              "encoder": {}, "pow2": {"pow2": True}, "bn": {}}[case]
     rows = [r for r in resolve(model, QdqConfig(**fields)) if r.role != "-"]
     out, _ = _quantize(model, **fields)
-    assert len(rows) >= 10
+    assert len(rows) >= (8 if case == "bn" else 10)
     for row in rows:
         got = _observed(out, row.layer, row.tensor, row.role)
         assert got == _expected(row), row
