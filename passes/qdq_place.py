@@ -191,9 +191,14 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
     else:
         acts = [i for i, t in enumerate(node.inputs) if t.name]
         rules["weight"] = dataclasses.replace(rules["weight"], method="none")
-    if not weighted or len(node.inputs) < 3 or not node.inputs[2].name:
-        rules["bias"] = TensorRule(method="none")
-    return Layer(node, kind, acts, rules, _fused_out(graph, node), _weight_axis(node))
+    axis = _weight_axis(node)
+    weight = graph_utils.const_value(node.inputs[1]) if weighted else None
+    if weight is not None and node.op in ("MatMul", "Gemm") and weight.ndim != 2:
+        rules["weight"] = dataclasses.replace(rules["weight"], per_channel=False)
+    bias = graph_utils.const_input(node, 2) if weight is not None else None
+    if bias is None or node.op == "ConvTranspose" or bias.size != weight.shape[axis]:
+        rules["bias"] = TensorRule(method="none")  # ConvTranspose: no fused kernel
+    return Layer(node, kind, acts, rules, _fused_out(graph, node), axis)
 
 
 def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:

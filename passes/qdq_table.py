@@ -76,7 +76,7 @@ def _layer_rows(layer: Layer, plan: Plan, config: QdqConfig, ctx: PassContext) -
         rows.append(Row(node.name, node.op, "bias", node.inputs[2].name,
                         "auto" if quantized else "none", "int32" if quantized else "float",
                         gran if quantized else "-",
-                        "s_input * s_weight" if quantized else _bias_reason(bias, weight)))
+                        "s_input * s_weight" if quantized else _bias_reason(layer, config)))
     rows.append(_act_row(layer, "output", layer.out, plan, config, ctx))
     return rows
 
@@ -86,10 +86,16 @@ def _static_input(layer: Layer, plan: Plan) -> bool:
     return act is not None and not act.dynamic and layer.node in act.readers
 
 
-def _bias_reason(bias: TensorRule, weight: TensorRule) -> str:
-    if not bias.enabled:
-        return "rule none (trt: TensorRT keeps biases float)"
-    return "weight float" if not weight.enabled else "input not statically quantized"
+def _bias_reason(layer: Layer, config: QdqConfig) -> str:
+    if layer.node.op == "ConvTranspose":
+        return "ConvTranspose: no fused integer kernel"
+    if config.profile == "trt":
+        return "trt: TensorRT keeps biases float"
+    if not layer.rules["bias"].enabled:
+        return "rule none, or bias shape is not one value per output channel"
+    if not layer.rules["weight"].enabled:
+        return "weight float"
+    return "input not statically quantized"
 
 
 def _weight_row(layer: Layer, rule: TensorRule) -> Row:
