@@ -229,7 +229,10 @@ def _needs_zero_point(node: gs.Node, params: qdq_scales.Params) -> bool:
 
 def _dq_scale(tensor: gs.Tensor) -> gs.Tensor:
     """The scale input of the DequantizeLinear that produces `tensor`."""
-    return graph_utils.producer(tensor).inputs[1]
+    dq = graph_utils.producer(tensor)
+    if dq is None:
+        raise ValueError(f"{tensor.name} has no DequantizeLinear producer")
+    return dq.inputs[1]
 
 
 def _report(result: PassResult, graph: gs.Graph, plan: Plan,

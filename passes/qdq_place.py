@@ -196,7 +196,8 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
     if weight is not None and node.op in ("MatMul", "Gemm") and weight.ndim != 2:
         rules["weight"] = dataclasses.replace(rules["weight"], per_channel=False)
     bias = graph_utils.const_input(node, 2) if weight is not None else None
-    if bias is None or node.op == "ConvTranspose" or bias.size != weight.shape[axis]:
+    if (bias is None or weight is None or node.op == "ConvTranspose"
+            or bias.size != weight.shape[axis]):
         rules["bias"] = TensorRule(method="none")  # ConvTranspose: no fused kernel
     return Layer(node, kind, acts, rules, _fused_out(graph, node), axis)
 
