@@ -39,7 +39,7 @@ class PruneConfig:
     macs: float | None = None  # e.g. 0.5: keep half the model's MACs
     importance: str = "energy"  # energy | l1 | l2 | bn
     compensate: bool = True  # fold removed channels' means into the next biases
-    reconstruct: bool = True  # with --calibration-data: least-squares refit of next layers
+    reconstruct: bool = True  # least-squares refit of the next layers (data or noise)
     min_channels: int = 1  # never keep fewer channels in a group
     round_to: int = 8  # kept counts are multiples of this (or the whole group)
     layers: str = ""  # per-layer ratios by producer name glob: "conv1*:0.5;fc*:0"
@@ -98,7 +98,9 @@ class PrunePass(Pass):
                                     centered=cfg.compensate)
         removed = _choose(cg, groups, scores, cfg, ctx, result)
         keep = cg.keep_masks(_repair(cg, removed))
-        refitted = prune_recon.reconstruct(cg, ctx, keep) if cfg.reconstruct else []
+        refitted = prune_recon.reconstruct(
+            cg, ctx, keep, moments if cfg.compensate else None, cfg.prior) if (
+            cfg.reconstruct) else []
         result.notes["reconstructed"] = len(refitted)
         if cfg.compensate and moments is not None:
             done, missed = prune_comp.compensate(cg, keep, moments, frozenset(refitted))

@@ -120,3 +120,16 @@ def test_inspect_groups_lists_members_and_reasons(tmp_path):
     assert [r["prunable"] for r in rows] == [False] * 4
     assert any("grouped conv (group=2)" in r["reason"] for r in rows)
     assert rows[1]["members"] == ["a", "side"] and rows[1]["producers"] == ["Conv_1"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_data_free_refit_on_noise_lowers_the_error_on_that_noise(seed):
+    model = graphs.build(graphs.PRUNE_CONCAT_FLATTEN, seed=seed)
+    feeds = graphs.feeds_for(model, seed=7, batch=128)
+    ref = graphs.run(model, feeds)[0]
+    errors = {}
+    for refit in (False, True):
+        out, record = prune(model, ratio=0.5, round_to=1, prior="white", reconstruct=refit)
+        assert record.result.notes["reconstructed"] == (2 if refit else 0)
+        errors[refit] = float(np.mean((graphs.run(out, feeds)[0] - ref) ** 2))
+    assert errors[True] < errors[False]
