@@ -106,6 +106,8 @@ def _matmul_layer(node: gs.Node, macs: dict[str, int]) -> tuple[Layer | None, st
     if right or left:
         return None, right or left
     index = 1 if right is not None else 0
+    if graph_utils.const_value(node.inputs[1 - index]) is not None:
+        return None, "both operands are constants (constant-fold the model first)"
     weight = graph_utils.const_input(node, index)
     if weight.ndim != 2:
         return None, f"constant operand is {weight.ndim}-D, only 2-D weights are split"

@@ -21,10 +21,22 @@ from graphcomp.pass_base import PassContext
 from passes import svd_probe, svd_sense
 from passes.svd_factor import Whitener, factorize, whitener
 from passes.svd_layers import Layer, find_layers
-from passes.svd_rank import Candidate, Choice, allocate, by_energy, by_ratio, options
+from passes.svd_rank import (
+    Candidate,
+    Choice,
+    allocate,
+    between_grid,
+    by_energy,
+    by_ratio,
+    fill,
+    options,
+)
 
 if TYPE_CHECKING:
     from passes.svd import SvdConfig
+
+CLOSE_ENOUGH = 0.02  # below budget by more than this share of the target: fill off-grid
+
 
 @dataclass
 class Plan:
@@ -184,6 +196,10 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     budget = value * total - outside
     menus = [options(cands[i], config.round_to, config.min_saving) for i in free]
     picked, met = allocate(menus, budget, cost)
+    if met and sum(map(cost, picked)) < budget - CLOSE_ENOUGH * value * total:
+        finer = [menu + between_grid(cands[i], c, config.round_to, config.min_saving)
+                 for i, menu, c in zip(free, menus, picked, strict=True)]
+        picked = fill(finer, picked, budget, cost)
     chosen = dict(fixed)
     chosen.update(zip(free, picked, strict=True))
     plan.choices = [chosen[i] for i in range(len(cands))]

@@ -141,15 +141,15 @@ def allocate(menus: list[list[Choice]], budget: float, cost: Cost
         else:
             lo = mid
     chosen = _pick(menus, math.exp(hi), cost)
-    return _fill(menus, chosen, budget, cost), True
+    return fill(menus, chosen, budget, cost), True
 
 
 def _pick(menus: list[list[Choice]], lam: float, cost: Cost) -> list[Choice]:
     return [min(menu, key=lambda c: (c.loss + lam * cost(c), cost(c))) for menu in menus]
 
 
-def _fill(menus: list[list[Choice]], chosen: list[Choice], budget: float,
-          cost: Cost) -> list[Choice]:
+def fill(menus: list[list[Choice]], chosen: list[Choice], budget: float,
+         cost: Cost) -> list[Choice]:
     """Spend leftover budget on the upgrades with the best loss drop per unit cost."""
     chosen = list(chosen)
     spent = sum(cost(c) for c in chosen)
@@ -169,3 +169,16 @@ def _fill(menus: list[list[Choice]], chosen: list[Choice], budget: float,
         spent += cost(best[1]) - cost(chosen[best[0]])
         chosen[best[0]] = best[1]
     return chosen
+
+
+def between_grid(cand: Candidate, choice: Choice, round_to: int, min_saving: float
+                 ) -> list[Choice]:
+    """Splits at the off-grid ranks just above `choice` (same mode).
+
+    For a final fill when the `round_to` grid is too coarse to come near the budget.
+    """
+    if choice.mode is None:
+        return []
+    top = min(choice.rank + max(int(round_to), 1), len(cand.facts[choice.mode].s) + 1)
+    extra = [cand.at(choice.mode, r) for r in range(choice.rank + 1, top)]
+    return [c for c in extra if cand.saves(c, min_saving)]
