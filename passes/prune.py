@@ -18,6 +18,7 @@ shared weight, a subgraph. Never removes every channel of a tensor.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -25,9 +26,20 @@ import onnx_graphsurgeon as gs
 from graphcomp import analysis, graph_utils, stats
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import Pass, PassContext, PassResult
-from passes import prune_apply, prune_comp, prune_groups, prune_recon, prune_score, prune_select
+from passes import (
+    prune_apply,
+    prune_comp,
+    prune_groups,
+    prune_prep,
+    prune_recon,
+    prune_score,
+    prune_select,
+)
 from passes.prune_groups import ChannelGraph
 
+ROUND_STEP = 0.8  # auto rounds keep at least this share of MACs each (glyph MobileNetV2 at
+# 0.5x: 1 round 0.46 accuracy, 4 rounds 0.72; EfficientNet-Lite0 at 0.8x: 1 round best)
+EPS = 1e-9
 MAX_REPAIR = 10_000  # cap on units restored so that no tensor loses every channel
 
 
@@ -44,6 +56,7 @@ class PruneConfig:
     round_to: int = 8  # kept counts are multiples of this (or the whole group)
     layers: str = ""  # per-layer ratios by producer name glob: "conv1*:0.5;fc*:0"
     prior: str = "smooth"  # data-free inputs for statistics: smooth (1/f^2 noise) | white
+    rounds: int = 0  # a MAC budget reached in this many re-measured steps; 0: auto
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -55,12 +68,20 @@ class PruneConfig:
                               f"got '{self.importance}'")
         if self.prior not in prune_comp.PRIORS:
             raise ConfigError(f"prior must be one of {prune_comp.PRIORS}, got '{self.prior}'")
-        if self.round_to < 1 or self.min_channels < 1:
-            raise ConfigError("round_to and min_channels must be >= 1")
+        if self.round_to < 1 or self.min_channels < 1 or self.rounds < 0:
+            raise ConfigError("round_to and min_channels must be >= 1, rounds >= 0")
         try:
             prune_select.parse_overrides(self.layers)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+
+    def steps(self) -> int:
+        """Rounds of a MAC budget: as set, or auto (each round keeps >= ROUND_STEP)."""
+        if self.macs is None:
+            return 1
+        if self.rounds:
+            return self.rounds
+        return max(1, math.ceil(math.log(self.macs) / math.log(ROUND_STEP) - EPS))
 
     def budget(self) -> prune_select.Budget:
         """The selection budget these fields describe."""
@@ -82,35 +103,58 @@ class PrunePass(Pass):
     config_class = PruneConfig
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        """Find the groups, choose the units, compensate, slice; report every group."""
+        """Find the groups, choose the units, refit or compensate, slice; report each group.
+
+        With `rounds` > 1 a MAC budget is reached in steps of equal ratio, statistics and
+        refits measured again on the partly pruned model before each step.
+        """
         cfg: PruneConfig = self.config
         result = PassResult(self.name)
+        rounds = cfg.steps()
+        original = None
+        for r in range(rounds):
+            if r:
+                prune_prep.forget_shapes(graph)
+            target = None
+            if cfg.macs is not None:  # this step's share of the original MACs, made relative
+                target = cfg.macs ** ((r + 1) / rounds)
+                if original is not None:
+                    target *= original / max(result.notes["macs_expected"], 1)
+            if not self._round(graph, ctx, result, target, first=r == 0):
+                break
+            original = original or result.notes["macs_before"]
+        return result
+
+    def _round(self, graph: gs.Graph, ctx: PassContext, result: PassResult,
+               target: float | None, first: bool) -> bool:
+        cfg: PruneConfig = self.config
         cg = prune_groups.analyze(graph)
-        _report_blocked(cg, result)
+        if first:
+            _report_blocked(cg, result)
         groups = [g for g in cg.groups if g.prunable]
         result.notes.update(groups=len(cg.groups), prunable=len(groups))
         if not groups:
-            return result
+            return False
         moments = _moments(self, cg, ctx, result) if (
             cfg.compensate or cfg.importance == "energy") else None
         bn_std = prune_score.bn_scales(cg, ctx.stats) if cfg.importance == "bn" else {}
         scores = prune_score.scores(cg, groups, cfg.importance, moments, bn_std,
                                     centered=cfg.compensate)
-        removed = _choose(cg, groups, scores, cfg, ctx, result)
+        removed = _choose(cg, groups, scores, cfg, ctx, result, target)
         keep = cg.keep_masks(_repair(cg, removed))
         refitted = prune_recon.reconstruct(
             cg, ctx, keep, moments if cfg.compensate else None, cfg.prior) if (
             cfg.reconstruct) else []
-        result.notes["reconstructed"] = len(refitted)
+        result.notes["reconstructed"] = result.notes.get("reconstructed", 0) + len(refitted)
         if cfg.compensate and moments is not None:
             done, missed = prune_comp.compensate(cg, keep, moments, frozenset(refitted))
             result.notes.update(compensated=done, not_compensated=missed)
         nodes = {n.name: n for n in graph.nodes}
         for name, (before, after, detail) in prune_apply.remove(cg, keep).items():
             result.change(nodes[name], detail, before, after)
-        result.notes["channels_removed"] = int(sum((~k).sum() for n, k in keep.items()
-                                                   if _is_producer_space(cg, n)))
-        return result
+        result.notes["channels_removed"] = result.notes.get("channels_removed", 0) + int(sum(
+            (~k).sum() for n, k in keep.items() if _is_producer_space(cg, n)))
+        return True
 
 
 def _report_blocked(cg: ChannelGraph, result: PassResult) -> None:
@@ -143,18 +187,20 @@ def _moments(self: PrunePass, cg: ChannelGraph, ctx: PassContext, result: PassRe
 
 
 def _choose(cg: ChannelGraph, groups: list[prune_groups.Group], scores: dict[int, np.ndarray],
-            cfg: PruneConfig, ctx: PassContext, result: PassResult) -> np.ndarray:
-    budget = cfg.budget()
+            cfg: PruneConfig, ctx: PassContext, result: PassResult, target: float | None
+            ) -> np.ndarray:
+    budget = dataclasses.replace(cfg.budget(), target=target)
     base, total = _layer_macs(cg.graph, ctx)
     macs = prune_select.MacModel(cg, base, total)
-    if cfg.macs is None:
+    if target is None:
         removed = prune_select.select_ratio(groups, scores, budget)
     else:
         removed = prune_select.select_macs(cg, groups, scores, budget, macs)
     keep = cg.keep_masks(removed)
     for name in macs.gone:
         macs.gone[name] = {0: int((~keep[name]).sum())}
-    result.notes.update(macs_before=total, macs_expected=int(round(macs.total())))
+    result.notes.setdefault("macs_before", total)
+    result.notes["macs_expected"] = int(round(macs.total()))
     return removed
 
 

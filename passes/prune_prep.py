@@ -85,3 +85,11 @@ def subgraph_reads(graph: gs.Graph) -> set[str]:
                     names |= {t.name for n in sub.nodes for t in n.inputs}
                     names |= subgraph_reads(sub)
     return names
+
+
+def forget_shapes(graph: gs.Graph) -> None:
+    """Drop the shapes of intermediate tensors (after an edit), to be inferred again."""
+    outer = {t.name for t in [*graph.inputs, *graph.outputs]}
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor.name not in outer:
+            tensor.shape = None
