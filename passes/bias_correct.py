@@ -27,6 +27,9 @@ from graphcomp.pass_base import Pass, PassContext, PassResult
 from passes import dfq_layers as layers
 
 LAYERS = ("Conv", "Gemm")
+WEIGHT_RANGES = ("minmax", "mse")
+CLIP_GRID = 50  # clipping ratios tried by weight_range="mse"
+MIN_CLIP = 0.3  # smallest ratio of max |w| tried
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +40,7 @@ class BiasCorrectConfig:
     per_channel: bool = False
     pow2: bool = False
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
+    weight_range: str = "minmax"  # mse: clip weights to the quantization-MSE-optimal range
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
@@ -48,6 +52,8 @@ class BiasCorrectConfig:
             raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.samples < 1:
             raise ConfigError(f"samples must be >= 1, got {self.samples}")
+        if self.weight_range not in WEIGHT_RANGES:
+            raise ConfigError(f"weight_range must be one of {WEIGHT_RANGES}")
         if self.prior not in channel_stats.PRIORS:
             raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
 
@@ -85,7 +91,7 @@ class BiasCorrectPass(Pass):
                 result.skip(node, "no estimate of its input mean")
                 continue
             mean, source = means[node.name]
-            shift = correct(graph, node, mean, cfg.spec(node))
+            shift = correct(graph, node, mean, cfg.spec(node), cfg.weight_range)
             if shift is None:
                 result.skip(node, f"input mean has {mean.size} entries, layer reads another count")
                 continue
@@ -113,20 +119,55 @@ def _reason(node: gs.Node) -> str | None:
     return None
 
 
-def correct(graph: gs.Graph, node: gs.Node, mean: np.ndarray, spec: quant.QuantSpec
-            ) -> np.ndarray | None:
-    """Apply b' = b - eps E[x] to `node`; returns the shift, None on a size mismatch."""
+def correct(graph: gs.Graph, node: gs.Node, mean: np.ndarray, spec: quant.QuantSpec,
+            weight_range: str = "minmax") -> np.ndarray | None:
+    """Apply b' = b - eps E[x] to `node`; returns the shift, None on a size mismatch.
+
+    With weight_range="mse" the weight is first clipped to the range that minimises
+    its quantization MSE (so qdq's min/max lands there) and eps includes the clipping.
+    """
     weight = graph_utils.const_input(node, 1)
     features = layers.in_features_of(node, weight)
     mean = np.asarray(mean, np.float64).reshape(-1)
     if mean.size != features:
         return None
-    eps = (quant.fake_quant(weight, spec).astype(np.float64) - weight.astype(np.float64))
+    kept = weight
+    if weight_range == "mse":
+        kept = mse_clipped(weight, spec)
+        graph_utils.set_const_input(graph, node, 1, kept)
+    eps = (quant.fake_quant(kept, spec).astype(np.float64) - weight.astype(np.float64))
     eps = eps * layers.alpha(node)
     shift = layers.input_sums(node, eps, features, 1) @ mean
     outs = layers.out_channels_of(node)
     layers.set_bias(graph, node, layers.bias_of(node, outs) - shift, weight.dtype)
     return shift
+
+
+def mse_clipped(weight: np.ndarray, spec: quant.QuantSpec) -> np.ndarray:
+    """`weight` clipped to the symmetric range whose fake-quant MSE is smallest.
+
+    The range is a * max|w| per tensor (or per channel), a in [MIN_CLIP, 1]; the MSE
+    includes the clipping error.
+    """
+    w = weight.astype(np.float64)
+    axis = spec.axis % w.ndim if spec.per_channel else None
+    rows = np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1) if axis is not None \
+        else w.reshape(1, -1)
+    top = np.maximum(np.abs(rows).max(axis=1, keepdims=True), quant.MIN_SCALE)
+    half = (spec.qmax - spec.qmin) / 2.0
+    best, best_err = top, np.full(top.shape, np.inf)
+    for ratio in np.linspace(1.0, MIN_CLIP, CLIP_GRID):
+        alpha = top * ratio
+        scale = alpha / half
+        q = np.clip(np.rint(rows / scale), -half, half) * scale
+        err = ((q - rows) ** 2).sum(axis=1, keepdims=True)
+        better = err < best_err
+        best, best_err = np.where(better, alpha, best), np.where(better, err, best_err)
+    clipped = np.clip(rows, -best, best)
+    if axis is not None:
+        moved = np.moveaxis(w, axis, 0)
+        return np.moveaxis(clipped.reshape(moved.shape), 0, axis).astype(weight.dtype)
+    return clipped.reshape(w.shape).astype(weight.dtype)
 
 
 def _summary(shift: np.ndarray) -> str:

@@ -52,7 +52,10 @@ class DfqConfig:
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 4.0
     absorb_k: float = 3.0
+    weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
     clip_k: float = 4.0  # clip="stats": a channel reaches its clip if mean + clip_k std > hi
+    act_aware: bool = False  # equalize never widens an activation tensor's range
+    strength: float = 1.0  # equalize applies s^strength of the converged scales
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
@@ -141,17 +144,19 @@ class DfqPass(Pass):
         cfg, steps = self.config, []
         if cfg.equalize:
             steps.append(EqualizePass(EqualizeConfig(
-                clip=cfg.clip, clip_k=cfg.clip_k, stats=cfg.stats, samples=cfg.samples,
-                prior=cfg.prior, seed=cfg.seed)))
+                clip=cfg.clip, clip_k=cfg.clip_k, act_aware=cfg.act_aware,
+                strength=cfg.strength, stats=cfg.stats,
+                samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))
         if cfg.absorb:
             clip = "per-channel" if cfg.clip == "per-channel" else "stats"
             steps.append(AbsorbBiasPass(AbsorbBiasConfig(
                 k=cfg.absorb_k, clip=clip, clip_k=cfg.clip_k, stats=cfg.stats,
                 samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))
         if cfg.correct:
-            steps.append(BiasCorrectPass(BiasCorrectConfig(cfg.bits, cfg.per_channel, False,
-                                                           cfg.stats, cfg.samples, cfg.prior,
-                                                           cfg.seed)))
+            steps.append(BiasCorrectPass(BiasCorrectConfig(
+                bits=cfg.bits, per_channel=cfg.per_channel, stats=cfg.stats,
+                weight_range=cfg.weight_range, samples=cfg.samples, prior=cfg.prior,
+                seed=cfg.seed)))
         return steps
 
     def _qdq_config(self) -> QdqConfig:

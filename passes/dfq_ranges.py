@@ -1,15 +1,22 @@
 """Activation ranges from per-channel statistics, for the qdq step of dfq (DESIGN.md 5.5).
 
-A layer output with pre-activation N(mean_c, std_c^2) per channel gets the interval
-[mean_c - k std_c, mean_c + k std_c] per channel; each activation that follows
-(the only reader of the tensor) maps the interval through itself: Relu [max(lo, 0),
-max(hi, 0)], Clip(a, b) and Min(c) clip it, LeakyRelu/PRelu scale its negative end.
-A tensor's range is the union over channels. Max/average pooling keep per-channel
-intervals (their output stays inside), so the walk goes on through them.
+One pass in topological order carries, per tensor, per-channel intervals [lo_c, hi_c]
+and moments (mean_c, var_c):
+- a layer output with pre-activation N(mean_c, std_c^2) gets [mean_c - k std_c,
+  mean_c + k std_c];
+- an activation maps the interval through itself (Relu [max(lo, 0), max(hi, 0)],
+  Clip(a, b) and Min(c) clip it, LeakyRelu/PRelu scale its negative end) and the
+  moments through the clipped / leaky normal (graphcomp.stats);
+- pooling, zero Pad, Identity, Dropout keep both (the output stays inside the
+  interval; zero padding adds 0);
+- Add of two carried tensors: means and variances add (independent branches), the
+  interval is mean +- k std of the sum (residual junctions).
+A tensor's range is the union over its channels. A Relu output read only by a
+per-channel Min gets the Min's range: values above it end clipped either way.
 
-Tensors that are not a layer output or an activation chain after one (residual sums,
-Concat, pooling outputs, the graph input) are measured on the same inputs the
-statistics came from (`measured_ranges`, a percentile of the observed values).
+Tensors the flow does not reach (graph inputs, Concat, global pooling outputs, ...)
+are measured on the same inputs the statistics came from (`measured_ranges`, a
+percentile of the observed values).
 """
 from __future__ import annotations
 
@@ -22,40 +29,95 @@ from graphcomp import stats as channel_stats
 from graphcomp.pass_base import ChannelStats
 
 Range = tuple[float, float, str]
-POOLS = ("MaxPool", "AveragePool", "Identity", "Dropout")
-MAX_WALK = 8
+KEEP = ("MaxPool", "AveragePool", "Identity", "Dropout", "Pad")
 PER_BATCH = 1 << 15  # values kept per tensor and batch for the percentile
+
+
+class _Flow:
+    """Per-channel interval and moments of each tensor reached, with its source."""
+
+    def __init__(self) -> None:
+        self.iv: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.mo: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.src: dict[str, str] = {}
+
+    def put(self, name: str, iv: tuple[np.ndarray, np.ndarray],
+            mo: tuple[np.ndarray, np.ndarray] | None, src: str) -> None:
+        self.iv[name], self.src[name] = iv, src
+        if mo is not None:
+            self.mo[name] = mo
 
 
 def activation_ranges(graph: gs.Graph, known: dict[str, ChannelStats], k: float
                       ) -> dict[str, Range]:
-    """Tensor name -> (lo, hi, source) for every layer output in `known` and its chain."""
-    tensors = graph.tensors()
-    out: dict[str, Range] = {}
-    for name, st in known.items():
-        tensor = tensors.get(name)
-        if tensor is None:
+    """Tensor name -> (lo, hi, source) for every tensor the statistics reach."""
+    flow = _Flow()
+    for node in _sorted(graph):
+        if not node.outputs:
             continue
-        mean, std = np.asarray(st.mean, np.float64), np.asarray(st.std, np.float64)
-        lo, hi = mean - k * std, mean + k * std
-        out[name] = (float(lo.min()), float(hi.max()), st.source)
-        for _ in range(MAX_WALK):
-            node = graph_utils.only_consumer(tensor, graph)
-            if node is None or node.inputs[0] is not tensor:
-                break
-            mapped = _through(node, lo, hi)
-            if mapped is None:
-                break
-            lo, hi = mapped
-            tensor = node.outputs[0]
-            out[tensor.name] = (float(lo.min()), float(hi.max()), st.source)
-    return out
+        out = node.outputs[0].name
+        if out in known:
+            st = known[out]
+            mean, std = np.asarray(st.mean, np.float64), np.asarray(st.std, np.float64)
+            flow.put(out, (mean - k * std, mean + k * std), (mean, std * std), st.source)
+        elif node.inputs and node.inputs[0].name in flow.iv:
+            _step(node, flow, k)
+    ranges = {n: (float(lo.min()), float(hi.max()), flow.src[n])
+              for n, (lo, hi) in flow.iv.items() if lo.size}
+    for node in graph.nodes:  # Relu -> Min: the Relu's quantizer needs only the Min's range
+        if node.op == "Min" and node.outputs and node.outputs[0].name in ranges:
+            before = node.inputs[0].name
+            if before in ranges and graph_utils.only_consumer(node.inputs[0], graph) is node:
+                lo, hi, src = ranges[before]
+                ranges[before] = (lo, min(hi, ranges[node.outputs[0].name][1]), src)
+    return ranges
+
+
+def _sorted(graph: gs.Graph) -> list[gs.Node]:
+    copy = graph.copy()
+    copy.toposort()
+    order = {n.name: i for i, n in enumerate(copy.nodes)}
+    return sorted(graph.nodes, key=lambda n: order.get(n.name, len(order)))
+
+
+def _step(node: gs.Node, flow: _Flow, k: float) -> None:
+    name, src = node.inputs[0].name, flow.src[node.inputs[0].name]
+    (lo, hi), mo = flow.iv[name], flow.mo.get(name)
+    out = node.outputs[0].name
+    if node.op in KEEP:
+        if node.op == "Pad" and not _zero_pad(node):
+            return
+        flow.put(out, (np.minimum(lo, 0.0), np.maximum(hi, 0.0)) if node.op == "Pad"
+                 else (lo, hi), mo, src)
+        return
+    if node.op == "Add" and len(node.inputs) == 2:
+        other = node.inputs[1].name
+        if mo is None or other not in flow.mo or flow.mo[other][0].shape != mo[0].shape:
+            return
+        mean, var = mo[0] + flow.mo[other][0], mo[1] + flow.mo[other][1]
+        std = np.sqrt(var)
+        flow.put(out, (mean - k * std, mean + k * std), (mean, var), src)
+        return
+    mapped = _through(node, lo, hi)
+    if mapped is None:
+        return
+    moments = None
+    if mo is not None:
+        st = ChannelStats(mo[0], np.sqrt(np.maximum(mo[1], 0.0)), src)
+        got = channel_stats.activation_moments(st, node) if node.op != "Min" else None
+        moments = None if got is None else (got[0], got[1] ** 2)
+    flow.put(out, mapped, moments, src)
+
+
+def _zero_pad(node: gs.Node) -> bool:
+    mode = graph_utils.attr(node, "mode", "constant")
+    mode = mode.decode() if isinstance(mode, bytes) else mode
+    value = graph_utils.const_input(node, 2)
+    return mode == "constant" and (value is None or float(np.max(np.abs(value))) == 0.0)
 
 
 def _through(node: gs.Node, lo: np.ndarray, hi: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray] | None:
-    if node.op in POOLS:
-        return lo, hi
     if node.op in ("Relu", "Clip"):
         bounds = channel_stats.activation_bounds(node)
         if bounds is None:
@@ -63,7 +125,7 @@ def _through(node: gs.Node, lo: np.ndarray, hi: np.ndarray
         return np.clip(lo, *bounds), np.clip(hi, *bounds)
     if node.op == "Min" and len(node.inputs) == 2:
         c = graph_utils.const_input(node, 1)
-        if c is None:
+        if c is None or c.size not in (1, lo.size):
             return None
         c = np.broadcast_to(c.astype(np.float64).reshape(-1), lo.shape)
         return np.minimum(lo, c), np.minimum(hi, c)

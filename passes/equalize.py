@@ -11,6 +11,9 @@ the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant; exact)
 clip="constrain" scales a channel only when its pre-activation provably never reaches
 the bound (exact); clip="stats" gives the channels that reach it one shared scale and
 keeps the Clip (exact up to values beyond mean + clip_k std). See equalize_clip.py.
+With act_aware, the scales are also floored so no channel's activation (mean +
+clip_k std after the activation) grows past the largest one before equalization:
+the per-tensor activation range then does not widen (s_i >= u_i / max_j u_j).
 BN statistics in ctx.stats follow the scaling. Function-preserving up to rounding.
 Will not touch the pairs `dfq_chains` rejects (residual junctions, Concat, shared
 weights, non-homogeneous activations): they are skipped with the reason.
@@ -32,7 +35,13 @@ from graphcomp.pass_base import ChannelStats, Pass, PassContext, PassResult
 from passes import dfq_layers as layers
 from passes.dfq_chains import Link, find_links
 from passes.equalize_apply import write_bounds
-from passes.equalize_clip import ClipRule, clip_rule, constrain, write_scalar_bound
+from passes.equalize_clip import (
+    ClipRule,
+    activation_floor,
+    clip_rule,
+    constrain,
+    write_scalar_bound,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ class EqualizeConfig:
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
     clip_k: float = 4.0  # clip="stats": a channel reaches the bound if mean + k std > bound
+    act_aware: bool = False  # never scale a channel's activation past the tensor's range
+    strength: float = 1.0  # apply the converged scales s^strength (1: full CLE)
     stats: str = "auto"  # clip="stats": where the statistics come from (graphcomp.stats)
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR
@@ -61,6 +72,8 @@ class EqualizeConfig:
             raise ConfigError(f"max_iter must be >= 1, got {self.max_iter}")
         if not 0.0 < self.tol < 1.0:
             raise ConfigError(f"tol must be in (0, 1), got {self.tol}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ConfigError(f"strength must be in (0, 1], got {self.strength}")
         if not self.clip_k > 0.0 or self.samples < 1:
             raise ConfigError("clip_k must be > 0 and samples >= 1")
         if self.stats not in channel_stats.METHODS or self.prior not in channel_stats.PRIORS:
@@ -95,13 +108,21 @@ class EqualizePass(Pass):
             result.skip(node, reason)
         before = channel_ranges(graph)
         state = _load(links)
-        rules = self._rules(graph, ctx, links, state)
+        known = self._stats(graph, ctx, links)
+        rules = [clip_rule(link, state.weight[link.first.name], state.bias[link.first.name],
+                           self.config.clip, known.get(link.first.outputs[0].name),
+                           self.config.clip_k) for link in links]
+        floors = [activation_floor(link, known.get(link.first.outputs[0].name),
+                                   self.config.clip_k) if self.config.act_aware else None
+                  for link in links]
         sweeps, worst = 0, 0.0
         for sweeps in range(1, self.config.max_iter + 1):  # noqa: B007 - reported below
-            worst = max((_step(link, state, k, rules[k]) for k, link in enumerate(links)),
-                        default=0.0)
+            worst = max((_step(link, state, k, rules[k], floors[k])
+                         for k, link in enumerate(links)), default=0.0)
             if worst < self.config.tol:
                 break
+        if self.config.strength < 1.0:
+            state = _partial(links, state, self.config.strength)
         for k, link in enumerate(links):
             _store(graph, link, state, k, ctx)
             if rules[k] is None:
@@ -115,17 +136,29 @@ class EqualizePass(Pass):
         return result
 
 
-    def _rules(self, graph: gs.Graph, ctx: PassContext, links: list[Link], state: _State
-               ) -> list[ClipRule | None]:
+    def _stats(self, graph: gs.Graph, ctx: PassContext, links: list[Link]
+               ) -> dict[str, ChannelStats]:
         cfg = self.config
-        known: dict[str, ChannelStats] = {}
-        if cfg.clip == "stats" and any(link.bounds for link in links):
-            names = [link.first.outputs[0].name for link in links if link.bounds]
-            known = channel_stats.estimate(graph, ctx, cfg.stats, names, cfg.samples, cfg.seed,
-                                           cfg.prior)
-        return [clip_rule(link, state.weight[link.first.name], state.bias[link.first.name],
-                          cfg.clip, known.get(link.first.outputs[0].name), cfg.clip_k)
-                for link in links]
+        wanted = [link.first.outputs[0].name for link in links
+                  if cfg.act_aware or cfg.clip == "stats" and link.bounds]
+        if not wanted:
+            return {}
+        return channel_stats.estimate(graph, ctx, cfg.stats, wanted, cfg.samples, cfg.seed,
+                                      cfg.prior)
+
+
+def _partial(links: list[Link], state: _State, strength: float) -> _State:
+    """The original weights with every link's converged scales raised to `strength`."""
+    fresh = _load(links)
+    for k, link in enumerate(links):
+        s = state.total[k] ** strength
+        first, second = link.first, link.second
+        fresh.weight[first.name] = layers.scale_out(first, fresh.weight[first.name], 1.0 / s)
+        fresh.bias[first.name] = fresh.bias[first.name] / s
+        fresh.weight[second.name] = layers.scale_in(second, fresh.weight[second.name], s,
+                                                    link.block)
+        fresh.total[k] = s
+    return fresh
 
 
 def _load(links: list[Link]) -> _State:
@@ -137,7 +170,8 @@ def _load(links: list[Link]) -> _State:
     return _State(weight, bias, [np.ones(link.channels) for link in links])
 
 
-def _step(link: Link, state: _State, k: int, rule: ClipRule | None) -> float:
+def _step(link: Link, state: _State, k: int, rule: ClipRule | None,
+          floor: np.ndarray | None) -> float:
     """One equalization step of `link`; returns max |log s| applied."""
     first, second = link.first, link.second
     r1 = layers.out_ranges(first, state.weight[first.name])
@@ -148,6 +182,8 @@ def _step(link: Link, state: _State, k: int, rule: ClipRule | None) -> float:
     if rule is not None:
         s = constrain(rule, s, state.total[k], link, state.weight[first.name],
                       state.bias[first.name], r1, r2)
+    if floor is not None:  # a channel's activation may not outgrow the tensor's range
+        s = np.maximum(s, floor / state.total[k])
     state.weight[first.name] = layers.scale_out(first, state.weight[first.name], 1.0 / s)
     state.bias[first.name] = state.bias[first.name] / s
     state.weight[second.name] = layers.scale_in(second, state.weight[second.name], s,

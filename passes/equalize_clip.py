@@ -96,3 +96,25 @@ def write_scalar_bound(graph: object, link: Link, rule: ClipRule) -> None:
             graph_utils.set_const_input(graph, node, 2, np.asarray(rule.bound, dtype=dtype))
         else:
             node.attrs["max"] = float(rule.bound)
+
+
+def activation_floor(link: Link, stats: ChannelStats | None, k: float) -> np.ndarray | None:
+    """Smallest cumulative scale per channel that keeps its activation under the tensor max.
+
+    u_i is the channel's upper activation value (mean + k std through the activation,
+    capped by a clip); scaling by s_i makes it u_i / s_i, which stays <= max_j u_j when
+    s_i >= u_i / max_j u_j. None without statistics.
+    """
+    if stats is None:
+        return None
+    mean, std = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+    if not any(n.op in ("Relu", "Clip", "Min", "LeakyRelu", "PRelu") for n in link.path):
+        upper = np.maximum(np.abs(mean - k * std), np.abs(mean + k * std))
+    else:
+        upper = np.maximum(mean + k * std, 0.0)
+        for node in link.bounds:
+            lo_hi = bound_of(node)
+            if lo_hi is not None:
+                upper = np.minimum(upper, np.broadcast_to(lo_hi[1].reshape(-1), upper.shape))
+    top = float(upper.max()) if upper.size else 0.0
+    return upper / top if top > TINY else None
