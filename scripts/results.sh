@@ -11,11 +11,11 @@ cd "$(dirname "$0")/.."
 readme="${1:-README.md}"
 
 COMMANDS=(
-  "graphcomp bench models/mobilenetv2_s_bn.onnx --passes none --passes fold-bn,cleanup --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
-  "graphcomp bench models/resnet_s_bn.onnx --passes none --passes fold-bn,cleanup --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
-  "graphcomp bench models/vgg_s_bn.onnx --passes none --passes fold-bn,cleanup --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
-  "graphcomp bench models/densecat_s_bn.onnx --passes none --passes fold-bn,cleanup --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
-  "graphcomp bench models/vit_s.onnx --passes none --passes cleanup --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/mobilenetv2_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/resnet_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/vgg_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/densecat_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/vit_s.onnx --passes none --passes cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
 )
 
 block=$(mktemp)
