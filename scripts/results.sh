@@ -15,7 +15,7 @@ COMMANDS=(
   "graphcomp bench models/resnet_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
   "graphcomp bench models/vgg_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
   "graphcomp bench models/densecat_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
-  "graphcomp bench models/vit_s.onnx --passes none --passes cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
+  "graphcomp bench models/vit_s.onnx --passes none --passes cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --baseline ort-dynamic --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
 )
 
 block=$(mktemp)
