@@ -51,6 +51,7 @@ class BenchOptions:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     thresholds: verify.Thresholds = field(default_factory=verify.Thresholds)
     out_dir: Path | None = None  # keep the compiled models here
+    pass_calibration: bool = True  # give calibration_data to the pass lists too
 
     def __post_init__(self) -> None:
         if self.runs < 1 or self.warmup < 0:
@@ -188,14 +189,17 @@ def _compile(source: Path, folder: Path, workdir: Path, index: int, label: str,
              job: dict[str, Any], options: BenchOptions) -> Row:
     kind = "baseline" if "baseline" in job else "passes"
     output = folder / f"{source.stem}.{index:02d}-{_slug(label)}.onnx"
-    calibration = str(Path(options.calibration_data).resolve()) \
-        if options.calibration_data else None
+    given = options.calibration_data if kind == "baseline" or options.pass_calibration \
+        else None
+    calibration = str(Path(given).resolve()) if given else None
     result = run_child({**job, "model": str(source), "output": str(output),
                         "calibration": calibration, "input_shapes": options.input_shapes},
                        workdir)
     if not result["ok"]:
         return Row(label, kind, error=result["error"], traceback=result.get("traceback"))
-    return Row(label, kind, note=result["note"], path=output, compile_s=result["seconds"],
+    data = f"calibration data {given}" if given else "no calibration data"
+    note = result["note"] if kind == "baseline" else f"{data}; {result['note']}"
+    return Row(label, kind, note=note, path=output, compile_s=result["seconds"],
                compile_peak_mb=result["peak_mb"], compile_base_mb=result["base_mb"])
 
 

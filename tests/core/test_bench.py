@@ -62,7 +62,8 @@ def test_rows_are_original_then_each_pass_list(folded):
     assert [(r.config, r.kind) for r in result.rows] == [
         ("original", "original"), ("fold-bn,cleanup", "passes")]
     assert not result.failed and all(r.error is None for r in result.rows)
-    assert result.rows[1].note == "fold-bn: 1 changed, 0 skipped; cleanup: 0 changed, 0 skipped"
+    assert result.rows[1].note == ("no calibration data; "
+                                   "fold-bn: 1 changed, 0 skipped; cleanup: 0 changed, 0 skipped")
 
 
 def test_sizes_count_params_macs_and_bytes(folded):
@@ -135,9 +136,11 @@ def test_fixed_batch_model_skips_other_batch_sizes(tmp_path):
 
 def test_static_baseline_quantizes_weights_to_int8(tmp_path):
     model, calib = classifier(tmp_path), npz(tmp_path, "c.npz", 40, labels=False, seed=5)
-    options = bench.BenchOptions(baselines=("ort-static-pc",), calibration_data=calib,
-                                 runs=2, warmup=0, out_dir=tmp_path)
-    orig, base = bench.bench(model, options).rows
+    options = bench.BenchOptions(configs=("cleanup",), baselines=("ort-static-pc",),
+                                 calibration_data=calib, runs=2, warmup=0, out_dir=tmp_path,
+                                 pass_calibration=False)
+    orig, clean, base = bench.bench(model, options).rows
+    assert clean.note.startswith("no calibration data; cleanup:")
     assert base.kind == "baseline" and base.error is None
     assert "per-channel" in base.note and "calibrated on 40 samples" in base.note
     assert "after quant_pre_process" in base.note
@@ -204,11 +207,13 @@ def test_bad_eval_set_and_bad_pass_fail_before_compiling(tmp_path):
     assert bench.parse_batches("1,32") == (1, 32)
 
 
-def test_user_thresholds_decide_the_verdict(tmp_path):
-    options = bench.BenchOptions(configs=("cleanup",), runs=1, warmup=0,
+def test_user_thresholds_decide_the_verdict_and_passes_get_calibration(tmp_path):
+    calib = npz(tmp_path, "c.npz", 8, labels=False)
+    options = bench.BenchOptions(configs=("cleanup",), runs=1, warmup=0, calibration_data=calib,
                                  thresholds=Thresholds(min_cosine=1.5))
     result = bench.bench(classifier(tmp_path), options)
     assert result.rows[1].verification["verdict"] == "failed" and result.failed
+    assert result.rows[1].note.startswith(f"calibration data {calib}; cleanup:")
 
 
 CUSTOM_OP = """
