@@ -209,6 +209,7 @@ def bench(
     min_cosine: Annotated[Optional[float], typer.Option(help="Verify: cosine limit.")] = None,  # noqa: UP045
     min_top1: Annotated[Optional[float], typer.Option(help="Verify: top-1 agreement limit.")] = None,  # noqa: UP045,E501
     out_dir: Annotated[Optional[Path], typer.Option(help="Keep the compiled models here.")] = None,  # noqa: UP045,E501
+    pass_calibration: Annotated[bool, typer.Option(help="Give --calibration-data to the pass lists too (else only to the baselines).")] = True,  # noqa: E501
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
 ) -> None:
@@ -220,7 +221,7 @@ def bench(
         options = benchmod.BenchOptions(
             tuple(passes or ()), tuple(baseline or ()), calibration_data, eval_data,
             benchmod.parse_batches(batch), runs, warmup, parse_shapes(input_shape or []),
-            Thresholds(max_rel_err, min_cosine, min_top1), out_dir)
+            Thresholds(max_rel_err, min_cosine, min_top1), out_dir, pass_calibration)
         with err.status("bench") as status:
             result = benchmod.bench(model, options, lambda step: status.update(step))
         for row in result.rows:
