@@ -23,7 +23,12 @@ trap 'rm -f "$block"' EXIT
 for cmd in "${COMMANDS[@]}"; do
   echo "+ $cmd" >&2
   read -ra args <<< "$cmd"
-  table=$(PYTHONPATH=. python -m graphcomp "${args[@]:1}")
+  status=0
+  table=$(PYTHONPATH=. python -m graphcomp "${args[@]:1}") || status=$?
+  if [ "$status" -gt 1 ]; then  # 1 = a row failed or missed a threshold: the table says so
+    echo "failed (exit $status): $cmd" >&2
+    exit "$status"
+  fi
   printf '\n```sh\n%s\n```\n\n%s\n' "$cmd" "$table" >> "$block"
 done
 
