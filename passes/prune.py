@@ -142,9 +142,7 @@ class PrunePass(Pass):
                                     centered=cfg.compensate)
         removed = _choose(cg, groups, scores, cfg, ctx, result, target)
         keep = cg.keep_masks(_repair(cg, removed))
-        refitted = prune_recon.reconstruct(
-            cg, ctx, keep, moments if cfg.compensate else None, cfg.prior) if (
-            cfg.reconstruct) else []
+        refitted = _refit(cg, ctx, keep, moments if cfg.compensate else None, cfg, result)
         result.notes["reconstructed"] = result.notes.get("reconstructed", 0) + len(refitted)
         if cfg.compensate and moments is not None:
             done, missed = prune_comp.compensate(cg, keep, moments, frozenset(refitted))
@@ -155,6 +153,18 @@ class PrunePass(Pass):
         result.notes["channels_removed"] = result.notes.get("channels_removed", 0) + int(sum(
             (~k).sum() for n, k in keep.items() if _is_producer_space(cg, n)))
         return True
+
+
+def _refit(cg: ChannelGraph, ctx: PassContext, keep: dict[str, np.ndarray],
+           moments: prune_score.Moments | None, cfg: PruneConfig, result: PassResult
+           ) -> list[str]:
+    if not cfg.reconstruct:
+        return []
+    try:
+        return prune_recon.reconstruct(cg, ctx, keep, moments, cfg.prior)
+    except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; compensate instead
+        result.notes["reconstruct_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+        return []
 
 
 def _report_blocked(cg: ChannelGraph, result: PassResult) -> None:
