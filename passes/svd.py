@@ -47,7 +47,7 @@ class SvdConfig:
     macs: float | None = None  # whole model: MACs become this fraction of the original
     params: float | None = None  # whole model: parameters become this fraction
     mode: str = "auto"  # convs: channel | spatial | auto (the one with fewer MACs)
-    round_to: int = 8  # ranks are multiples of this (kernel-friendly)
+    round_to: int = 16  # ranks are multiples of this (MLAS NCHWc conv blocks are 16 wide)
     min_saving: float = 0.2  # split only when it saves this share of the layer's MACs
     min_params: int = 1024  # leave smaller weights alone
     allocate: str = "sensitivity"  # budget loss proxy: sensitivity | energy

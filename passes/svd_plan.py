@@ -35,6 +35,7 @@ from passes.svd_rank import (
 if TYPE_CHECKING:
     from passes.svd import SvdConfig
 
+TOLERANCE = 0.05  # a budget result further below the target than this is reported
 CLOSE_ENOUGH = 0.02  # below budget by more than this share of the target: fill off-grid
 
 
@@ -207,6 +208,10 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": round(reached / total, 4)})
     if config.allocate == "sensitivity":
         plan.notes["predicted_output_rel_mse"] = float(f"{sum(c.loss for c in picked):.3g}")
+    if met and reached < (1.0 - TOLERANCE) * value * total:
+        plan.notes["warning"] = (f"{kind} lands at {reached / total:.3f} of the original, under "
+                                 f"the {value} asked: ranks are multiples of round_to="
+                                 f"{config.round_to}; a smaller round_to gets closer")
     if not met:
         plan.notes["warning"] = (f"{kind}={value} is out of reach: the splittable layers can "
                                  f"bring the model only to {reached / total:.3f}")

@@ -173,11 +173,13 @@ def fill(menus: list[list[Choice]], chosen: list[Choice], budget: float,
 
 def between_grid(cand: Candidate, choice: Choice, round_to: int, min_saving: float
                  ) -> list[Choice]:
-    """Splits at the off-grid ranks just above `choice` (same mode).
+    """Splits at the off-grid ranks just above `choice` (same mode), MatMul/Gemm only.
 
     For a final fill when the `round_to` grid is too coarse to come near the budget.
+    Convs stay on the grid: onnxruntime's blocked (NCHWc) conv kernels need channel
+    counts in multiples of 8 or 16, and an off-grid rank falls back to a slower path.
     """
-    if choice.mode is None:
+    if choice.mode is None or cand.layer.kind == "conv":
         return []
     top = min(choice.rank + max(int(round_to), 1), len(cand.facts[choice.mode].s) + 1)
     extra = [cand.at(choice.mode, r) for r in range(choice.rank + 1, top)]
