@@ -76,11 +76,11 @@ class QdqPass(Pass):
             plan = build_plan(graph, self.config, book)
         specs = {n: a.rule.spec(per_channel=False) for n, a in plan.acts.items()
                  if not a.dynamic and a.rule.method == "auto"}
-        typical: dict[str, float] = {}
-        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, typical)
+        spreads: dict[str, float] = {}
+        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, spreads)
         if error:
             result.notes["ranges_error"] = error
-        outliers = _outlier_prone(plan, ranges, typical, self.config.outlier_ratio)
+        outliers = _outlier_prone(plan, spreads, self.config.outlier_ratio)
         for name in outliers:
             plan.acts.pop(name)
         params, dropped, notes = qdq_scales.activation_params(plan, ranges,
@@ -97,16 +97,17 @@ class QdqPass(Pass):
         return result
 
 
-def _outlier_prone(plan: Plan, ranges: dict[str, qdq_ranges.Range],
-                   typical: dict[str, float], limit: float) -> dict[str, str]:
-    """Guarded tensors whose max |x| dwarfs the median |x| (outlier channels): float."""
+def _outlier_prone(plan: Plan, spreads: dict[str, float], limit: float) -> dict[str, str]:
+    """Guarded tensors with outlier channels: they stay float.
+
+    Outlier channels: one channel's range dwarfs the median channel's, as in the
+    LayerNorm outputs of BERT-like models.
+    """
     out = {}
     for name, act in plan.acts.items():
-        if not act.guard or name not in ranges or typical.get(name, 0.0) <= 0.0:
-            continue
-        ratio = max(abs(ranges[name][0]), abs(ranges[name][1])) / typical[name]
-        if ratio > limit:
-            out[name] = f"outlier-prone: max |x| is {ratio:.0f}x the median |x|"
+        spread = spreads.get(name, 1.0)
+        if act.guard and spread > limit:
+            out[name] = f"outlier channels: the largest is {spread:.0f}x the median channel"
     return out
 
 

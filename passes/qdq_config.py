@@ -115,7 +115,7 @@ class QdqConfig:
     samples: int = 64  # synthetic inputs when there is neither data nor dfq ranges
     dynamic: str = "auto"  # MatMul inputs at run time: auto = in transformer graphs
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
-    outlier_ratio: float = 60.0  # static transformer MatMul inputs with max/median |x| above
+    outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
 

@@ -6,7 +6,8 @@ Profiles:
   DQ->Conv->Q into QLinearConv only when the Q is the Conv's sole reader). A Relu or
   Clip right after a layer is folded into it: the Q goes after the activation, where
   onnxruntime removes the activation. MatMul/Gemm outputs get a Q only when a
-  quantized layer reads them (MatMulIntegerToFloat / QGemm keep float outputs).
+  quantized layer reads them, through its own input request (MatMulIntegerToFloat /
+  QGemm have float outputs).
 - `trt` (TensorRT explicit quantization): Q->DQ only on the inputs of quantized
   layers (residual Add inputs included); TensorRT fuses the output side itself, so no
   Q/DQ on outputs that feed nothing quantized.
@@ -258,14 +259,9 @@ def _request(graph: gs.Graph, layer: Layer, acts: dict[str, Act], config: QdqCon
     if (config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled
             or graph_utils.is_graph_output(graph, layer.out)):
         return
-    if node.op in ("MatMul", "Gemm", "ConvTranspose") and not _read_by_quantized(layer.out):
-        return
+    if node.op in ("MatMul", "Gemm", "ConvTranspose"):
+        return  # float output kernels exist; a quantized reader requests its own input
     _add(acts, layer.out, out_rule, f"{node.name} output")
-
-
-def _read_by_quantized(tensor: gs.Tensor) -> bool:
-    """True when a reader is a quantizable op (it may want the tensor quantized)."""
-    return any(c.op in QUANTIZABLE for c in tensor.outputs)
 
 
 def _propagate_shapes(graph: gs.Graph, acts: dict[str, Act]) -> None:

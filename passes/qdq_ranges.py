@@ -41,11 +41,14 @@ class _Sampler:
         self.rng = rng
         self.lo, self.hi, self.count = np.inf, -np.inf, 0
         self.kept: list[np.ndarray] = []
+        self.channel_max: np.ndarray | None = None  # max |x| per index of the last axis
 
     def add(self, values: np.ndarray) -> None:
-        flat = np.asarray(values, dtype=np.float32).ravel()
+        values = np.asarray(values, dtype=np.float32)
+        flat = values.ravel()
         if flat.size == 0:
             return
+        self._track_channels(values)
         finite = flat[np.isfinite(flat)]
         if finite.size < flat.size:  # an infinite value: the range is unusable
             self.lo, self.hi = -np.inf, np.inf
@@ -58,13 +61,19 @@ class _Sampler:
             self.kept.append(take)
             self.count += take.size
 
-    def typical(self) -> float:
-        """Median of the nonzero |x| kept (0 when there is none)."""
-        if not self.kept:
-            return 0.0
-        values = np.abs(np.concatenate(self.kept))
-        values = values[values > 0]
-        return float(np.median(values)) if values.size else 0.0
+    def _track_channels(self, values: np.ndarray) -> None:
+        if values.ndim < 2 or not np.all(np.isfinite(values)):
+            return
+        peak = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
+        same = self.channel_max is not None and self.channel_max.shape == peak.shape
+        self.channel_max = np.maximum(self.channel_max, peak) if same else peak
+
+    def channel_spread(self) -> float:
+        """Largest channel's max |x| over the median channel's (channels: last axis)."""
+        if self.channel_max is None or self.channel_max.size < 2:
+            return 1.0
+        median = float(np.median(self.channel_max))
+        return float(self.channel_max.max()) / median if median > 0 else np.inf
 
     def range(self, config: QdqConfig, spec: quant.QuantSpec) -> tuple[float, float]:
         if not (np.isfinite(self.lo) and np.isfinite(self.hi)) or not self.kept:
@@ -93,11 +102,12 @@ def _method(config: QdqConfig) -> str:
 
 
 def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext,
-            config: QdqConfig, typical: dict[str, float] | None = None
+            config: QdqConfig, spreads: dict[str, float] | None = None
             ) -> tuple[dict[str, Range], str | None]:
     """Ranges of the tensors in `specs` and an error message if measuring failed.
 
-    With a `typical` dict, the median nonzero |x| of each measured tensor goes there.
+    With a `spreads` dict, each measured tensor's channel spread goes there (the
+    largest channel's max |x| over the median channel's, channels on the last axis).
     """
     tensors = graph.tensors()
     ranges = {n: r for n in specs if (r := from_context(tensors.get(n), ctx)) is not None}
@@ -118,8 +128,8 @@ def collect(graph: gs.Graph, specs: dict[str, quant.QuantSpec], ctx: PassContext
     for name, sampler in samplers.items():
         lo, hi = sampler.range(config, specs[name])
         ranges[name] = (float(lo), float(hi), f"{source}:{_method(config)}")
-        if typical is not None:
-            typical[name] = sampler.typical()
+        if spreads is not None:
+            spreads[name] = sampler.channel_spread()
     return ranges, None
 
 
