@@ -9,6 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 readme="${1:-README.md}"
+[ -f "$readme" ] || { echo "no such file: $readme" >&2; exit 2; }
 
 COMMANDS=(
   "graphcomp bench models/mobilenetv2_s_bn.onnx --passes none --passes fold-bn,cleanup --passes qdq --baseline ort-static-pt --baseline ort-static-pc --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz --batch 1,32 --markdown"
