@@ -12,8 +12,11 @@ costs the model is measured, not assumed: `allocate="sensitivity"` runs the mode
 (on the user's calibration samples, else synthetic inputs) once per layer with only
 that layer truncated; `allocate="energy"` uses each layer's relative lost energy.
 With `--calibration-data` (or `whiten="always"`) the SVD is activation-aware: M is
-whitened by the square root of the input second moments E[x x^T] (SVD-LLM, Wang et
-al. 2024; ASVD, Yuan et al. 2023), minimizing the layer's expected output error.
+whitened by the square root of the input covariance (SVD-LLM, Wang et al. 2024; ASVD,
+Yuan et al. 2023), minimizing the layer's expected output error, and the mean output
+change of the split goes into its bias. `energy` still picks ranks from the weights'
+spectrum (so a given energy means the same MACs with or without data, and data buys a
+better fit), unless `energy_of="outputs"` counts the whitened, output-weighted one.
 
 Will not touch (skipped with the reason): depthwise/grouped convs, weights shared by
 several nodes, non-constant or non-2-D MatMul operands, weights under `min_params`,
@@ -53,6 +56,7 @@ class SvdConfig:
     allocate: str = "sensitivity"  # budget loss proxy: sensitivity | energy
     whiten: str = "auto"  # auto (with calibration data) | always | never
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
+    energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
     samples: int = 64  # inputs used for statistics (calibration or synthetic)
     probe_samples: int = 16  # inputs per sensitivity run
     overrides: tuple[str, ...] = ()  # "glob:skip", "glob:rank=32", "glob:energy=0.9", ...
@@ -69,6 +73,7 @@ class SvdConfig:
         _check_choice("mode", self.mode, ("auto", "channel", "spatial"))
         _check_choice("allocate", self.allocate, ("sensitivity", "energy"))
         _check_choice("whiten", self.whiten, ("auto", "always", "never"))
+        _check_choice("energy_of", self.energy_of, ("weights", "outputs"))
         if self.round_to < 1 or self.samples < 1 or self.probe_samples < 1:
             raise ConfigError("svd round_to, samples and probe_samples must be >= 1")
         if not 0.0 <= self.min_saving < 1.0:
@@ -127,8 +132,10 @@ class SvdPass(Pass):
 
 def _detail(cand: Candidate, choice: Choice) -> str:
     form, fact = cand.layer.forms[choice.mode], cand.facts[choice.mode]
-    kept = 1.0 - fact.tail(choice.rank) / fact.total if fact.total > 0 else 1.0
-    white = ", whitened" if fact.white is not None else ""
+    spectrum = cand.spectra.get(choice.mode, fact)
+    kept = 1.0 - spectrum.tail(choice.rank) / spectrum.total if spectrum.total > 0 else 1.0
+    white = "" if fact.white is None else (
+        ", output-weighted" if spectrum is fact else " of the weights, whitened fit")
     return (f"{choice.mode} split at rank {choice.rank}/{form.max_rank} (energy kept "
             f"{kept:.4f}{white}), MACs {_short(cand.layer.dense_macs)} -> "
             f"{_short(choice.macs)}, svd {fact.method}")

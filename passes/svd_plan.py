@@ -143,7 +143,7 @@ def _candidate(layer: Layer, stats: dict[str, tuple[np.ndarray, np.ndarray]],
     The covariance is centred when the mean shift goes to the bias (correct_mean):
     then only x - E[x] needs fitting.
     """
-    facts = {}
+    facts, spectra = {}, {}
     cov, mean = stats.get(layer.input_name, (None, None))
     if cov is not None and config.correct_mean:
         cov = cov - np.outer(mean, mean)
@@ -153,8 +153,10 @@ def _candidate(layer: Layer, stats: dict[str, tuple[np.ndarray, np.ndarray]],
         by_macs = (1.0 - config.min_saving) * form.dense_macs / max(form.macs_per_rank, 1e-30)
         cap = max(1, min(int(by_macs), rows * cols // (rows + cols)))
         facts[mode] = factorize(form.matrix, white, rank_cap=cap, seed=config.seed)
+        if white is not None and config.energy_of == "weights":
+            spectra[mode] = factorize(form.matrix, None, rank_cap=cap, seed=config.seed)
     use_mean = mean is not None and config.correct_mean and mean.size == layer.input_channels
-    return Candidate(layer, facts, mean=mean if use_mean else None)
+    return Candidate(layer, facts, mean=mean if use_mean else None, spectra=spectra)
 
 
 def _whitener_for(cov: np.ndarray | None, layer: Layer, rows: int) -> Whitener | None:

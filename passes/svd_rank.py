@@ -50,6 +50,7 @@ class Candidate:
     curve: tuple[tuple[float, float], ...] = ()  # measured (tail, loss), ascending tail
     notes: list[str] = field(default_factory=list)
     mean: np.ndarray | None = None  # input channel means: the split's mean shift goes to the bias
+    spectra: dict[str, Factorization] = field(default_factory=dict)  # for energy, if not facts
 
     def loss(self, tail: float) -> float:
         """What the model loses for a truncation leaving `tail` energy out."""
@@ -96,8 +97,9 @@ def best_of(cand: Candidate, ranks: dict[str, int], min_saving: float) -> Choice
 
 def by_energy(cand: Candidate, energy: float, round_to: int, min_saving: float) -> Choice:
     """Per layer: the smallest rank keeping `energy`, in the cheapest mode."""
-    ranks = {m: round_rank(f.rank_for_energy(energy), round_to, len(f.s))
-             for m, f in cand.facts.items() if f.rank_for_energy(energy) <= len(f.s)}
+    spectra = cand.spectra or cand.facts
+    ranks = {m: round_rank(f.rank_for_energy(energy), round_to, len(cand.facts[m].s))
+             for m, f in spectra.items() if f.rank_for_energy(energy) <= len(f.s)}
     return best_of(cand, ranks, min_saving)
 
 
