@@ -105,8 +105,8 @@ def render(result: BenchResult, console: Console) -> None:
         for i, h in enumerate(heads[1:], 1):
             table.add_row(h, *(line[i] for line in body))
     console.print(table)
-    for line in notes(result):
-        console.print(line, markup=False, highlight=False)
+    for note in notes(result):
+        console.print(note, markup=False, highlight=False)
 
 
 def markdown(result: BenchResult) -> str:
