@@ -22,7 +22,8 @@ from graphcomp.errors import GraphcompError, PassFailedError
 from graphcomp.report import verify_table
 from graphcomp.verify import Thresholds, parse_shapes, verify
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, rich_markup_mode=None,
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  rich_markup_mode=None,
                   help="Data-free compression of ONNX models, verified with onnxruntime.")
 out = Console()
 err = Console(stderr=True)

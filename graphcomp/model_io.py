@@ -122,8 +122,10 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def model_size(model: onnx.ModelProto) -> int:
-    """Bytes the model takes when serialized; estimated from tensor data past 2 GB,
-    where protobuf cannot even compute its size."""
+    """Bytes the model takes when serialized.
+
+    Past 2 GB protobuf cannot compute the size, so it is the tensor data's size.
+    """
     data = tensor_bytes(model)
     return data if data > EXTERNAL_DATA_THRESHOLD else model.ByteSize()
 
