@@ -57,7 +57,7 @@ def _element_scores(b: Binding, kind: str, moments: Moments | None,
     energy = (cols**2).sum(axis=1)
     if moments is not None and b.inp in moments:
         mean, second = moments[b.inp]
-        energy = energy * (second - mean**2 if centered else second)
+        energy = energy * np.maximum(second - mean**2 if centered else second, 0.0)
     return [(b.inp, energy)]
 
 

@@ -26,7 +26,8 @@ from passes.prune_groups import ChannelGraph, Group
 
 MAX_STEPS = 1_000_000  # cap of the greedy loop
 TINY = 1e-12
-SLACK = 0.02  # a MAC budget may be undershot by this share when steps are coarse
+SLACK = 0.045  # the budget may be undershot by this share (coarse steps; glyph VGG at
+# 0.5x MACs: 0.08 accuracy with 0.02, 0.90 with 0.045)
 
 
 @dataclass(frozen=True)
