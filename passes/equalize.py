@@ -6,11 +6,11 @@ s_i = sqrt(r1_i / r2_i) (r = max |w| of the channel): both then have range
 sqrt(r1_i r2_i). Links sharing a layer (conv -> depthwise -> conv) are swept in turn
 until no scale moves by more than `tol` (in log) or `max_iter` sweeps.
 
-A clipping activation (Clip(0, 6), Relu -> Min) is kept: clip="per-channel" divides
-the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant; exact);
+A clipping activation (Clip(0, 6), Relu -> Min) is kept exact: clip="per-channel"
+divides the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant);
 clip="constrain" scales a channel only when its pre-activation provably never reaches
-the bound (exact); clip="stats" gives the channels that reach it one shared scale and
-keeps the Clip (exact up to values beyond mean + clip_k std). See equalize_clip.py.
+the bound. See equalize_clip.py. With strength < 1 the converged scales are applied
+as s^strength (partial equalization: less spread in the activations).
 With act_aware, the scales are also floored so no channel's activation (mean +
 clip_k std after the activation) grows past the largest one before equalization:
 the per-tensor activation range then does not widen (s_i >= u_i / max_j u_j).
@@ -40,12 +40,11 @@ from passes.equalize_clip import (
     activation_floor,
     clip_rule,
     constrain,
-    write_scalar_bound,
 )
 
 log = logging.getLogger(__name__)
 
-CLIP_MODES = ("per-channel", "constrain", "stats")
+CLIP_MODES = ("per-channel", "constrain")
 TINY_RANGE = 1e-12  # channels with a smaller range are left at scale 1
 MAX_STEP = 1e4  # largest scale one step may apply
 
@@ -57,10 +56,10 @@ class EqualizeConfig:
     clip: str = "per-channel"  # clipping activations, see passes/equalize_clip.py
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
-    clip_k: float = 4.0  # clip="stats": a channel reaches the bound if mean + k std > bound
+    clip_k: float = 4.0  # act_aware: a channel's activation reaches mean + clip_k std
     act_aware: bool = False  # never scale a channel's activation past the tensor's range
     strength: float = 1.0  # apply the converged scales s^strength (1: full CLE)
-    stats: str = "auto"  # clip="stats": where the statistics come from (graphcomp.stats)
+    stats: str = "auto"  # act_aware: where the statistics come from (graphcomp.stats)
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR
     seed: int = 0
@@ -110,8 +109,7 @@ class EqualizePass(Pass):
         state = _load(links)
         known = self._stats(graph, ctx, links)
         rules = [clip_rule(link, state.weight[link.first.name], state.bias[link.first.name],
-                           self.config.clip, known.get(link.first.outputs[0].name),
-                           self.config.clip_k) for link in links]
+                           self.config.clip) for link in links]
         floors = [activation_floor(link, known.get(link.first.outputs[0].name),
                                    self.config.clip_k) if self.config.act_aware else None
                   for link in links]
@@ -127,8 +125,6 @@ class EqualizePass(Pass):
             _store(graph, link, state, k, ctx)
             if rules[k] is None:
                 write_bounds(graph, link, state.total[k])
-            elif rules[k].mode == "stats":
-                write_scalar_bound(graph, link, rules[k])
         after = channel_ranges(graph)
         for k, link in enumerate(links):
             result.change(link.first, _detail(link, state.total[k], before, after))
@@ -139,8 +135,7 @@ class EqualizePass(Pass):
     def _stats(self, graph: gs.Graph, ctx: PassContext, links: list[Link]
                ) -> dict[str, ChannelStats]:
         cfg = self.config
-        wanted = [link.first.outputs[0].name for link in links
-                  if cfg.act_aware or cfg.clip == "stats" and link.bounds]
+        wanted = [link.first.outputs[0].name for link in links if cfg.act_aware]
         if not wanted:
             return {}
         return channel_stats.estimate(graph, ctx, cfg.stats, wanted, cfg.samples, cfg.seed,
@@ -180,8 +175,7 @@ def _step(link: Link, state: _State, k: int, rule: ClipRule | None,
     s = np.ones(link.channels)
     s[live] = np.clip(np.sqrt(r1[live] / r2[live]), 1.0 / MAX_STEP, MAX_STEP)
     if rule is not None:
-        s = constrain(rule, s, state.total[k], link, state.weight[first.name],
-                      state.bias[first.name], r1, r2)
+        s = constrain(rule, s, link, state.weight[first.name], state.bias[first.name])
     if floor is not None:  # a channel's activation may not outgrow the tensor's range
         s = np.maximum(s, floor / state.total[k])
     state.weight[first.name] = layers.scale_out(first, state.weight[first.name], 1.0 / s)

@@ -1,6 +1,6 @@
 """How equalize keeps a clipping activation (ReLU6 = Clip(0, hi)) exact.
 
-Dividing channel i by s_i moves its clip point to hi / s_i. Three answers:
+Dividing channel i by s_i moves its clip point to hi / s_i. Two answers:
 
 - "per-channel": the bound follows every channel exactly: Clip becomes Relu -> Min by
   a per-channel constant (equalize_apply.write_bounds). Exact for every input; but
@@ -8,11 +8,13 @@ Dividing channel i by s_i moves its clip point to hi / s_i. Three answers:
 - "constrain": a channel is scaled only when its pre-activation provably never
   reaches hi (interval bound u_i from a clipped input), with s_i >= u_i / hi; the
   others keep s_i = 1. Exact for every input, and the Clip stays (fused by onnxruntime).
-- "stats": channels whose pre-activation reaches hi (mean + k std > hi, from the
-  run's statistics) share one scale s*, so the Clip keeps one scalar bound hi / s*
-  and stays exact for them; every other channel gets s_i >= s* (mean_i + k std_i) / hi,
-  so its values stay under the new bound unless they exceed mean + k std (probability
-  about Phi(-k) per value under the statistics). The Clip stays a Clip (fused).
+
+A third answer was measured and dropped: channels that reach the clip (by their
+statistics) sharing one scale so the Clip keeps a scalar bound. On an ImageNet
+EfficientNet-Lite0 the BN statistics misjudged which channels reach 6 and the float
+model's output moved by 28% (relative), so it is not offered.
+
+`activation_floor` gives equalize's act_aware option its per-channel lower bounds.
 """
 from __future__ import annotations
 
@@ -20,7 +22,6 @@ import dataclasses
 
 import numpy as np
 
-from graphcomp import graph_utils
 from graphcomp.pass_base import ChannelStats
 from passes import dfq_layers as layers
 from passes.dfq_chains import Link, bound_of
@@ -31,32 +32,23 @@ TINY = 1e-12
 
 @dataclasses.dataclass
 class ClipRule:
-    """The constraint of one link with a clip on its path."""
+    """The constraint of one link with a clip on its path (clip="constrain")."""
 
-    mode: str  # constrain or stats
     hi: float  # the clip bound in the layer's original units
-    allowed: np.ndarray | None = None  # constrain: channels that may be scaled
-    upper: np.ndarray | None = None  # stats: mean + k std per channel, original units
-    saturating: np.ndarray | None = None  # stats: channels that reach the bound
-    bound: float = 0.0  # stats: the current scalar bound
+    allowed: np.ndarray  # channels that may be scaled (provably never clipped)
 
 
-def clip_rule(link: Link, weight: np.ndarray, bias: np.ndarray, mode: str,
-              stats: ChannelStats | None, k: float) -> ClipRule | None:
+def clip_rule(link: Link, weight: np.ndarray, bias: np.ndarray, mode: str
+              ) -> ClipRule | None:
     """The rule of `link` under `mode`; None when the link is unconstrained."""
     if mode == "per-channel" or not link.bounds:
         return None
-    if any(n.op != "Clip" for n in link.bounds) or mode == "stats" and stats is None:
-        mode = "constrain"  # a Min bound or no statistics: only provable scaling
     hi_all = [np.broadcast_to(bound_of(n)[1].reshape(-1), (link.channels,)) for n in link.bounds]
     hi = float(np.min(hi_all))
     if not np.isfinite(hi):
         return None  # Clip(0, inf) is a Relu: nothing to keep
-    if mode == "constrain":
-        upper = provable_upper(link, weight, bias)
-        return ClipRule(mode, hi, allowed=upper <= np.min(hi_all, axis=0))
-    upper = np.asarray(stats.mean, np.float64) + k * np.asarray(stats.std, np.float64)
-    return ClipRule(mode, hi, upper=upper, saturating=upper > hi, bound=hi)
+    upper = provable_upper(link, weight, bias)
+    return ClipRule(hi, allowed=upper <= np.min(hi_all, axis=0))
 
 
 def provable_upper(link: Link, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -68,34 +60,11 @@ def provable_upper(link: Link, weight: np.ndarray, bias: np.ndarray) -> np.ndarr
     return bias + bound * np.maximum(rows, 0.0).sum(axis=1)
 
 
-def constrain(rule: ClipRule, s: np.ndarray, total: np.ndarray, link: Link,
-              weight: np.ndarray, bias: np.ndarray, r1: np.ndarray, r2: np.ndarray
-              ) -> np.ndarray:
-    """The step scales `s` made to respect `rule` (current weights, cumulative `total`)."""
-    if rule.mode == "constrain":
-        upper = provable_upper(link, weight, bias)
-        return np.where(rule.allowed, np.maximum(s, upper / rule.hi), 1.0)
-    sat = rule.saturating
-    star = 1.0
-    if np.any(sat):
-        star = float(np.sqrt(max(r1[sat].max(), TINY) / max(r2[sat].max(), TINY)))
-    out = np.where(sat, star, s)
-    need = star * (rule.upper / total) / rule.bound
-    out = np.where(sat, out, np.maximum(out, need))
-    rule.bound = rule.bound / star
-    return out
-
-
-def write_scalar_bound(graph: object, link: Link, rule: ClipRule) -> None:
-    """Set every Clip on `link`'s path to the rule's scalar upper bound."""
-    for node in link.bounds:
-        dtype = np.float32
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            old = graph_utils.const_input(node, 2)
-            dtype = old.dtype if old is not None else dtype
-            graph_utils.set_const_input(graph, node, 2, np.asarray(rule.bound, dtype=dtype))
-        else:
-            node.attrs["max"] = float(rule.bound)
+def constrain(rule: ClipRule, s: np.ndarray, link: Link, weight: np.ndarray,
+              bias: np.ndarray) -> np.ndarray:
+    """The step scales `s` made to respect `rule` (current weights)."""
+    upper = provable_upper(link, weight, bias)
+    return np.where(rule.allowed, np.maximum(s, upper / rule.hi), 1.0)
 
 
 def activation_floor(link: Link, stats: ChannelStats | None, k: float) -> np.ndarray | None:

@@ -63,8 +63,8 @@ def test_absorption_is_exact_when_values_stay_above_c(text, seed):
 
 def test_absorption_with_synthetic_stats_stays_close():
     model = _high_bias(CONV_RELU_CONV_1X1, 4)
-    out, res = graphs.apply(model, AbsorbBiasPass(AbsorbBiasConfig(stats="synthetic",
-                                                                   samples=256)))
+    cfg = AbsorbBiasConfig(stats="synthetic", prior="normal", samples=256)
+    out, res = graphs.apply(model, AbsorbBiasPass(cfg))
     assert "stats: synthetic" in res.records[0].result.changes[0].detail
     feeds = graphs.feeds_for(model, seed=9, batch=8)
     ref, new = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
