@@ -101,7 +101,7 @@ class SvdPass(Pass):
     name = "svd"
     summary = "split big Gemm/MatMul/Conv layers into two low-rank ones (energy or MAC budget)"
     matches = frozenset({"Gemm", "MatMul", "Conv"})
-    creates = frozenset({"Gemm", "MatMul", "Conv"})
+    creates = frozenset({"Gemm", "MatMul", "Conv", "Add"})  # Add: mean shift with no bias
     lossless = False
     config_class = SvdConfig
 
