@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 TOLERANCE = 0.05  # a budget result further below the target than this is reported
 CLOSE_ENOUGH = 0.02  # below budget by more than this share of the target: fill off-grid
+LOUD_ERROR = 0.1  # predicted relative output error above which the report warns
 
 
 @dataclass
@@ -209,7 +210,12 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
     reached = outside + sum(cost(c) for c in picked)
     plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": round(reached / total, 4)})
     if config.allocate == "sensitivity":
-        plan.notes["predicted_output_rel_mse"] = float(f"{sum(c.loss for c in picked):.3g}")
+        predicted = sum(c.loss for c in picked)
+        plan.notes["predicted_output_rel_mse"] = float(f"{predicted:.3g}")
+        if predicted > LOUD_ERROR:
+            plan.notes["fidelity_warning"] = (
+                f"predicted relative squared output error {predicted:.2f}: expect a large "
+                "accuracy drop; try a milder target or --calibration-data")
     if met and reached < (1.0 - TOLERANCE) * value * total:
         plan.notes["warning"] = (f"{kind} lands at {reached / total:.3f} of the original, under "
                                  f"the {value} asked: ranks are multiples of round_to="
