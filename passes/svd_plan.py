@@ -8,6 +8,7 @@ budget (svd_rank.allocate, losses from the sensitivity probe or relative energy)
 from __future__ import annotations
 
 import fnmatch
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ from passes.svd_rank import (
 if TYPE_CHECKING:
     from passes.svd import SvdConfig
 
+log = logging.getLogger(__name__)
 TOLERANCE = 0.05  # a budget result further below the target than this is reported
 CLOSE_ENOUGH = 0.02  # below budget by more than this share of the target: fill off-grid
 LOUD_ERROR = 0.1  # predicted relative output error above which the report warns
@@ -82,7 +84,11 @@ def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
     plan = Plan()
     model = gs.export_onnx(graph.copy(), do_type_check=False)
     shapes = analysis.infer_shapes(model, ctx.input_shapes)
-    shapes.update(svd_probe.observed_shapes(model, ctx, config.seed))
+    try:
+        shapes.update(svd_probe.observed_shapes(model, ctx, config.seed))
+    except Exception as e:  # noqa: BLE001 - a model that will not run on probe inputs
+        log.warning("svd: shapes from shape inference only (probe run failed: %s)", e)
+        plan.notes["shapes"] = f"shape inference only (probe run failed: {str(e)[:120]})"
     macs = {n.name: analysis.node_macs(n, shapes) for n in model.graph.node}
     layers, plan.skips = find_layers(graph, macs, shapes, allow_spatial=config.mode != "channel")
     layers = _filter(layers, config, plan)
@@ -182,12 +188,16 @@ def _budget(plan: Plan, model: onnx.ModelProto, ctx: PassContext, config: SvdCon
             kind: str, value: float, total_macs: float) -> None:
     """Choices meeting a whole-model MAC or parameter budget."""
     cands = plan.candidates
+    svd_sense.relative_energy(cands)
+    plan.notes["allocation"] = "relative energy per layer"
     if config.allocate == "sensitivity" and cands:
-        plan.notes["allocation"] = svd_sense.measure(cands, model, ctx, config.probe_samples,
-                                                     config.seed + 1, total_macs)
-    else:
-        svd_sense.relative_energy(cands)
-        plan.notes["allocation"] = "relative energy per layer"
+        try:
+            plan.notes["allocation"] = svd_sense.measure(
+                cands, model, ctx, config.probe_samples, config.seed + 1, total_macs)
+        except Exception as e:  # noqa: BLE001 - fall back to the data-free per-layer proxy
+            svd_sense.relative_energy(cands)
+            log.warning("svd: sensitivity probe failed (%s); relative energy used", e)
+            plan.notes["allocation"] = f"relative energy per layer (probe failed: {str(e)[:120]})"
     fixed = {i: _per_layer(c, "energy", 1.0, config) for i, c in enumerate(cands)
              if matching_override(c.layer.node.name, config.overrides)}
     total = total_macs if kind == "macs" else analysis.count_params(model)

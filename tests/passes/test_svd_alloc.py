@@ -134,3 +134,22 @@ def test_energy_override_per_layer() -> None:
     assert list(changes) == ["MatMul_4"]
     kept = float(changes["MatMul_4"].split("energy kept ")[1].split(")")[0].rstrip(","))
     assert kept >= 0.5
+
+
+def test_probe_failure_falls_back_to_relative_energy() -> None:
+    # An integer shape input that synthetic feeds cannot fill sensibly: onnxruntime fails,
+    # the pass keeps going on shape inference and the per-layer energy proxy.
+    text = """
+    g (float[N, 96] x, int64[2] shape, float[96, 256] w_a, float[256, 96] w_b)
+      => (float[?, ?] y) {
+        h = MatMul (x, w_a)
+        r = Relu (h)
+        o = MatMul (r, w_b)
+        y = Reshape (o, shape)
+    }
+    """
+    model = graphs.build(text)
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
+    notes = run.records[0].result.notes
+    assert "probe failed" in notes["allocation"] and "probe run failed" in notes["shapes"]
+    assert run.records[0].result.changes
