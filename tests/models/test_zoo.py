@@ -35,12 +35,15 @@ def _eval_data() -> tuple[np.ndarray, np.ndarray]:
 @cache
 def _readme_top1() -> dict[str, float]:
     """Map model file name -> `FP32 top-1 (%)` from the README table."""
-    lines = [ln for ln in (MODELS_DIR / "README.md").read_text().splitlines()
-             if ln.startswith("|")]
-    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    lines = (MODELS_DIR / "README.md").read_text().splitlines()
+    start = next(i for i, ln in enumerate(lines)
+                 if ln.startswith("|") and "FP32 top-1 (%)" in ln)
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
     column = header.index("FP32 top-1 (%)")
     result = {}
-    for line in lines[2:]:
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
         cells = [c.strip() for c in line.strip("|").split("|")]
         if match := re.search(r"[\w.]+\.onnx", cells[0]):
             result[match.group(0)] = float(cells[column])
