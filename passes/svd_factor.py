@@ -68,12 +68,22 @@ class Factorization:
     """
 
     matrix: np.ndarray
-    basis: np.ndarray
+    vectors: np.ndarray | None  # None until first needed (computed from `gram`)
     s: np.ndarray
     side: str
     total: float
     method: str
     white: Whitener | None = None
+    gram: np.ndarray | None = None
+
+    @property
+    def basis(self) -> np.ndarray:
+        """Singular vectors of `side`, descending (eigh of the Gram matrix, on demand)."""
+        if self.vectors is None:
+            vals, vecs = np.linalg.eigh(self.gram)
+            self.vectors = vecs[:, np.argsort(vals)[::-1]]
+            self.gram = None
+        return self.vectors
 
     @property
     def energies(self) -> np.ndarray:
@@ -117,10 +127,9 @@ def factorize(matrix: np.ndarray, white: Whitener | None = None, rank_cap: int |
     if float(rows) * cols * full <= FULL_SVD_FLOPS or sketch_cost >= full:
         side = "right" if cols <= rows else "left"
         gram = m.T @ m if side == "right" else m @ m.T
-        vals, vecs = np.linalg.eigh((gram + gram.T) / 2)
-        order = np.argsort(vals)[::-1]
-        s = np.sqrt(np.maximum(vals[order], 0.0))
-        return Factorization(matrix, vecs[:, order], s, side, total, "full", white)
+        gram = (gram + gram.T) / 2
+        s = np.sqrt(np.maximum(np.sort(np.linalg.eigvalsh(gram))[::-1], 0.0))
+        return Factorization(matrix, None, s, side, total, "full", white, gram)
     s, vt = _randomized(m, cap, seed)
     return Factorization(matrix, vt.T, s, "right", total, f"randomized(k={cap})", white)
 
