@@ -147,7 +147,7 @@ class DfqPass(Pass):
         return len(names)
 
     def _steps(self) -> list[Pass]:
-        cfg, steps = self.config, []
+        cfg, steps = self.config, list[Pass]()
         if cfg.equalize:
             steps.append(EqualizePass(EqualizeConfig(
                 clip=cfg.clip, clip_k=cfg.clip_k, act_aware=cfg.act_aware,
