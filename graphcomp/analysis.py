@@ -96,13 +96,20 @@ def _io_entry(value: onnx.ValueInfoProto) -> dict[str, Any]:
 
 
 def count_params(model: onnx.ModelProto) -> int:
-    """Number of weight values: initializers plus Constant nodes' tensors."""
-    total = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.type == onnx.AttributeProto.TENSOR:
-                    total += int(np.prod(a.t.dims))
+    """Number of weight values: initializers plus Constant nodes' tensors, subgraphs too."""
+    return _graph_params(model.graph)
+
+
+def _graph_params(graph: onnx.GraphProto) -> int:
+    total = sum(int(np.prod(t.dims)) for t in graph.initializer)
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR and node.op_type == "Constant":
+                total += int(np.prod(a.t.dims))
+            elif a.type == onnx.AttributeProto.GRAPH:
+                total += _graph_params(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                total += sum(_graph_params(g) for g in a.graphs)
     return total
 
 

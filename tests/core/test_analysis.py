@@ -40,3 +40,19 @@ def test_shared_initializers_and_custom_ops_are_listed():
     facts = analysis.analyze(model)
     assert facts.shared_initializers == ["w_fc"]
     assert facts.custom_ops == ["my.ops::MatMul"]
+
+
+def test_params_inside_if_subgraphs_are_counted():
+    text = """
+    g (bool c, float[2] x) => (float[2] y) {
+        y = If (c) <then_branch = t () => (float[2] a) {
+                        w = Constant <value = float[2] {1, 2}> ()
+                        a = Identity (w)
+                    },
+                    else_branch = e () => (float[2] b) {
+                        v = Constant <value = float[2] {3, 4}> ()
+                        b = Identity (v)
+                    }>
+    }
+    """
+    assert analysis.count_params(graphs.build(text)) == 4
