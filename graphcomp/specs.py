@@ -81,17 +81,23 @@ def _parse_field(text: str) -> tuple[str, Any]:
         return key, raw  # a bare word is a string
 
 
-def load_spec_file(path: str | Path) -> list[PassSpec]:
-    """Read pass specs from a TOML or JSON file."""
+def read_config_file(path: str | Path, what: str = "config") -> Any:
+    """The parsed content of a TOML or JSON (by suffix) file; ConfigError if unreadable."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from e
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from e
     try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as e:
         raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'} ({e})") from e
+
+
+def load_spec_file(path: str | Path) -> list[PassSpec]:
+    """Read pass specs from a TOML or JSON file."""
+    path = Path(path)
+    data = read_config_file(path)
     entries = data.get("passes") if isinstance(data, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(f"{path}: expected a top-level 'passes' list")

@@ -95,8 +95,8 @@ class PrunePass(Pass):
     name = "prune"
     summary = "remove whole channels (ratio or MAC target), data-free, with bias compensation"
     matches = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization",
-                         "InstanceNormalization", "PRelu", "Clip", "Add", "Sub", "Mul", "Div", "Max",
-                         "Min", "Sum", "Mean", "Pow", "Where", "Concat", "Split", "Slice",
+                         "InstanceNormalization", "PRelu", "Clip", "Add", "Sub", "Mul", "Div",
+                         "Max", "Min", "Sum", "Mean", "Pow", "Where", "Concat", "Split", "Slice",
                          "Reshape", "Resize"})
     creates = frozenset()
     lossless = False

@@ -33,18 +33,12 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
+from graphcomp import specs
 from graphcomp.errors import ConfigError
 from graphcomp.quant import BITS, QuantSpec
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 ROLES = ("input", "weight", "bias", "output")
 METHODS = ("auto", "fixed", "none")
@@ -197,14 +191,9 @@ class RuleBook:
 def load_rules(path: str | Path) -> list[_Entry]:
     """Parse a rule file into ordered entries; ConfigError on anything unknown."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read quantization config ({e.strerror})") from e
-    try:
-        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {path.suffix.lstrip('.') or 'TOML'} ({e})") from e
+    data = specs.read_config_file(path, "quantization config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a table with default, ops, layers")
     unknown = sorted(set(data) - {"default", "ops", "layers"})
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; use default, ops, layers")

@@ -363,3 +363,15 @@ def optimized_ops(model: onnx.ModelProto, path: str) -> list[str]:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     return [n.op_type for n in onnx.load(path).graph.node]
+
+
+CONV_BN_RELU_CONV = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
+   float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[2, 4, 1, 1] w_b)
+   => (float[N, 2, 8, 8] z) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
+    n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
+    y = Relu (n)
+    z = Conv (y, w_b)
+}
+"""

@@ -41,16 +41,7 @@ def test_dfq_beats_naive_per_tensor_on_spread_channels():
 
 
 def test_bn_statistics_are_used_and_reported():
-    text = """
-    g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
-       float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[2, 4, 1, 1] w_b)
-       => (float[N, 2, 8, 8] z) {
-        c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
-        n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
-        y = Relu (n)
-        z = Conv (y, w_b)
-    }
-    """
+    text = graphs.CONV_BN_RELU_CONV
     ctx = PassContext()
     out, res = graphs.apply(graphs.build(text), DfqPass(), ctx=ctx)
     notes = res.records[0].result.notes
