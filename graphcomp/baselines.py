@@ -12,6 +12,7 @@ it succeeded. Nothing here changes how graphcomp's own passes work.
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import tempfile
@@ -132,7 +133,10 @@ def run(name: str, model_path: Path, output: Path,
 def _pre_process(q: object, source: Path, target: Path) -> tuple[Path, str]:
     """quant_pre_process into `target`; the source itself when it fails (noted)."""
     try:
-        q.quant_pre_process(str(source), str(target))  # type: ignore[attr-defined]
+        # symbolic shape inference needs sympy, which graphcomp does not depend on
+        symbolic = importlib.util.find_spec("sympy") is not None
+        q.quant_pre_process(str(source), str(target),  # type: ignore[attr-defined]
+                            skip_symbolic_shape=not symbolic)
     except Exception as e:  # noqa: BLE001 - the baseline still runs, and says so
         log.warning("quant_pre_process failed on %s: %s", source, e)
         return source, f"quant_pre_process failed ({type(e).__name__}), quantized as is"

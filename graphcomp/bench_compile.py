@@ -14,6 +14,7 @@ whole child's peak resident memory, `base_mb` the same before the compile starte
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import os
 import resource
@@ -41,7 +42,8 @@ def compile_job(job: dict[str, Any]) -> dict[str, Any]:
     api.registry()
     if job.get("baseline"):  # quant_pre_process imports these lazily (torch, if installed)
         importlib.import_module("onnxruntime.quantization")
-        importlib.import_module("onnxruntime.tools.symbolic_shape_infer")
+        if importlib.util.find_spec("sympy") is not None:  # else pre-processing skips it
+            importlib.import_module("onnxruntime.tools.symbolic_shape_infer")
     base = max_rss_mb()
     start = time.perf_counter()
     try:
