@@ -332,16 +332,7 @@ def test_static_transformer_leaves_outlier_prone_matmul_inputs_float(profile):
 
 
 def test_batchnorm_is_folded_first_so_the_conv_fuses(tmp_path):
-    model = graphs.build("""
-    g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
-       float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[4, 4] w_fc) => (float[N, 4] y) {
-        c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
-        n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
-        r = Relu (n)
-        p = GlobalAveragePool (r)
-        f = Flatten (p)
-        y = MatMul (f, w_fc)
-    }""")
+    model = graphs.build(graphs.CONV_BN_POOL_FC)
     out, result = _qdq(model)
     assert result.notes["folded_bn"] == 1 and graphs.op_count(out, "BatchNormalization") == 0
     assert graphs.optimized_ops(out, str(tmp_path / "o.onnx")).count("QLinearConv") == 1

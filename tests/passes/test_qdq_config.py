@@ -99,17 +99,7 @@ def _expected(row):
     return "quantized", ACT_DTYPES[(kind, bits)], row.granularity.startswith("per-channel")
 
 
-BN_NET = """
-g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_scale,
-   float[4] bn_bias, float[4] bn_mean, float[4] bn_var, float[4, 4] w_fc) => (float[N, 4] y) {
-    c = Conv <pads = [1, 1, 1, 1]> (x, w_conv, b_conv)
-    n = BatchNormalization <epsilon = 0.001> (c, bn_scale, bn_bias, bn_mean, bn_var)
-    r = Relu (n)
-    p = GlobalAveragePool (r)
-    f = Flatten (p)
-    y = MatMul (f, w_fc)
-}
-"""
+BN_NET = graphs.CONV_BN_POOL_FC
 
 
 @pytest.mark.parametrize("case", ["rules", "trt", "encoder", "pow2", "bn"])
