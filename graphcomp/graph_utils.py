@@ -104,6 +104,24 @@ def set_const_input(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarr
     node.inputs[index] = const
 
 
+def add_to_following_bias(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
+    """Add `delta` to the constant of the Add that alone reads `node`'s output (a bias).
+
+    Returns False, changing nothing, when no such Add exists or its constant does not
+    hold one value per entry of `delta` along the last axis. A new constant is assigned.
+    """
+    reader = only_consumer(node.outputs[0], graph)
+    if reader is None or reader.op != "Add":
+        return False
+    index = 1 if reader.inputs[0] is node.outputs[0] else 0
+    value = const_input(reader, index)
+    if value is None or value.size != delta.size or value.shape[-1:] != delta.shape[-1:]:
+        return False
+    new = value.astype(np.float64) + delta.reshape(value.shape)
+    set_const_input(graph, reader, index, new.astype(value.dtype))
+    return True
+
+
 def bypass(graph: gs.Graph, node: gs.Node) -> None:
     """Remove a one-in, one-out node, wiring its input straight to its readers.
 

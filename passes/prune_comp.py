@@ -183,16 +183,7 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
 
 def add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
     """Add `delta` to the per-channel constant of the Add that alone reads MatMul `node`."""
-    reader = graph_utils.only_consumer(node.outputs[0], graph)
-    if reader is None or reader.op != "Add":
-        return False
-    index = 1 if reader.inputs[0] is node.outputs[0] else 0
-    value = graph_utils.const_input(reader, index)
-    if value is None or value.shape[-1:] != delta.shape or value.size != delta.size:
-        return False
-    new = value.astype(np.float64) + delta.reshape(value.shape)
-    graph_utils.set_const_input(graph, reader, index, new.astype(value.dtype))
-    return True
+    return graph_utils.add_to_following_bias(graph, node, delta)
 
 
 def smooth_noise(x: np.ndarray, alpha: float = SMOOTH_ALPHA) -> np.ndarray:

@@ -93,20 +93,8 @@ def _shifted(graph: gs.Graph, layer: Layer, second: gs.Node, shift: np.ndarray |
             return
     if layer.kind == "matmul_left":
         shift = shift[:, None]
-    if not _into_bias_add(graph, second, shift):
+    if not graph_utils.add_to_following_bias(graph, second, shift):
         _append_add(graph, second, shift)
-
-
-def _into_bias_add(graph: gs.Graph, second: gs.Node, shift: np.ndarray) -> bool:
-    reader = graph_utils.only_consumer(second.outputs[0], graph)
-    if reader is None or reader.op != "Add":
-        return False
-    index = 1 if reader.inputs[0] is second.outputs[0] else 0
-    bias = graph_utils.const_input(reader, index)
-    if bias is None or graph_utils.is_shared(reader.inputs[index]) or bias.shape != shift.shape:
-        return False
-    graph_utils.set_const_input(graph, reader, index, bias + shift)
-    return True
 
 
 def _append_add(graph: gs.Graph, second: gs.Node, shift: np.ndarray) -> None:
