@@ -12,6 +12,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 _name_counter = itertools.count()
+MAX_WALK = 10_000  # nodes visited by a graph walk at most
 
 
 def nodes_of(graph: gs.Graph, ops: Iterable[str]) -> list[gs.Node]:
@@ -163,3 +164,35 @@ def channel_count(tensor: gs.Tensor, axis: int = 1) -> int | None:
     if shape is None or len(shape) <= axis or not isinstance(shape[axis], int):
         return None
     return int(shape[axis])
+
+
+def is_clamp(node: gs.Node) -> bool:
+    """Min or Max of an activation and a constant (one bound per tensor or per channel)."""
+    return (node.op in ("Min", "Max") and len(node.inputs) == 2
+            and const_value(node.inputs[0]) is None
+            and const_value(node.inputs[1]) is not None)
+
+
+def is_transformer(graph: gs.Graph, shape_ops: tuple[str, ...]) -> bool:
+    """LayerNormalization present, or a Softmax feeding a MatMul (attention).
+
+    The Softmax may reach the MatMul through `shape_ops` (Reshape, Transpose, ...).
+    """
+    for node in graph.nodes:
+        if node.op == "LayerNormalization":
+            return True
+        if node.op == "Softmax" and _reaches_matmul(node.outputs[0], shape_ops):
+            return True
+    return False
+
+
+def _reaches_matmul(tensor: gs.Tensor, shape_ops: tuple[str, ...]) -> bool:
+    frontier = [tensor]
+    for _ in range(MAX_WALK):
+        if not frontier:
+            return False
+        readers = frontier.pop().outputs
+        if any(c.op == "MatMul" for c in readers):
+            return True
+        frontier += [c.outputs[0] for c in readers if c.op in shape_ops + ("Shape",) and c.outputs]
+    return False

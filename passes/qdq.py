@@ -25,10 +25,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils, pipeline
+from graphcomp import graph_utils, pipeline, simplify
 from graphcomp.errors import UnsupportedModelError
 from graphcomp.pass_base import Pass, PassContext, PassResult
-from passes import qdq_emit, qdq_ranges, qdq_scales
+from passes import qdq_clamp, qdq_emit, qdq_ranges, qdq_scales
 from passes.fold_bn import FoldBnPass
 from passes.qdq_config import QdqConfig, RuleBook
 from passes.qdq_place import QUANTIZABLE, Act, Layer, Plan, build_plan
@@ -46,7 +46,7 @@ class QdqPass(Pass):
 
     name = "qdq"
     summary = "insert QuantizeLinear/DequantizeLinear (int8 weights/activations, int32 bias)"
-    matches = QUANTIZABLE | {"BatchNormalization"}
+    matches = QUANTIZABLE | {"BatchNormalization", "Pad"} | simplify.SHAPE_MATH
     creates = CREATES
     lossless = False
     config_class = QdqConfig
@@ -65,6 +65,7 @@ class QdqPass(Pass):
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Plan, measure ranges, then emit every quantizer; see the module docstring."""
         result = PassResult(self.name)
+        result.notes["simplify"] = simplify.simplify(graph)
         if self.config.fold_bn:
             folded = FoldBnPass().apply(graph, ctx)
             result.changes += folded.changes
@@ -80,6 +81,7 @@ class QdqPass(Pass):
         ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, spreads)
         if error:
             result.notes["ranges_error"] = error
+        qdq_clamp.cap_ranges(graph, plan, ranges)
         outliers = _outlier_prone(plan, spreads, self.config.outlier_ratio)
         for name in outliers:
             plan.acts.pop(name)
@@ -91,6 +93,7 @@ class QdqPass(Pass):
         inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
         texts = _layer_texts(plan)
         _emit_activations(graph, plan, params)
+        result.notes["clamps"] = qdq_clamp.integer_clamps(graph)
         details = _emit_layers(graph, plan, inputs)
         _report(result, graph, plan, texts, details, dropped, notes, ranges)
         result.notes["profile"] = self.config.profile
@@ -149,7 +152,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
 def _emit_activations(graph: gs.Graph, plan: Plan, params: dict[str, qdq_scales.Params]
                       ) -> None:
     for name, act in plan.acts.items():
-        if not act.readers:
+        if not act.readers and not graph_utils.is_graph_output(graph, act.tensor):
             continue
         if act.dynamic:
             qdq_emit.add_dynamic(graph, act.tensor, act.readers)

@@ -58,6 +58,10 @@ def add_qdq(graph: gs.Graph, tensor: gs.Tensor, readers: list[gs.Node], scale: n
                  dict(attrs), [quantized, *params], [restored])
     _retarget(readers, tensor, restored)
     graph.nodes.extend([q, dq])
+    if graph_utils.is_graph_output(graph, tensor):  # the DQ produces the output, same name
+        graph.outputs = [restored if t is tensor else t for t in graph.outputs]
+        tensor.name = graph_utils.fresh_name(graph, f"{base}_float")
+        restored.name = base
     return q, dq
 
 

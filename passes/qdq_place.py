@@ -5,7 +5,9 @@ Profiles:
   Q->DQ, and then every reader of a quantized tensor reads the DQ (onnxruntime fuses
   DQ->Conv->Q into QLinearConv only when the Q is the Conv's sole reader). A Relu or
   Clip right after a layer is folded into it: the Q goes after the activation, where
-  onnxruntime removes the activation. MatMul/Gemm outputs get a Q only when a
+  onnxruntime removes the activation. A graph output gets its Q->DQ too (the DQ then
+  produces the output under its old name), as onnxruntime's quantizer does, so the
+  last Conv runs as QLinearConv. MatMul/Gemm outputs get a Q only when a
   quantized layer reads them, through its own input request (MatMulIntegerToFloat /
   QGemm have float outputs).
 - `trt` (TensorRT explicit quantization): Q->DQ only on the inputs of quantized
@@ -13,7 +15,9 @@ Profiles:
   Q/DQ on outputs that feed nothing quantized.
 Shape-only ops (MaxPool, Reshape, Flatten, Transpose, Resize, ...) share one scale with
 their input (onnxruntime drops their Q/DQ and runs them on integers); the need for a
-quantized tensor propagates up through them. Concat inputs share the output's scale
+quantized tensor propagates up through them. So do clamps, Min/Max by a constant (the
+per-channel ReLU6 bound equalize writes), under `ort`: qdq_clamp runs them on the
+integer codes, exact because quantization is monotone. Concat inputs share the output's scale
 (decided later against the ranges, see qdq.py). In transformer graphs (`dynamic`),
 MatMul inputs are quantized at run time (DynamicQuantizeLinear, per batch; `ort` only,
 TensorRT has no dynamic quantization) and the residual stream (Add/Mul/Concat) stays
@@ -81,33 +85,10 @@ class Plan:
     transformer: bool
 
 
-def is_transformer(graph: gs.Graph) -> bool:
-    """LayerNormalization present, or a Softmax feeding a MatMul (attention)."""
-    for node in graph.nodes:
-        if node.op == "LayerNormalization":
-            return True
-        if node.op == "Softmax" and _reaches_matmul(node.outputs[0]):
-            return True
-    return False
-
-
-def _reaches_matmul(tensor: gs.Tensor) -> bool:
-    """True when `tensor` is read by a MatMul directly or through shape-only ops."""
-    frontier = [tensor]
-    for _ in range(MAX_PROPAGATION):
-        if not frontier:
-            return False
-        readers = frontier.pop().outputs
-        if any(c.op == "MatMul" for c in readers):
-            return True
-        frontier += [c.outputs[0] for c in readers if c.op in SHAPE + ("Shape",) and c.outputs]
-    return False
-
-
 def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None) -> Plan:
     """Decide the quantized layers and activation tensors (no edits)."""
     book = book or RuleBook(config)
-    transformer = is_transformer(graph)
+    transformer = graph_utils.is_transformer(graph, SHAPE)
     layers: list[Layer] = []
     skips: list[tuple[gs.Node, str]] = []
     produced: set[str] = set()
@@ -130,7 +111,7 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
     acts: dict[str, Act] = {}
     for layer in layers:
         _request(graph, layer, acts, config, transformer)
-    _propagate_shapes(graph, acts)
+    _propagate_shapes(graph, acts, config)
     _set_readers(graph, acts, layers, config)
     return Plan(layers, acts, skips, transformer)
 
@@ -157,7 +138,7 @@ def _fed_by(node: gs.Node, produced: set[str]) -> bool:
             if tensor.name in produced:
                 return True
             src = graph_utils.producer(tensor)
-            if src is None or src.op not in SHAPE or not src.inputs:
+            if src is None or not (src.op in SHAPE or graph_utils.is_clamp(src)) or not src.inputs:
                 break
             tensor = src.inputs[0]
     return False
@@ -256,23 +237,24 @@ def _request(graph: gs.Graph, layer: Layer, acts: dict[str, Act], config: QdqCon
             if transformer and not dynamic and node.op in ("MatMul", "Gemm"):
                 acts[node.inputs[i].name].guard = True
     out_rule = rules["output"]
-    if (config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled
-            or graph_utils.is_graph_output(graph, layer.out)):
+    if config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled:
         return
     if node.op in ("MatMul", "Gemm", "ConvTranspose"):
         return  # float output kernels exist; a quantized reader requests its own input
     _add(acts, layer.out, out_rule, f"{node.name} output")
 
 
-def _propagate_shapes(graph: gs.Graph, acts: dict[str, Act]) -> None:
-    """A quantized output of a shape op makes its data input quantized, same scale."""
+def _propagate_shapes(graph: gs.Graph, acts: dict[str, Act], config: QdqConfig) -> None:
+    """A quantized output of a shape op or clamp makes its data input quantized, same scale."""
     pending = list(acts.values())
     for _ in range(MAX_PROPAGATION):
         if not pending:
             return
         act = pending.pop()
         node = graph_utils.producer(act.tensor)
-        if node is None or node.op not in SHAPE or act.dynamic or not node.inputs:
+        if node is None or act.dynamic or not node.inputs:
+            continue
+        if node.op not in SHAPE and not (config.profile == "ort" and graph_utils.is_clamp(node)):
             continue
         src = node.inputs[0]
         if graph_utils.const_value(src) is not None or src.name in acts:
