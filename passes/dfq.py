@@ -27,7 +27,7 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils, quant
+from graphcomp import graph_utils, quant, simplify
 from graphcomp import stats as channel_stats
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import Pass, PassContext, PassResult
@@ -53,7 +53,7 @@ class DfqConfig:
     equalize: bool = True
     absorb: bool = False  # measured to hurt on a real ImageNet CNN (see module docstring)
     correct: bool = True
-    clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
+    clip: str = "range"  # ReLU6 under equalization: see passes/equalize.py
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 4.0
@@ -89,7 +89,7 @@ class DfqPass(Pass):
     name = "dfq"
     summary = "data-free int8: fold-bn, equalize, absorb-bias, bias-correct, stat ranges, qdq"
     matches = frozenset({"BatchNormalization", "Conv", "Gemm", "MatMul", "Clip", "Min"}
-                        | QdqPass.matches)
+                        | QdqPass.matches)  # QdqPass.matches has simplify's ops
     creates = frozenset({"Relu", "Min"}) | QdqPass.creates
     lossless = False
     config_class = DfqConfig
@@ -102,6 +102,7 @@ class DfqPass(Pass):
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Run the steps in order on `graph`; one merged result with per-step notes."""
         cfg, result = self.config, PassResult(self.name)
+        result.notes["simplify"] = simplify.simplify(graph)
         _merge(result, FoldBnPass().apply(graph, ctx), graph)
         naive = _weight_sqnr(graph, cfg)
         known = channel_stats.estimate(graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed,
@@ -154,7 +155,7 @@ class DfqPass(Pass):
                 strength=cfg.strength, stats=cfg.stats,
                 samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))
         if cfg.absorb:
-            clip = "per-channel" if cfg.clip == "per-channel" else "stats"  # keep the Clip
+            clip = "stats" if cfg.clip == "constrain" else "per-channel"  # keep the Clip
             steps.append(AbsorbBiasPass(AbsorbBiasConfig(
                 k=cfg.absorb_k, clip=clip, clip_k=cfg.clip_k, stats=cfg.stats,
                 samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))

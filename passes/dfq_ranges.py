@@ -11,8 +11,8 @@ and moments (mean_c, var_c):
   interval; zero padding adds 0);
 - Add of two carried tensors: means and variances add (independent branches), the
   interval is mean +- k std of the sum (residual junctions).
-A tensor's range is the union over its channels. A Relu output read only by a
-per-channel Min gets the Min's range: values above it end clipped either way.
+A tensor's range is the union over its channels (qdq caps a Relu output read only by
+a per-channel Min at the Min's range, passes/qdq_clamp.py).
 
 Tensors the flow does not reach (graph inputs, Concat, global pooling outputs, ...)
 are measured on the same inputs the statistics came from (`measured_ranges`, a
@@ -62,15 +62,8 @@ def activation_ranges(graph: gs.Graph, known: dict[str, ChannelStats], k: float
             flow.put(out, (mean - k * std, mean + k * std), (mean, std * std), st.source)
         elif node.inputs and node.inputs[0].name in flow.iv:
             _step(node, flow, k)
-    ranges = {n: (float(lo.min()), float(hi.max()), flow.src[n])
-              for n, (lo, hi) in flow.iv.items() if lo.size}
-    for node in graph.nodes:  # Relu -> Min: the Relu's quantizer needs only the Min's range
-        if node.op == "Min" and node.outputs and node.outputs[0].name in ranges:
-            before = node.inputs[0].name
-            if before in ranges and graph_utils.only_consumer(node.inputs[0], graph) is node:
-                lo, hi, src = ranges[before]
-                ranges[before] = (lo, min(hi, ranges[node.outputs[0].name][1]), src)
-    return ranges
+    return {n: (float(lo.min()), float(hi.max()), flow.src[n])
+            for n, (lo, hi) in flow.iv.items() if lo.size}
 
 
 def _sorted(graph: gs.Graph) -> list[gs.Node]:

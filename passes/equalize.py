@@ -8,6 +8,8 @@ until no scale moves by more than `tol` (in log) or `max_iter` sweeps.
 
 A clipping activation (Clip(0, 6), Relu -> Min) is kept exact: clip="per-channel"
 divides the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant);
+clip="range" (dfq's default) also moves the scales so every bound stays past the
+activation's quantization range (the bound then costs nothing in int8);
 clip="constrain" scales a channel only when its pre-activation provably never reaches
 the bound. See equalize_clip.py. With strength < 1 the converged scales are applied
 as s^strength (partial equalization: less spread in the activations).
@@ -40,11 +42,13 @@ from passes.equalize_clip import (
     activation_floor,
     clip_rule,
     constrain,
+    link_upper,
+    range_fit,
 )
 
 log = logging.getLogger(__name__)
 
-CLIP_MODES = ("per-channel", "constrain")
+CLIP_MODES = ("per-channel", "range", "constrain")
 TINY_RANGE = 1e-12  # channels with a smaller range are left at scale 1
 MAX_STEP = 1e4  # largest scale one step may apply
 
@@ -53,7 +57,7 @@ MAX_STEP = 1e4  # largest scale one step may apply
 class EqualizeConfig:
     """How equalization runs."""
 
-    clip: str = "per-channel"  # clipping activations, see passes/equalize_clip.py
+    clip: str = "per-channel"  # clipping activations (dfq uses "range"), equalize_clip.py
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
     clip_k: float = 4.0  # act_aware: a channel's activation reaches mean + clip_k std
@@ -119,8 +123,9 @@ class EqualizePass(Pass):
                          for k, link in enumerate(links)), default=0.0)
             if worst < self.config.tol:
                 break
-        if self.config.strength < 1.0:
-            state = _partial(links, state, self.config.strength)
+        if self.config.strength < 1.0 or self.config.clip == "range":
+            state = _partial(links, state, self.config.strength,
+                             self._fits(links, known) if self.config.clip == "range" else None)
         for k, link in enumerate(links):
             _store(graph, link, state, k, ctx)
             if rules[k] is None:
@@ -131,22 +136,35 @@ class EqualizePass(Pass):
         result.notes.update(_notes(graph, links, sweeps, worst < self.config.tol, before, after))
         return result
 
-
     def _stats(self, graph: gs.Graph, ctx: PassContext, links: list[Link]
                ) -> dict[str, ChannelStats]:
         cfg = self.config
-        wanted = [link.first.outputs[0].name for link in links if cfg.act_aware]
+        wanted = [link.first.outputs[0].name for link in links
+                  if cfg.act_aware or (cfg.clip == "range" and link.bounds)]
         if not wanted:
             return {}
         return channel_stats.estimate(graph, ctx, cfg.stats, wanted, cfg.samples, cfg.seed,
                                       cfg.prior)
 
 
-def _partial(links: list[Link], state: _State, strength: float) -> _State:
-    """The original weights with every link's converged scales raised to `strength`."""
+    def _fits(self, links: list[Link], known: dict[str, ChannelStats]) -> list:
+        """Per link: (u, hi) for clip="range", None where it has no bound or no statistics."""
+        return [link_upper(link, known.get(link.first.outputs[0].name), self.config.clip_k)
+                for link in links]
+
+
+def _partial(links: list[Link], state: _State, strength: float, fits: list | None = None
+             ) -> _State:
+    """The original weights with every link's converged scales raised to `strength`.
+
+    With `fits` (clip="range"), the scales are then moved so the bounds stay past the
+    activation range (equalize_clip.range_fit).
+    """
     fresh = _load(links)
     for k, link in enumerate(links):
         s = state.total[k] ** strength
+        if fits is not None and fits[k] is not None:
+            s = range_fit(s, *fits[k])
         first, second = link.first, link.second
         fresh.weight[first.name] = layers.scale_out(first, fresh.weight[first.name], 1.0 / s)
         fresh.bias[first.name] = fresh.bias[first.name] / s

@@ -8,6 +8,13 @@ Dividing channel i by s_i moves its clip point to hi / s_i. Two answers:
 - "constrain": a channel is scaled only when its pre-activation provably never
   reaches hi (interval bound u_i from a clipped input), with s_i >= u_i / hi; the
   others keep s_i = 1. Exact for every input, and the Clip stays (fused by onnxruntime).
+- "range": the per-channel bound is written as for "per-channel" (exact float model),
+  and the converged scales are moved to the nearest (in log) scales whose every bound
+  hi_i / s_i lies at or past the tensor's activation range max_j u_j / s_j (u_j: the
+  channel's upper value, mean + clip_k std capped at hi, from the statistics). The
+  quantizer then saturates before any bound, the Min on the codes is a no-op, and qdq
+  drops it (passes/qdq_clamp.py): the int8 model runs as fast as one without
+  equalization, and equals the exact-ReLU6 model quantized with that range.
 
 A third answer was measured and dropped: channels that reach the clip (by their
 statistics) sharing one scale so the Clip keeps a scalar bound. On an ImageNet
@@ -41,7 +48,7 @@ class ClipRule:
 def clip_rule(link: Link, weight: np.ndarray, bias: np.ndarray, mode: str
               ) -> ClipRule | None:
     """The rule of `link` under `mode`; None when the link is unconstrained."""
-    if mode == "per-channel" or not link.bounds:
+    if mode in ("per-channel", "range") or not link.bounds:
         return None
     hi_all = [np.broadcast_to(bound_of(n)[1].reshape(-1), (link.channels,)) for n in link.bounds]
     hi = float(np.min(hi_all))
@@ -65,6 +72,39 @@ def constrain(rule: ClipRule, s: np.ndarray, link: Link, weight: np.ndarray,
     """The step scales `s` made to respect `rule` (current weights)."""
     upper = provable_upper(link, weight, bias)
     return np.where(rule.allowed, np.maximum(s, upper / rule.hi), 1.0)
+
+
+def range_fit(total: np.ndarray, upper: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """The scales nearest `total` (sum of squared log ratios) with u_j T <= s_j <= hi_j T.
+
+    T = max_i s_i / hi_i makes every bound hi_i / s_i >= 1 / T >= every range u_j / s_j.
+    The best T is one of the break points total_j / hi_j, total_j / u_j.
+    """
+    upper = np.clip(upper, 0.0, hi)
+    live = upper > TINY
+    points = np.concatenate([total / hi, total[live] / upper[live]])
+    best, best_cost = total, np.inf
+    for t in np.unique(points):
+        s = np.clip(total, upper * t, hi * t)
+        cost = float(np.sum(np.log(s / total) ** 2))
+        if cost < best_cost:
+            best, best_cost = s, cost
+    return best
+
+
+def link_upper(link: Link, stats: ChannelStats | None, k: float
+               ) -> tuple[np.ndarray, np.ndarray] | None:
+    """(u, hi) per channel of a clipped link: mean + k std capped at the bound, the bound."""
+    if stats is None or not link.bounds:
+        return None
+    his = [bound_of(n) for n in link.bounds]
+    if any(b is None for b in his):
+        return None
+    hi = np.min([np.broadcast_to(b[1].reshape(-1), (link.channels,)) for b in his], axis=0)
+    if not np.all(np.isfinite(hi)) or np.any(hi <= 0):
+        return None
+    mean, std = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
+    return np.minimum(np.maximum(mean + k * std, 0.0), hi), hi
 
 
 def activation_floor(link: Link, stats: ChannelStats | None, k: float) -> np.ndarray | None:

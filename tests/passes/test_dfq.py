@@ -85,3 +85,27 @@ def test_bad_config_is_rejected():
                 {"bits": 3}):
         with pytest.raises(ConfigError):
             DfqConfig(**bad)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed)
+    feeds = {k: v * 3 for k, v in graphs.feeds_for(model, seed=seed, batch=4).items()}
+    ref = graphs.run(model, feeds)[0]
+    exact, _ = graphs.apply(model, DfqPass(DfqConfig(clip="range", quantize=False,
+                                                     correct=False)))
+    assert np.abs(graphs.run(exact, feeds)[0] - ref).max() < 1e-4 * np.abs(ref).max()
+    assert graphs.op_count(exact, "Min") == 2  # the float model keeps ReLU6 exact
+    fast, res = graphs.apply(model, DfqPass(DfqConfig(clip="range", prior="normal")))
+    assert set(res.records[0].result.notes["qdq"]["clamps"].values()) == {
+        "dropped (bound past the quantizer's range)"}
+    ops = graphs.optimized_ops(fast, str(tmp_path / "fast.onnx"))
+    assert "Min" not in ops and ops.count("QLinearConv") == 3
+    default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
+    clamps = res.records[0].result.notes["qdq"]["clamps"]
+    assert len(clamps) == 2  # per-channel: on the codes, or dropped where the range allows
+    assert graphs.optimized_ops(default, str(tmp_path / "d.onnx")).count("QLinearConv") == 3
+    feeds = graphs.feeds_for(model, seed=seed, batch=4)  # N(0, 1), as the prior
+    ref = graphs.run(model, feeds)[0]
+    for out in (fast, default):
+        assert _sqnr(ref, graphs.run(out, feeds)[0]) > 15

@@ -5,6 +5,7 @@ import pytest
 from graphcomp.errors import ConfigError
 from graphcomp.pass_base import PassContext
 from passes.equalize import EqualizeConfig, EqualizePass
+from passes.equalize_clip import range_fit
 from passes.fold_bn import FoldBnPass
 from tests import graphs
 
@@ -43,7 +44,7 @@ def _spread(model, layer):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("shape", list(SHAPES))
-@pytest.mark.parametrize("clip", ["per-channel", "constrain"])
+@pytest.mark.parametrize("clip", ["per-channel", "range", "constrain"])
 def test_equalize_preserves_the_function(shape, seed, clip):
     model = graphs.spread_channels(graphs.build(SHAPES[shape], seed=seed), seed=seed)
     out, res = graphs.apply(model, EqualizePass(EqualizeConfig(clip=clip)))
@@ -143,3 +144,17 @@ def test_partial_strength_is_exact_and_between_none_and_full(strength):
               for k, v in (("full", ranges_full), ("part", ranges_part))}
     before = max(ranges_full[name]["before"]) / min(ranges_full[name]["before"])
     assert spread["full"] < spread["part"] < before
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_range_fit_puts_every_bound_past_every_range(seed):
+    rng = np.random.default_rng(seed)
+    total = np.exp(rng.normal(0, 1.5, 40))
+    hi = np.full(40, 6.0)
+    upper = np.where(rng.random(40) < 0.4, 6.0, rng.uniform(0, 6, 40))
+    s = range_fit(total, upper, hi)
+    assert np.min(hi / s) >= np.max(upper / s) * (1 - 1e-12)  # bounds past the range
+    free = range_fit(total, np.zeros(40), hi)  # nothing reaches its bound: only T moves
+    np.testing.assert_allclose(free, total)
+    # channels reaching the bound share one scale
+    assert np.ptp(s[upper == 6.0]) < 1e-9 * s.max()
