@@ -53,7 +53,7 @@ class DfqConfig:
     equalize: bool = True
     absorb: bool = False  # measured to hurt on a real ImageNet CNN (see module docstring)
     correct: bool = True
-    clip: str = "range"  # ReLU6 under equalization: see passes/equalize.py
+    clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 4.0
