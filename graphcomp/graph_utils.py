@@ -6,12 +6,14 @@ helpers here never write into an array: they build a new one and assign it.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 _name_counter = itertools.count()
+_NAME, _INPUTS, _OUTPUTS = (operator.attrgetter(a) for a in ("name", "inputs", "outputs"))
 MAX_WALK = 10_000  # nodes visited by a graph walk at most
 
 
@@ -73,9 +75,25 @@ def attr(node: gs.Node, key: str, default: object = None) -> object:
     return node.attrs.get(key, default)
 
 
+def used_names(graph: gs.Graph) -> set[str]:
+    """The names of `graph.tensors()` (graph I/O, node inputs and outputs) and the nodes.
+
+    Collected in C-level iteration: about 4x faster than building `graph.tensors()`,
+    which matters because fresh_name scans the whole graph once per new name (qdq makes
+    several names per quantized tensor, so that is quadratic in the node count).
+    """
+    nodes = graph.nodes
+    taken = set(map(_NAME, itertools.chain(
+        graph.inputs, graph.outputs, itertools.chain.from_iterable(map(_INPUTS, nodes)),
+        itertools.chain.from_iterable(map(_OUTPUTS, nodes)))))
+    taken.discard("")  # omitted optional inputs/outputs: graph.tensors() skips them
+    taken.update(map(_NAME, nodes))
+    return taken
+
+
 def fresh_name(graph: gs.Graph, base: str) -> str:
     """A tensor/node name not used in `graph`, derived from `base`."""
-    taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
+    taken = used_names(graph)
     if base not in taken:
         return base
     while True:

@@ -1,0 +1,49 @@
+import numpy as np
+import onnx_graphsurgeon as gs
+import pytest
+
+from graphcomp import graph_utils
+from tests import graphs
+
+CONV_BN_RELU_GEMM = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_a, float[4] bn_s, float[4] bn_b, float[4] bn_m,
+   float[4] bn_var, float[4, 2] w_g) => (float[N, 2] y, float[N, 4, 8, 8] side) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a)
+    side = BatchNormalization (a, bn_s, bn_b, bn_m, bn_var)
+    r = Relu (side)
+    p = GlobalAveragePool (r)
+    f = Flatten (p)
+    y = Gemm (f, w_g)
+}
+"""
+
+
+def _graph() -> gs.Graph:
+    graph = gs.import_onnx(graphs.build(CONV_BN_RELU_GEMM))
+    for i, node in enumerate(graph.nodes):
+        node.name = f"node{i}"
+    # an input nobody reads, an omitted optional input and an unnamed node
+    graph.inputs.append(gs.Variable("spare", dtype=np.float32, shape=[1]))
+    graph.nodes[0].inputs.append(gs.Variable.empty())
+    graph.nodes.append(gs.Node("Identity", "", inputs=[graph.outputs[0]],
+                               outputs=[gs.Variable("y_copy")]))
+    return graph
+
+
+def test_used_names_are_the_tensor_map_and_node_names():
+    graph = _graph()
+    expected = set(graph.tensors()) | {n.name for n in graph.nodes}
+    assert graph_utils.used_names(graph) == expected
+    assert "" in expected  # the unnamed node; the empty tensor name alone would not be
+
+
+@pytest.mark.parametrize("base", ["x", "w_a", "side", "y", "spare", "y_copy", "node0", "node5"])
+def test_fresh_name_avoids_every_kind_of_used_name(base):
+    graph = _graph()
+    name = graph_utils.fresh_name(graph, base)
+    assert name != base and name.startswith(f"{base}_")
+    assert name not in graph_utils.used_names(graph)
+
+
+def test_fresh_name_keeps_a_free_base():
+    assert graph_utils.fresh_name(_graph(), "y_quantized") == "y_quantized"
