@@ -5,6 +5,8 @@
   through onnx-graphsurgeon's folder (onnxruntime evaluates them). Exporters write
   TensorFlow-style "same" padding as Shape -> Gather -> ... -> Pad; folded, the pads
   are constants. Lossless: the folded values are what the graph computed.
+- `fill_shapes`: tensors without a shape get the one onnx shape inference finds (the
+  first pass of a pipeline gets a graph without intermediate shapes).
 - `fuse_pads`: Pad(x, pads) with constant mode, zero value, non-negative pads on the
   spatial axes only, read only by Conv(s) without auto_pad: the pads move into each
   Conv's `pads` attribute. Conv pads with zeros, so the output is unchanged; the int8
@@ -20,7 +22,9 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
+from onnx import shape_inference
 
 from graphcomp import graph_utils
 
@@ -111,3 +115,27 @@ def simplify(graph: gs.Graph) -> dict[str, object]:
     folded = fold_constants(graph)
     pads = fuse_pads(graph)
     return {"folded_nodes": folded, "pads_into_conv": len(pads)}
+
+
+def fill_shapes(graph: gs.Graph) -> None:
+    """Give tensors without a shape the one onnx shape inference finds.
+
+    The first pass of a pipeline gets a graph without intermediate shapes.
+    """
+    tensors = graph.tensors()
+    if all(t.shape is not None for t in tensors.values() if isinstance(t, gs.Variable)):
+        return
+    from graphcomp import stats  # stats imports the passes' helpers: import late
+
+    try:
+        model = shape_inference.infer_shapes(stats.to_model(graph), data_prop=True)
+    except Exception as e:  # noqa: BLE001 - best effort: unknown shapes block their groups
+        log.debug("shape inference failed: %s", e)
+        return
+    for value in model.graph.value_info:
+        tensor = tensors.get(value.name)
+        if isinstance(tensor, gs.Variable) and tensor.shape is None and value.type.HasField(
+                "tensor_type") and value.type.tensor_type.HasField("shape"):
+            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                            for d in value.type.tensor_type.shape.dim]
+            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
+from graphcomp import graph_utils, simplify
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
 
     folded = prune_prep.fold_constants(graph)
     graph.toposort()
-    prune_prep.fill_shapes(graph)
+    simplify.fill_shapes(graph)
     cg = ChannelGraph(graph)
     cg.folded = folded
     nested = prune_prep.subgraph_reads(graph)

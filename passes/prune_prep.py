@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
-from onnx import shape_inference
 
 log = logging.getLogger(__name__)
 
@@ -48,30 +46,6 @@ def fold_constants(graph: gs.Graph) -> dict[str, np.ndarray]:
                     t.inputs[0].op != "Constant":
                 node.inputs[i] = gs.Constant(t.name + "_folded", np.asarray(folded[t.name].values))
     return {name: np.asarray(t.values) for name, t in folded.items()}
-
-
-def fill_shapes(graph: gs.Graph) -> None:
-    """Give tensors without a shape the one onnx shape inference finds.
-
-    The first pass of a pipeline gets a graph without intermediate shapes.
-    """
-    tensors = graph.tensors()
-    if all(t.shape is not None for t in tensors.values() if isinstance(t, gs.Variable)):
-        return
-    from graphcomp import stats
-
-    try:
-        model = shape_inference.infer_shapes(stats.to_model(graph), data_prop=True)
-    except Exception as e:  # noqa: BLE001 - best effort: unknown shapes block their groups
-        log.debug("shape inference failed: %s", e)
-        return
-    for value in model.graph.value_info:
-        tensor = tensors.get(value.name)
-        if isinstance(tensor, gs.Variable) and tensor.shape is None and value.type.HasField(
-                "tensor_type") and value.type.tensor_type.HasField("shape"):
-            tensor.shape = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                            for d in value.type.tensor_type.shape.dim]
-            tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
 
 
 def subgraph_reads(graph: gs.Graph) -> set[str]:

@@ -20,11 +20,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
+from graphcomp import graph_utils, simplify
 from passes.qdq_place import Plan
 from passes.qdq_ranges import Range
 
 CODE_TYPES = (np.uint8, np.int8)
+MAX_TILE = 1024  # widest W the codes are tiled to
 
 
 def cap_ranges(graph: gs.Graph, plan: Plan, ranges: dict[str, Range]) -> None:
@@ -45,7 +46,9 @@ def cap_ranges(graph: gs.Graph, plan: Plan, ranges: dict[str, Range]) -> None:
 
 def integer_clamps(graph: gs.Graph) -> dict[str, str]:
     """Move every DQ -> clamp -> Q onto the codes; clamp name -> 'on codes' or 'dropped'."""
-    done = {}
+    done: dict[str, str] = {}
+    if any(graph_utils.is_clamp(n) and n.inputs[0].shape is None for n in graph.nodes):
+        simplify.fill_shapes(graph)
     for node in list(graph.nodes):
         pair = _pair(graph, node) if graph_utils.is_clamp(node) else None
         if pair is None:
@@ -64,11 +67,26 @@ def integer_clamps(graph: gs.Graph) -> dict[str, str]:
                 reader.inputs = [codes_in if t is out else t for t in reader.inputs]
             done[node.name] = "dropped (bound past the quantizer's range)"
             continue
+        codes = _tile_width(codes, node.inputs[0])
         const = graph_utils.new_const(graph, f"{node.name}_codes", codes.astype(zp.dtype))
         graph.nodes.append(gs.Node(node.op, graph_utils.fresh_name(graph, f"{node.name}_codes"),
                                    inputs=[codes_in, const], outputs=[out]))
         done[node.name] = "on codes"
     return done
+
+
+def _tile_width(codes: np.ndarray, tensor: gs.Tensor) -> np.ndarray:
+    """Per-channel codes C x 1 x 1 of an N x C x H x W tensor tiled to C x 1 x W.
+
+    onnxruntime runs the Min in NHWC (after its layout transform) and broadcasts a
+    contiguous W*C span of codes about 4x faster than a C pattern (112x112x96 uint8:
+    45 vs 164 us, 34 us for a copy). Other shapes stay as they are.
+    """
+    shape = tensor.shape
+    if (codes.ndim != 3 or codes.shape[1:] != (1, 1) or shape is None or len(shape) != 4
+            or not isinstance(shape[3], int) or shape[3] > MAX_TILE):
+        return codes
+    return np.repeat(codes, shape[3], axis=2)
 
 
 def _pair(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node, gs.Node] | None:

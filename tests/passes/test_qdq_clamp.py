@@ -73,7 +73,9 @@ def test_per_channel_bound_runs_on_uint8_codes(tmp_path):
     producer = {o: n for n in out.graph.node for o in n.output}
     assert producer[mins[0].input[0]].op_type == "QuantizeLinear"
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in out.graph.initializer}
-    assert inits[mins[0].input[1]].dtype == np.uint8
+    codes = inits[mins[0].input[1]]
+    assert codes.dtype == np.uint8 and codes.shape == (6, 1, 8)  # tiled along W
+    assert np.all(codes == codes[:, :, :1]) and len(np.unique(codes)) > 1
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert ops.count("QLinearConv") == 3 and "DequantizeLinear" in ops
     assert ops.count("QuantizeLinear") == 1  # only the graph input; the Min sits between
