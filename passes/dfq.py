@@ -56,7 +56,7 @@ class DfqConfig:
     clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
-    range_k: float = 4.0
+    range_k: float = 6.0  # 8-bit; chosen by top-1 agreement with float (README dfq)
     absorb_k: float = 3.0
     weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
     clip_k: float = 4.0  # act_aware / absorb: a channel reaches mean + clip_k std
@@ -150,8 +150,10 @@ class DfqPass(Pass):
     def _steps(self) -> list[Pass]:
         cfg, steps = self.config, list[Pass]()
         if cfg.equalize:
+            # clip="range" must fit the scales to the ranges qdq will get: range_k
+            clip_k = cfg.range_k if cfg.clip == "range" else cfg.clip_k
             steps.append(EqualizePass(EqualizeConfig(
-                clip=cfg.clip, clip_k=cfg.clip_k, act_aware=cfg.act_aware,
+                clip=cfg.clip, clip_k=clip_k, act_aware=cfg.act_aware,
                 strength=cfg.strength, stats=cfg.stats,
                 samples=cfg.samples, prior=cfg.prior, seed=cfg.seed)))
         if cfg.absorb:

@@ -12,8 +12,9 @@ into the QLinearConv before it and runs the Min on uint8.
 The clamp's input range is capped at its output range on the clamped side (values past
 it end clamped either way), when the clamp is its only reader.
 
-Will not touch clamps with a 4- or 16-bit quantizer, per-axis quantizers, or a Q/DQ
-pair whose scales differ (a user's fixed rule on one side).
+Will not touch models below opset 12 (no integer Min/Max), clamps with a 4- or 16-bit
+quantizer, per-axis quantizers, or a Q/DQ pair whose scales differ (a user's fixed
+rule on one side).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from passes.qdq_ranges import Range
 
 CODE_TYPES = (np.uint8, np.int8)
 MAX_TILE = 1024  # widest W the codes are tiled to
+MIN_OPSET = 12  # Min/Max on 8-bit integers
 
 
 def cap_ranges(graph: gs.Graph, plan: Plan, ranges: dict[str, Range]) -> None:
@@ -47,6 +49,8 @@ def cap_ranges(graph: gs.Graph, plan: Plan, ranges: dict[str, Range]) -> None:
 def integer_clamps(graph: gs.Graph) -> dict[str, str]:
     """Move every DQ -> clamp -> Q onto the codes; clamp name -> 'on codes' or 'dropped'."""
     done: dict[str, str] = {}
+    if int(graph.opset) < MIN_OPSET:
+        return done
     if any(graph_utils.is_clamp(n) and n.inputs[0].shape is None for n in graph.nodes):
         simplify.fill_shapes(graph)
     for node in list(graph.nodes):
