@@ -10,7 +10,9 @@ and moments (mean_c, var_c):
 - pooling, zero Pad, Identity, Dropout keep both (the output stays inside the
   interval; zero padding adds 0);
 - Add of two carried tensors: means and variances add (independent branches), the
-  interval is mean +- k std of the sum (residual junctions).
+  interval is mean +- k std of the sum (residual junctions);
+- Concat along the channel axis of carried tensors: the channels' intervals and moments
+  are concatenated (dense blocks).
 A tensor's range is the union over its channels (qdq caps a Relu output read only by
 a per-channel Min at the Min's range, passes/qdq_clamp.py).
 
@@ -83,6 +85,9 @@ def _step(node: gs.Node, flow: _Flow, k: float) -> None:
         flow.put(out, (np.minimum(lo, 0.0), np.maximum(hi, 0.0)) if node.op == "Pad"
                  else (lo, hi), mo, src)
         return
+    if node.op == "Concat":
+        _concat(node, flow)
+        return
     if node.op == "Add" and len(node.inputs) == 2:
         other = node.inputs[1].name
         if mo is None or other not in flow.mo or flow.mo[other][0].shape != mo[0].shape:
@@ -100,6 +105,24 @@ def _step(node: gs.Node, flow: _Flow, k: float) -> None:
         got = channel_stats.activation_moments(st, node) if node.op != "Min" else None
         moments = None if got is None else (got[0], got[1] ** 2)
     flow.put(out, mapped, moments, src)
+
+
+def _concat(node: gs.Node, flow: _Flow) -> None:
+    """Channel-axis Concat: every input carried; intervals (and moments if all have them) join."""
+    names = [t.name for t in node.inputs]
+    shape = node.outputs[0].shape or node.inputs[0].shape
+    axis = int(graph_utils.attr(node, "axis", 1))
+    if shape is not None and len(shape) > 1:
+        axis %= len(shape)
+    if axis != 1 or any(n not in flow.iv for n in names):
+        return
+    lo = np.concatenate([flow.iv[n][0] for n in names])
+    hi = np.concatenate([flow.iv[n][1] for n in names])
+    moments = None
+    if all(n in flow.mo for n in names):
+        moments = (np.concatenate([flow.mo[n][0] for n in names]),
+                   np.concatenate([flow.mo[n][1] for n in names]))
+    flow.put(node.outputs[0].name, (lo, hi), moments, flow.src[names[0]])
 
 
 def _zero_pad(node: gs.Node) -> bool:
