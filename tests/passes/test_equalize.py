@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -158,3 +160,21 @@ def test_range_fit_puts_every_bound_past_every_range(seed):
     np.testing.assert_allclose(free, total)
     # channels reaching the bound share one scale
     assert np.ptp(s[upper == 6.0]) < 1e-9 * s.max()
+
+
+ZOO = sorted((Path(__file__).resolve().parents[2] / "models").glob("*.onnx"))
+EVAL = Path(__file__).resolve().parents[2] / "models/data/glyphs_eval.npz"
+
+
+@pytest.mark.skipif(not ZOO or not EVAL.exists(), reason="models/ has no zoo")
+@pytest.mark.parametrize("path", ZOO, ids=lambda p: p.stem)
+def test_equalize_is_exact_on_every_zoo_model(path):
+    model = onnx.load(path)
+    x = np.load(EVAL)["input"][:64].astype(np.float32)
+    folded, _ = graphs.apply(model, FoldBnPass())
+    out, res = graphs.apply(folded, EqualizePass(EqualizeConfig(clip="range")))
+    ref, new = graphs.run(model, {"input": x})[0], graphs.run(out, {"input": x})[0]
+    assert _rel_err(ref, new) < 1e-4
+    # densecat: every conv feeds a Concat; vit: only the conv stem and the head chain
+    links = {"densecat": 0, "mobilenetv2": 13, "resnet": 6, "vgg": 4, "vit": 2}
+    assert res.records[0].result.notes["links"] >= links[path.stem.split("_")[0]]
