@@ -5,14 +5,16 @@ helpers here never write into an array: they build a new one and assign it.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 _name_counter = itertools.count()
+_scopes: dict[int, set[str]] = {}  # graph id -> used names, inside naming(graph)
 _NAME, _INPUTS, _OUTPUTS = (operator.attrgetter(a) for a in ("name", "inputs", "outputs"))
 MAX_WALK = 10_000  # nodes visited by a graph walk at most
 
@@ -92,14 +94,35 @@ def used_names(graph: gs.Graph) -> set[str]:
 
 
 def fresh_name(graph: gs.Graph, base: str) -> str:
-    """A tensor/node name not used in `graph`, derived from `base`."""
-    taken = used_names(graph)
-    if base not in taken:
-        return base
-    while True:
+    """A tensor/node name not used in `graph`, derived from `base`.
+
+    Inside `naming(graph)` the used names are collected once and every name handed out
+    is added to them (linear in the graph, not quadratic, for a pass adding many).
+    """
+    scope = _scopes.get(id(graph))
+    taken = scope if scope is not None else used_names(graph)
+    name = base
+    while name in taken:
         name = f"{base}_{next(_name_counter)}"
-        if name not in taken:
-            return name
+    if scope is not None:
+        scope.add(name)
+    return name
+
+
+@contextlib.contextmanager
+def naming(graph: gs.Graph) -> Iterator[None]:
+    """Collect `graph`'s used names once for the fresh_name calls inside the block.
+
+    Only for code that names everything it adds through fresh_name.
+    """
+    if id(graph) in _scopes:  # nested: the outer scope stays in charge
+        yield
+        return
+    _scopes[id(graph)] = used_names(graph)
+    try:
+        yield
+    finally:
+        _scopes.pop(id(graph), None)
 
 
 def new_const(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:

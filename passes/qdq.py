@@ -92,9 +92,10 @@ class QdqPass(Pass):
             plan.acts.pop(name, None)
         inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
         texts = _layer_texts(plan)
-        _emit_activations(graph, plan, params)
-        result.notes["clamps"] = qdq_clamp.integer_clamps(graph)
-        details = _emit_layers(graph, plan, inputs)
+        with graph_utils.naming(graph):
+            _emit_activations(graph, plan, params)
+            result.notes["clamps"] = qdq_clamp.integer_clamps(graph)
+            details = _emit_layers(graph, plan, inputs)
         _report(result, graph, plan, texts, details, dropped, notes, ranges)
         result.notes["profile"] = self.config.profile
         return result

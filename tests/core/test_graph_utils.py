@@ -47,3 +47,17 @@ def test_fresh_name_avoids_every_kind_of_used_name(base):
 
 def test_fresh_name_keeps_a_free_base():
     assert graph_utils.fresh_name(_graph(), "y_quantized") == "y_quantized"
+
+
+def test_naming_scope_hands_out_the_same_kind_of_names_once():
+    graph = _graph()
+    with graph_utils.naming(graph):
+        names = [graph_utils.fresh_name(graph, base) for base in ["x", "x", "new", "new", "y"]]
+        with graph_utils.naming(graph):  # nested: same scope
+            names.append(graph_utils.fresh_name(graph, "new"))
+        names.append(graph_utils.fresh_name(graph, "new"))
+    assert len(set(names)) == len(names)
+    assert names[2] == "new" and all(n.startswith(("x_", "new_", "y_")) for n in names
+                                     if n != "new")
+    assert not graph_utils.used_names(graph) & set(names)  # nothing was attached
+    assert graph_utils.fresh_name(graph, "new") == "new"  # outside: the graph decides again
