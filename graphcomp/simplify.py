@@ -107,7 +107,7 @@ def _takes_pads(node: gs.Node, spatial: np.ndarray) -> bool:
     auto = auto.decode() if isinstance(auto, bytes) else auto
     own = graph_utils.attr(node, "pads")
     return (node.op == "Conv" and auto in ("NOTSET", "VALID")
-            and (own is None or len(own) == spatial.size))
+            and (own is None or np.size(own) == spatial.size))
 
 
 def simplify(graph: gs.Graph) -> dict[str, object]:

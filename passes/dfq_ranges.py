@@ -111,7 +111,7 @@ def _concat(node: gs.Node, flow: _Flow) -> None:
     """Channel-axis Concat: every input carried; intervals (and moments if all have them) join."""
     names = [t.name for t in node.inputs]
     shape = node.outputs[0].shape or node.inputs[0].shape
-    axis = int(graph_utils.attr(node, "axis", 1))
+    axis = int(np.asarray(graph_utils.attr(node, "axis", 1)))
     if shape is not None and len(shape) > 1:
         axis %= len(shape)
     if axis != 1 or any(n not in flow.iv for n in names):

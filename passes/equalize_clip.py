@@ -97,10 +97,10 @@ def link_upper(link: Link, stats: ChannelStats | None, k: float
     """(u, hi) per channel of a clipped link: mean + k std capped at the bound, the bound."""
     if stats is None or not link.bounds:
         return None
-    his = [bound_of(n) for n in link.bounds]
-    if any(b is None for b in his):
+    his = [b[1] for n in link.bounds if (b := bound_of(n)) is not None]
+    if len(his) != len(link.bounds):
         return None
-    hi = np.min([np.broadcast_to(b[1].reshape(-1), (link.channels,)) for b in his], axis=0)
+    hi = np.min([np.broadcast_to(b.reshape(-1), (link.channels,)) for b in his], axis=0)
     if not np.all(np.isfinite(hi)) or np.any(hi <= 0):
         return None
     mean, std = np.asarray(stats.mean, np.float64), np.asarray(stats.std, np.float64)
