@@ -38,7 +38,9 @@ log = logging.getLogger(__name__)
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, folded at load
-MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 10, 13, 21
+# 11, not 10: onnxruntime's loader quantizes the weight of a float Conv that reads a DQ
+# with a Round (opset 11), and refuses an opset-10 graph; its own quantizer moves to 11
+MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 11, 13, 21
 
 
 class QdqPass(Pass):

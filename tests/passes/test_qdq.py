@@ -340,3 +340,24 @@ def test_batchnorm_is_folded_first_so_the_conv_fuses(tmp_path):
     assert graphs.op_count(kept, "BatchNormalization") == 1
     feeds = graphs.feeds_for(model)
     assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+COMPUTED_WEIGHT = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_a, float[4] b_a, float[2, 4, 1, 1] w_b)
+   => (float[N, 2, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    r = Relu (a)
+    wb = Abs (w_b)
+    y = Conv (r, wb)
+}
+"""
+
+
+@pytest.mark.parametrize("opset", [9, 10])
+def test_old_opset_with_a_computed_weight_is_raised_to_11_and_runs(opset):
+    model = graphs.build(COMPUTED_WEIGHT, opset=opset)
+    out, result = _qdq(model, per_channel=False)
+    assert out.opset_import[0].version == 11 and result.notes["opset"] == f"converted {opset} -> 11"
+    assert any("weight is not a constant" in s.reason for s in result.skipped)
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
