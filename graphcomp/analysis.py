@@ -19,6 +19,7 @@ from graphcomp import model_io
 from graphcomp.model_io import default_opset
 
 STANDARD_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -129,15 +130,51 @@ def infer_shapes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]
         if value.name in input_shapes:
             _set_dims(value, input_shapes[value.name])
     del probe.graph.value_info[:]  # stale or symbolic dims would win over input_shapes
-    with contextlib.suppress(Exception):  # best effort: unknown shapes count 0 MACs
-        probe = shape_inference.infer_shapes(probe, data_prop=True)
-    shapes: dict[str, list[int]] = {}
-    for value in [*probe.graph.input, *probe.graph.value_info, *probe.graph.output]:
-        dims = _dims(value)
-        shapes[value.name] = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+    shapes, vague = _inferred(probe)
+    if _layers_vague(probe, vague) and not model_io.needs_external_data(model):
+        folded = _fold(probe)  # shapes computed at run time (Shape -> ... -> Pad)
+        if folded is not None:
+            shapes.update(_inferred(folded)[0])
     for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
     return shapes
+
+
+def _inferred(probe: onnx.ModelProto) -> tuple[dict[str, list[int]], set[str]]:
+    """Shapes (unknown dims -> 1) and the names with an unknown dim past the first."""
+    with contextlib.suppress(Exception):  # best effort: unknown shapes count 0 MACs
+        probe = shape_inference.infer_shapes(probe, data_prop=True)
+    shapes: dict[str, list[int]] = {}
+    vague = set()
+    for value in [*probe.graph.input, *probe.graph.value_info, *probe.graph.output]:
+        dims = _dims(value)
+        shapes[value.name] = [d if isinstance(d, int) and d > 0 else 1 for d in dims]
+        if any(not (isinstance(d, int) and d > 0) for d in dims[1:]):
+            vague.add(value.name)
+    return shapes, vague
+
+
+def _layers_vague(model: onnx.ModelProto, vague: set[str]) -> bool:
+    """True when some Conv/Gemm/MatMul input or output has an unknown non-batch dim."""
+    return any(n.op_type in MAC_OPS and (n.output[0] in vague or n.input[0] in vague)
+               for n in model.graph.node)
+
+
+def _fold(model: onnx.ModelProto) -> onnx.ModelProto | None:
+    """`model` with its constant shape arithmetic folded (graphcomp.simplify), or None."""
+    import onnx_graphsurgeon as gs
+
+    from graphcomp import simplify
+
+    try:
+        graph = gs.import_onnx(model)
+        if not simplify.fold_constants(graph):
+            return None
+        folded = gs.export_onnx(graph)
+    except Exception:  # noqa: BLE001 - best effort, as shape inference itself
+        return None
+    del folded.graph.value_info[:]
+    return folded
 
 
 def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
