@@ -153,7 +153,9 @@ def _float_reason(layer: Layer, role: str, config: QdqConfig) -> str:
         return "trt: TensorRT fuses the output side"
     if not layer.rules["input"].enabled:
         return "input float"
-    return "graph output, or read only by float ops"
+    if layer.node.op in ("MatMul", "Gemm", "ConvTranspose"):
+        return "float-output kernel; a quantized reader quantizes its own input"
+    return "read only by float ops"
 
 
 def _format(rule: TensorRule) -> str:
