@@ -154,7 +154,7 @@ def _float_reason(layer: Layer, role: str, config: QdqConfig) -> str:
     if not layer.rules["input"].enabled:
         return "input float"
     if layer.node.op in ("MatMul", "Gemm", "ConvTranspose"):
-        return "float-output kernel; a quantized reader quantizes its own input"
+        return "float-output kernel"
     return "read only by float ops"
 
 
