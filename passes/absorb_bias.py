@@ -114,6 +114,8 @@ class AbsorbBiasPass(Pass):
 
 
 def _link_reason(link: Link, padded: bool) -> str | None:
+    if len(link.readers) > 1:
+        return f"the channels reach {len(link.readers)} layers through branches/Concat"
     if not any(n.op in RELU_LIKE for n in link.path):
         return "no ReLU-type activation between the layers (nothing always-on to absorb)"
     if link.second.op == "MatMul":

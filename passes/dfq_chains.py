@@ -9,8 +9,11 @@ pooling, zero Pad, Identity, Dropout, and a Flatten/Reshape to 2-D right before 
 Gemm/MatMul (each channel then owns `block` = H*W consecutive features). Conv ->
 depthwise -> Conv triplets are two links sharing the depthwise conv.
 
-Not a link (the reason is returned): a layer output read by several nodes (residual
-Add, Concat, branches) or that is a graph output, any other op on the path (Gelu,
+A layer's channels may also reach several readers (`Link.readers`): through branches
+and channel-axis Concats (each reader sees the channels at an offset), with only
+homogeneous ops (no clip) after the first branch: dense blocks, Inception branches.
+Not a link (the reason is returned): a layer output that reaches a residual Add or
+any other op through a branch, or that is a graph output, any other op on the path (Gelu,
 Sigmoid, Add, BatchNormalization left unfolded...), shared or non-constant weights,
 a path through a Reshape the channel mapping cannot be proven for, Gemm with transA.
 Ref: Nagel et al., ICCV 2019, section 4.1.
@@ -30,17 +33,36 @@ SECOND_OPS = ("Conv", "Gemm", "MatMul")
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu", "MaxPool", "AveragePool", "GlobalAveragePool",
                "GlobalMaxPool", "Identity", "Dropout")
 MAX_PATH = 16  # nodes between two layers
+MAX_FAN = 256  # tensors visited from one layer through branches and Concats
+
+
+@dataclasses.dataclass(frozen=True)
+class Reader:
+    """A layer reading `first`'s channels at `offset` of its `total` input channels."""
+
+    node: gs.Node
+    offset: int
+    total: int
+    block: int = 1
 
 
 @dataclasses.dataclass
 class Link:
-    """first -> path -> second; `bounds` are the clipping nodes (Clip/Min) on the path."""
+    """first -> path -> readers; `bounds` are the clipping nodes (Clip/Min) on the path.
+
+    `second` is the first reader; a plain chain has exactly one reader, at offset 0.
+    """
 
     first: gs.Node
     second: gs.Node
     path: list[gs.Node]
     block: int
     bounds: list[gs.Node]
+    readers: list[Reader] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.readers:
+            self.readers = [Reader(self.second, 0, self.channels, self.block)]
 
     @property
     def channels(self) -> int:
@@ -62,9 +84,13 @@ def find_links(graph: gs.Graph) -> tuple[list[Link], list[tuple[gs.Node, str]]]:
 
 
 def _flatten_shapes(graph: gs.Graph) -> dict[str, list]:
-    """Shapes of Flatten/Reshape inputs and outputs (inferred when the graph lacks them)."""
+    """Shapes of Flatten/Reshape inputs and outputs and of Concat inputs.
+
+    Inferred when the graph lacks them.
+    """
     flats = graph_utils.nodes_of(graph, ("Flatten", "Reshape"))
     tensors = [t for n in flats for t in (n.inputs[0], n.outputs[0])]
+    tensors += [t for n in graph_utils.nodes_of(graph, ("Concat",)) for t in n.inputs]
     if all(t.shape is not None for t in tensors):
         return {t.name: list(t.shape) for t in tensors}
     inferred = analysis.infer_shapes(stats.to_model(graph), {})
@@ -77,11 +103,10 @@ def _link_from(graph: gs.Graph, first: gs.Node, shapes: dict[str, list]) -> Link
     tensor, path, bounds = first.outputs[0], [], []
     for _ in range(MAX_PATH):
         node = graph_utils.only_consumer(tensor, graph)
-        if node is None:
-            readers = len(tensor.outputs)
-            where = "is a graph output" if graph_utils.is_graph_output(graph, tensor) else (
-                f"is read by {readers} nodes (residual/concat/branch)")
-            return f"output {tensor.name} {where}"
+        if node is None or node.op == "Concat":
+            if graph_utils.is_graph_output(graph, tensor):
+                return f"output {tensor.name} is a graph output"
+            return _fan_out(graph, first, tensor, path, bounds, shapes)
         if node.op in SECOND_OPS and node.inputs[0] is tensor:
             return _finish(first, node, path, bounds, shapes)
         if reason := _path_reason(node, tensor):
@@ -91,6 +116,58 @@ def _link_from(graph: gs.Graph, first: gs.Node, shapes: dict[str, list]) -> Link
             bounds.append(node)
         tensor = node.outputs[0]
     return f"no layer within {MAX_PATH} nodes of {first.name}"
+
+
+def _fan_out(graph: gs.Graph, first: gs.Node, tensor: gs.Tensor, path: list[gs.Node],
+             bounds: list[gs.Node], shapes: dict[str, list]) -> Link | str:
+    """A link whose channels reach several readers through branches and Concats."""
+    readers: list[Reader] = []
+    frontier, seen = [(tensor, 0)], set()
+    for _ in range(MAX_FAN):
+        if not frontier:
+            break
+        t, offset = frontier.pop()
+        if t.name in seen or graph_utils.is_graph_output(graph, t):
+            return f"output {tensor.name} reaches {t.name} twice or as a graph output"
+        seen.add(t.name)
+        for node in t.outputs:
+            step = _fan_step(node, t, offset, shapes)
+            if isinstance(step, str):
+                return f"output {tensor.name} reaches {step}"
+            if isinstance(step, Reader):
+                readers.append(step)
+            else:
+                frontier.append(step)
+    if frontier or not readers:
+        return f"output {tensor.name}: no readers within {MAX_FAN} tensors"
+    for r in readers:
+        if reason := _layer_reason(r.node):
+            return f"reader {r.node.name}: {reason}"
+    return Link(first, readers[0].node, path, 1, bounds, readers)
+
+
+def _fan_step(node: gs.Node, t: gs.Tensor, offset: int, shapes: dict[str, list]
+              ) -> Reader | tuple[gs.Tensor, int] | str:
+    """What `node` does with the channels of `t` at `offset`.
+
+    A reader, the next tensor with the channels' new offset, or why the link stops.
+    """
+    if node.op in SECOND_OPS and node.inputs[0] is t:
+        if node.op == "MatMul" and graph_utils.const_input(node, 1) is None:
+            return f"{node.name} (MatMul without a constant weight)"
+        return Reader(node, offset, in_features(node))
+    if node.op == "Concat" and int(np.asarray(graph_utils.attr(node, "axis", 1))) == 1:
+        before = 0
+        for other in node.inputs:
+            if other is t:
+                return node.outputs[0], offset + before
+            dims = shapes.get(other.name)
+            if not dims or len(dims) < 2 or not isinstance(dims[1], int):
+                return f"{node.name} (Concat input {other.name} has unknown channels)"
+            before += dims[1]
+    if node.op in HOMOGENEOUS and node.inputs[0] is t and node.op != "PRelu":
+        return node.outputs[0], offset
+    return f"{node.name} ({node.op}) through a branch"
 
 
 def _finish(first: gs.Node, second: gs.Node, path: list[gs.Node], bounds: list[gs.Node],

@@ -165,11 +165,10 @@ def _partial(links: list[Link], state: _State, strength: float, fits: list | Non
         s = state.total[k] ** strength
         if fits is not None and fits[k] is not None:
             s = range_fit(s, *fits[k])
-        first, second = link.first, link.second
+        first = link.first
         fresh.weight[first.name] = layers.scale_out(first, fresh.weight[first.name], 1.0 / s)
         fresh.bias[first.name] = fresh.bias[first.name] / s
-        fresh.weight[second.name] = layers.scale_in(second, fresh.weight[second.name], s,
-                                                    link.block)
+        _scale_readers(link, fresh.weight, s)
         fresh.total[k] = s
     return fresh
 
@@ -177,7 +176,7 @@ def _partial(links: list[Link], state: _State, strength: float, fits: list | Non
 def _load(links: list[Link]) -> _State:
     weight, bias = {}, {}
     for link in links:
-        for node in (link.first, link.second):
+        for node in (link.first, *(r.node for r in link.readers)):
             weight[node.name] = graph_utils.const_input(node, 1).astype(np.float64)
         bias[link.first.name] = layers.bias_of(link.first, link.channels)
     return _State(weight, bias, [np.ones(link.channels) for link in links])
@@ -186,9 +185,9 @@ def _load(links: list[Link]) -> _State:
 def _step(link: Link, state: _State, k: int, rule: ClipRule | None,
           floor: np.ndarray | None) -> float:
     """One equalization step of `link`; returns max |log s| applied."""
-    first, second = link.first, link.second
+    first = link.first
     r1 = layers.out_ranges(first, state.weight[first.name])
-    r2 = layers.in_ranges(second, state.weight[second.name], link.channels, link.block)
+    r2 = _reader_ranges(link, state.weight)
     live = (r1 > TINY_RANGE) & (r2 > TINY_RANGE)
     s = np.ones(link.channels)
     s[live] = np.clip(np.sqrt(r1[live] / r2[live]), 1.0 / MAX_STEP, MAX_STEP)
@@ -198,14 +197,28 @@ def _step(link: Link, state: _State, k: int, rule: ClipRule | None,
         s = np.maximum(s, floor / state.total[k])
     state.weight[first.name] = layers.scale_out(first, state.weight[first.name], 1.0 / s)
     state.bias[first.name] = state.bias[first.name] / s
-    state.weight[second.name] = layers.scale_in(second, state.weight[second.name], s,
-                                                link.block)
+    _scale_readers(link, state.weight, s)
     state.total[k] = state.total[k] * s
     return float(np.max(np.abs(np.log(s)))) if s.size else 0.0
 
 
+def _reader_ranges(link: Link, weight: dict[str, np.ndarray]) -> np.ndarray:
+    """Per channel of `link.first`: max |w| over every reader's input slice of it."""
+    parts = [layers.in_ranges(r.node, weight[r.node.name], r.total, r.block)[
+        r.offset:r.offset + link.channels] for r in link.readers]
+    return np.max(parts, axis=0)
+
+
+def _scale_readers(link: Link, weight: dict[str, np.ndarray], s: np.ndarray) -> None:
+    """Multiply every reader's input channels of `link.first` by s (new arrays)."""
+    for r in link.readers:
+        factor = np.ones(r.total)
+        factor[r.offset:r.offset + link.channels] = s
+        weight[r.node.name] = layers.scale_in(r.node, weight[r.node.name], factor, r.block)
+
+
 def _store(graph: gs.Graph, link: Link, state: _State, k: int, ctx: PassContext) -> None:
-    for node in (link.first, link.second):
+    for node in (link.first, *(r.node for r in link.readers)):
         dtype = graph_utils.const_input(node, 1).dtype
         graph_utils.set_const_input(graph, node, 1, state.weight[node.name].astype(dtype))
     dtype = graph_utils.const_input(link.first, 1).dtype
@@ -231,7 +244,8 @@ def _detail(link: Link, total: np.ndarray, before: dict, after: dict) -> str:
         return float(r.max() / max(float(np.median(r)), TINY_RANGE))
 
     name = link.first.name
-    return (f"with {link.second.name}: s in [{total.min():.3g}, {total.max():.3g}], "
+    more = f" (+{len(link.readers) - 1} readers)" if len(link.readers) > 1 else ""
+    return (f"with {link.second.name}{more}: s in [{total.min():.3g}, {total.max():.3g}], "
             f"max/median channel range {spread(before[name]):.1f} -> {spread(after[name]):.1f}"
             + (f", bound of {link.bounds[0].name} scaled per channel" if link.bounds else ""))
 
@@ -239,7 +253,7 @@ def _detail(link: Link, total: np.ndarray, before: dict, after: dict) -> str:
 def _notes(graph: gs.Graph, links: list[Link], sweeps: int, converged: bool,
            before: dict, after: dict) -> dict:
     layer_nodes = graph_utils.nodes_of(graph, ("Conv", "Gemm", "MatMul"))
-    covered = {n.name for link in links for n in (link.first, link.second)}
+    covered = {n.name for link in links for n in (link.first, *(r.node for r in link.readers))}
     size = {n.name: int(np.size(graph_utils.const_input(n, 1)))
             for n in layer_nodes if graph_utils.const_input(n, 1) is not None}
     total = max(sum(size.values()), 1)

@@ -102,7 +102,7 @@ def test_residual_junction_is_skipped_with_reason():
     out, res = graphs.apply(model, EqualizePass())
     result = res.records[0].result
     assert not result.changes and len(result.skipped) == 1
-    assert "read by 2 nodes" in result.skipped[0].reason
+    assert "reaches Add_2 (Add) through a branch" in result.skipped[0].reason
 
 
 CONV_BN_RELU_CONV = graphs.CONV_BN_RELU_CONV
@@ -175,6 +175,39 @@ def test_equalize_is_exact_on_every_zoo_model(path):
     out, res = graphs.apply(folded, EqualizePass(EqualizeConfig(clip="range")))
     ref, new = graphs.run(model, {"input": x})[0], graphs.run(out, {"input": x})[0]
     assert _rel_err(ref, new) < 1e-4
-    # densecat: every conv feeds a Concat; vit: only the conv stem and the head chain
-    links = {"densecat": 0, "mobilenetv2": 13, "resnet": 6, "vgg": 4, "vit": 2}
+    # densecat: through its Concats; vit: only the conv stem and the head chain
+    links = {"densecat": 8, "mobilenetv2": 13, "resnet": 6, "vgg": 4, "vit": 2}
     assert res.records[0].result.notes["links"] >= links[path.stem.split("_")[0]]
+
+
+# a dense block: a's channels reach b directly and c through the Concat (offset 0),
+# b's reach c at offset 4
+DENSE = """
+g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_a, float[4] b_a, float[2, 4, 3, 3] w_b,
+   float[2] b_b, float[5, 6, 1, 1] w_c, float[5] b_c) => (float[N, 5, 8, 8] y) {
+    a = Conv <pads = [1, 1, 1, 1]> (x, w_a, b_a)
+    ra = Relu (a)
+    b = Conv <pads = [1, 1, 1, 1]> (ra, w_b, b_b)
+    rb = Relu (b)
+    cat = Concat <axis = 1> (ra, rb)
+    p = MaxPool <kernel_shape = [2, 2], strides = [1, 1], pads = [0, 0, 1, 1]> (cat)
+    y = Conv (p, w_c, b_c)
+}
+"""
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dense_block_channels_are_equalized_through_branch_and_concat(seed):
+    model = graphs.spread_channels(graphs.build(DENSE, seed=seed), seed=seed)
+    out, res = graphs.apply(model, EqualizePass())
+    notes = res.records[0].result.notes
+    assert notes["links"] == 2 and notes["layers_covered"] == "3/3"
+    feeds = graphs.feeds_for(model, seed=seed, batch=3)
+    assert _rel_err(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) < 1e-4
+    init = {i.name: np.abs(onnx.numpy_helper.to_array(i)) for i in out.graph.initializer}
+    w_a, w_b, w_c = (init[n.input[1]] for n in out.graph.node if n.op_type == "Conv")
+    # CLE's fixed point with several readers: a's channel range == its largest reader range
+    readers = np.maximum(w_b.max(axis=(0, 2, 3)), w_c[:, :4].max(axis=(0, 2, 3)))
+    np.testing.assert_allclose(w_a.max(axis=(1, 2, 3)), readers, rtol=1e-3)
+    np.testing.assert_allclose(w_b.max(axis=(1, 2, 3)), w_c[:, 4:].max(axis=(0, 2, 3)),
+                               rtol=1e-3)
