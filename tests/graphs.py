@@ -388,3 +388,19 @@ g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_conv, float[4] b_conv, float[4] bn_s
     y = MatMul (f, w_fc)
 }
 """
+
+
+# "same" padding computed at run time from the input's static H, W (dynamic batch)
+COMPUTED_SAME_PAD = """
+g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a) => (float[N, 4, H, W] y) {
+    s = Shape (x)
+    st = Constant <value = int64[1] {2}> ()
+    en = Constant <value = int64[1] {4}> ()
+    hw = Slice (s, st, en)
+    one = Div (hw, hw)
+    z = Constant <value = int64[2] {0, 0}> ()
+    pads = Concat <axis = 0> (z, one, z, one)
+    p = Pad (x, pads)
+    y = Conv (p, w_a)
+}
+"""

@@ -58,24 +58,10 @@ def test_params_inside_if_subgraphs_are_counted():
     assert analysis.count_params(graphs.build(text)) == 4
 
 
-# "same" padding computed at run time from the input's static H, W (dynamic batch)
-COMPUTED_PAD = """
-g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a) => (float[N, 4, H, W] y) {
-    s = Shape (x)
-    st = Constant <value = int64[1] {2}> ()
-    en = Constant <value = int64[1] {4}> ()
-    hw = Slice (s, st, en)
-    one = Div (hw, hw)
-    z = Constant <value = int64[2] {0, 0}> ()
-    pads = Concat <axis = 0> (z, one, z, one)
-    p = Pad (x, pads)
-    y = Conv (p, w_a)
-}
-"""
 
 
 def test_macs_see_through_padding_computed_at_run_time(monkeypatch):
-    model = graphs.build(COMPUTED_PAD)
+    model = graphs.build(graphs.COMPUTED_SAME_PAD)
     assert analysis.analyze(model).macs == 4 * 3 * 9 * 9 * 9  # folded: 9x9 output
     monkeypatch.setattr(analysis, "_fold", lambda m: None)
     assert analysis.analyze(model).macs < 4 * 3 * 9 * 9 * 9  # shape inference alone

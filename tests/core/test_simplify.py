@@ -7,21 +7,6 @@ import pytest
 from graphcomp import simplify
 from tests import graphs
 
-# TensorFlow-style "same" padding computed from the input's static H, W (dynamic batch)
-SAME_PAD = """
-g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a, float[4] b_a) => (float[N, 4, 9, 9] y) {
-    s = Shape (x)
-    st = Constant <value = int64[1] {2}> ()
-    en = Constant <value = int64[1] {4}> ()
-    hw = Slice (s, st, en)
-    one = Div (hw, hw)
-    z = Constant <value = int64[2] {0, 0}> ()
-    pads = Concat <axis = 0> (z, one, z, one)
-    p = Pad (x, pads)
-    y = Conv (p, w_a, b_a)
-}
-"""
-
 PAD_KINDS = """
 g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a, float[4, 3, 3, 3] w_b, float[4, 3, 3, 3] w_c,
    float[4, 3, 3, 3] w_d) => (float[N, 4, 9, 9] a, float[N, 4, 9, 9] b, float[N, 4, 9, 9] c,
@@ -49,7 +34,7 @@ def _same(a, b):
 
 
 def test_computed_same_padding_folds_into_the_conv():
-    model = graphs.build(SAME_PAD)
+    model = graphs.build(graphs.COMPUTED_SAME_PAD)
     graph = gs.import_onnx(model)
     notes = simplify.simplify(graph)
     out = gs.export_onnx(graph)
