@@ -113,6 +113,10 @@ class DfqPass(Pass):
             _merge(result, step.apply(graph, ctx), graph)
         if not result.notes.get("equalize", {}).get("links"):
             result.notes["equalize_summary"] = "nothing to equalize (no provable layer pair)"
+        elif "equalize" in result.notes:
+            eq = result.notes["equalize"]
+            result.notes["equalize_coverage"] = (f"{eq['layers_covered']} layers, "
+                                                 f"{eq['params_covered']:.0%} of weights")
         now = _weight_sqnr(graph, cfg)
         result.notes["weight_sqnr_db"] = {n: [naive[n], now[n]] for n in now if n in naive}
         if cfg.ranges == "stats":
@@ -129,6 +133,10 @@ class DfqPass(Pass):
             result.notes["plots"] = plot.dfq_charts(cfg.plot, result.notes)
         if cfg.quantize:
             _merge(result, QdqPass(self._qdq_config()).apply(graph, ctx), graph)
+            clamps = Counter(result.notes["qdq"].get("clamps", {}).values())
+            if clamps:
+                result.notes["relu6_bounds"] = ", ".join(f"{n} {how}" for how, n in
+                                                         sorted(clamps.items()))
         return result
 
     def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:

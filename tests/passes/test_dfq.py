@@ -104,6 +104,9 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
     clamps = res.records[0].result.notes["qdq"]["clamps"]
     assert len(clamps) == 2  # per-channel: on the codes, or dropped where the range allows
+    notes = res.records[0].result.notes
+    assert notes["equalize_coverage"] == "3/3 layers, 100% of weights"
+    assert sum(int(part.split()[0]) for part in notes["relu6_bounds"].split(", ")) == 2
     assert graphs.optimized_ops(default, str(tmp_path / "d.onnx")).count("QLinearConv") == 3
     feeds = graphs.feeds_for(model, seed=seed, batch=4)  # N(0, 1), as the prior
     ref = graphs.run(model, feeds)[0]
