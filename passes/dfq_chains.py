@@ -157,6 +157,8 @@ def _fan_step(node: gs.Node, t: gs.Tensor, offset: int, shapes: dict[str, list]
             return f"{node.name} (MatMul without a constant weight)"
         return Reader(node, offset, in_features(node))
     if node.op == "Concat" and int(np.asarray(graph_utils.attr(node, "axis", 1))) == 1:
+        if sum(other is t for other in node.inputs) > 1:
+            return f"{node.name} (Concat reads {t.name} twice)"
         before = 0
         for other in node.inputs:
             if other is t:

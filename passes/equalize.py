@@ -8,7 +8,7 @@ until no scale moves by more than `tol` (in log) or `max_iter` sweeps.
 
 A clipping activation (Clip(0, 6), Relu -> Min) is kept exact: clip="per-channel"
 divides the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant);
-clip="range" (dfq's default) also moves the scales so every bound stays past the
+clip="range" also moves the scales so every bound stays past the
 activation's quantization range (the bound then costs nothing in int8);
 clip="constrain" scales a channel only when its pre-activation provably never reaches
 the bound. See equalize_clip.py. With strength < 1 the converged scales are applied
@@ -57,7 +57,7 @@ MAX_STEP = 1e4  # largest scale one step may apply
 class EqualizeConfig:
     """How equalization runs."""
 
-    clip: str = "per-channel"  # clipping activations (dfq uses "range"), equalize_clip.py
+    clip: str = "per-channel"  # clipping activations, see passes/equalize_clip.py
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
     clip_k: float = 4.0  # act_aware: a channel's activation reaches mean + clip_k std
