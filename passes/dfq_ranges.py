@@ -16,7 +16,7 @@ and moments (mean_c, var_c):
 A tensor's range is the union over its channels (qdq caps a Relu output read only by
 a per-channel Min at the Min's range, passes/qdq_clamp.py).
 
-Tensors the flow does not reach (graph inputs, Concat, global pooling outputs, ...)
+Tensors the flow does not reach (graph inputs, global pooling outputs, ...)
 are measured on the same inputs the statistics came from (`measured_ranges`, a
 percentile of the observed values).
 """
