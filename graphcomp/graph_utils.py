@@ -80,9 +80,9 @@ def attr(node: gs.Node, key: str, default: object = None) -> object:
 def used_names(graph: gs.Graph) -> set[str]:
     """The names of `graph.tensors()` (graph I/O, node inputs and outputs) and the nodes.
 
-    Collected in C-level iteration: about 4x faster than building `graph.tensors()`,
-    which matters because fresh_name scans the whole graph once per new name (qdq makes
-    several names per quantized tensor, so that is quadratic in the node count).
+    Collected in C-level iteration: about 4x faster than building `graph.tensors()`.
+    fresh_name calls it once per new name outside a `naming` scope, once per scope
+    inside one.
     """
     nodes = graph.nodes
     taken = set(map(_NAME, itertools.chain(
