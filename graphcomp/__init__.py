@@ -1,10 +1,9 @@
 """graphcomp: data-free compression of ONNX models (prune, svd, dfq, qdq), verified."""
+
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from graphcomp.api import compress  # noqa: E402
-from graphcomp.errors import (  # noqa: E402
+from graphcomp.api import compress
+from graphcomp.core.errors import (
     ConfigError,
     GraphcompError,
     ModelLoadError,
@@ -12,6 +11,15 @@ from graphcomp.errors import (  # noqa: E402
     UnsupportedModelError,
     VerificationError,
 )
+from graphcomp.core.version import __version__
 
-__all__ = ["ConfigError", "GraphcompError", "ModelLoadError", "PassFailedError",
-           "UnsupportedModelError", "VerificationError", "__version__", "compress"]
+__all__ = [
+    "ConfigError",
+    "GraphcompError",
+    "ModelLoadError",
+    "PassFailedError",
+    "UnsupportedModelError",
+    "VerificationError",
+    "__version__",
+    "compress",
+]

@@ -4,6 +4,7 @@ The CLI is a thin layer over `compress`. It returns the compressed `ModelProto` 
 the `Report`, raises `GraphcompError` subclasses for user errors, and raises
 `VerificationError` (carrying the report) when a threshold is missed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphcomp import analysis, model_io, pipeline, specs
-from graphcomp.errors import ConfigError, VerificationError
-from graphcomp.pass_base import Pass, PassContext
+from graphcomp import pipeline
+from graphcomp.core import analysis, model_io, specs
+from graphcomp.core.errors import ConfigError, VerificationError
+from graphcomp.core.pass_base import Pass, PassContext
 from graphcomp.report import Report
 from graphcomp.verify import LOSSLESS_RTOL, Thresholds, verify
 
@@ -33,13 +35,14 @@ class VerificationFailedError(VerificationError):
 
 def registry() -> dict[str, type[Pass]]:
     """The pass registry (the one place core code looks passes up)."""
-    from passes import REGISTRY
+    from graphcomp.passes import REGISTRY
 
     return REGISTRY
 
 
-def resolve_passes(passes: str | list[Any] | None, config_file: str | os.PathLike[str] | None
-                   ) -> list[Pass]:
+def resolve_passes(
+    passes: str | list[Any] | None, config_file: str | os.PathLike[str] | None
+) -> list[Pass]:
     """Pass objects from a spec string, a list of names/Pass objects, or a config file."""
     if config_file is not None:
         parsed = specs.load_spec_file(config_file)
@@ -61,22 +64,27 @@ def load_calibration(path: str | os.PathLike[str] | None) -> dict[str, np.ndarra
         return None
     try:
         with np.load(path) as data:
-            return {k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
-                    for k, v in ((k, data[k]) for k in data.files)}
+            return {
+                k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+                for k, v in ((k, data[k]) for k in data.files)
+            }
     except (OSError, ValueError) as e:
         raise ConfigError(f"{path}: cannot read calibration data ({e})") from e
 
 
-def compress(model: onnx.ModelProto | str | os.PathLike[str],
-             passes: str | list[Any] | None = None, *,
-             config_file: str | os.PathLike[str] | None = None,
-             output: str | os.PathLike[str] | None = None,
-             calibration_data: str | os.PathLike[str] | None = None,
-             inputs: str | os.PathLike[str] | None = None,
-             input_shapes: dict[str, list[int]] | None = None,
-             thresholds: Thresholds | None = None,
-             verify_output: bool = True,
-             progress: Callable[[str], None] | None = None) -> tuple[onnx.ModelProto, Report]:
+def compress(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    passes: str | list[Any] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    calibration_data: str | os.PathLike[str] | None = None,
+    inputs: str | os.PathLike[str] | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    thresholds: Thresholds | None = None,
+    verify_output: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[onnx.ModelProto, Report]:
     """Compress `model` with `passes`, verify it, optionally save it; see module doc."""
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     proto = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
@@ -84,20 +92,31 @@ def compress(model: onnx.ModelProto | str | os.PathLike[str],
         _check_output_path(Path(model), Path(output))
     opset = model_io.check_opset(proto)
     chosen = resolve_passes(passes, config_file)
-    ctx = PassContext(opset=opset, calibration=load_calibration(calibration_data),
-                      input_shapes=dict(input_shapes or {}))
+    ctx = PassContext(
+        opset=opset,
+        calibration=load_calibration(calibration_data),
+        input_shapes=dict(input_shapes or {}),
+    )
     result = pipeline.run(proto, chosen, ctx, progress)
-    report = Report(source, str(output) if output else None, result.records,
-                    _summary(proto, ctx), _summary(result.model, ctx),
-                    warnings=specs.order_warnings([p.name for p in chosen]))
+    report = Report(
+        source,
+        str(output) if output else None,
+        result.records,
+        _summary(proto, ctx),
+        _summary(result.model, ctx),
+        warnings=specs.order_warnings([p.name for p in chosen]),
+    )
     if verify_output:
         if progress:
             progress("verify")
         limits = _limits(thresholds, result.lossless)
         report.verification = verify(proto, result.model, limits, inputs, ctx.input_shapes)
         if not report.verification.passed:
-            raise VerificationFailedError("verification failed: " + "; ".join(
-                report.verification.failures), result.model, report)
+            raise VerificationFailedError(
+                "verification failed: " + "; ".join(report.verification.failures),
+                result.model,
+                report,
+            )
     if output is not None:
         keep_external = not isinstance(model, onnx.ModelProto) and model_io.has_external_data(model)
         model_io.save(result.model, output, external=True if keep_external else None)
@@ -109,14 +128,19 @@ def _limits(thresholds: Thresholds | None, lossless: bool) -> Thresholds:
     if lossless:
         rtol = limits.max_rel_err
         limits = dataclasses.replace(
-            limits, max_rel_err=LOSSLESS_RTOL if rtol is None else min(rtol, LOSSLESS_RTOL))
+            limits, max_rel_err=LOSSLESS_RTOL if rtol is None else min(rtol, LOSSLESS_RTOL)
+        )
     return limits
 
 
 def _summary(model: onnx.ModelProto, ctx: PassContext) -> dict[str, Any]:
     facts = analysis.analyze(model, ctx.input_shapes)
-    return {"params": facts.params, "macs": facts.macs, "bytes": facts.bytes,
-            "op_counts": facts.op_counts}
+    return {
+        "params": facts.params,
+        "macs": facts.macs,
+        "bytes": facts.bytes,
+        "op_counts": facts.op_counts,
+    }
 
 
 def _check_output_path(source: Path, output: Path) -> None:

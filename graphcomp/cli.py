@@ -3,6 +3,7 @@
 Exit codes: 0 success, 1 verification failed (report still written), 2 user error
 (one line on stderr, no traceback), 3 a pass broke the graph (a bug: traceback shown).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,20 +12,26 @@ import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from graphcomp import analysis, api, model_io
-from graphcomp.errors import GraphcompError, PassFailedError
+from graphcomp import api
+from graphcomp.core import analysis, model_io
+from graphcomp.core.errors import GraphcompError, PassFailedError
+from graphcomp.measure.inputs import parse_shapes
 from graphcomp.report import verify_table
-from graphcomp.verify import Thresholds, parse_shapes, verify
+from graphcomp.verify import Thresholds, verify
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
-                  rich_markup_mode=None,
-                  help="Data-free compression of ONNX models, verified with onnxruntime.")
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Data-free compression of ONNX models, verified with onnxruntime.",
+)
 out = Console()
 err = Console(stderr=True)
 
@@ -43,44 +50,73 @@ def guarded(fn: Callable[[], int | None]) -> None:
     raise typer.Exit(code)
 
 
-InputShape = Annotated[Optional[list[str]], typer.Option(  # noqa: UP045 - typer needs Optional
-    "--input-shape", help="Fix a dynamic input, e.g. input:1x3x224x224 (repeatable).")]
+InputShape = Annotated[
+    list[str] | None,
+    typer.Option("--input-shape", help="Fix a dynamic input, e.g. input:1x3x224x224 (repeatable)."),
+]
 
 
-@app.command(epilog="Example: graphcomp run models/resnet_s_bn.onnx --passes fold-bn,cleanup "
-             "-o resnet_s.folded.onnx --report report.json")
+@app.command(
+    epilog="Example: graphcomp run models/resnet_s_bn.onnx --passes fold-bn,cleanup "
+    "-o resnet_s.folded.onnx --report report.json"
+)
 def run(
     model: Annotated[Path, typer.Argument(help="The ONNX model to compress (never modified).")],
-    passes: Annotated[Optional[str], typer.Option("--passes", "-p", help=(  # noqa: UP045
-        "Passes in order, e.g. 'prune(ratio=0.3),dfq'. See 'graphcomp passes'."))] = None,
-    config: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        "--config", "-c", help="TOML/JSON file with a 'passes' list.")] = None,
-    output: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        "--output", "-o", help="Output path [default: <model>.compressed.onnx].")] = None,
-    report: Annotated[Optional[Path], typer.Option(help="Write the JSON report here.")] = None,  # noqa: UP045
-    inputs: Annotated[Optional[Path], typer.Option(help="Verify on these inputs (.npz).")] = None,  # noqa: UP045
+    passes: Annotated[
+        str | None,
+        typer.Option(
+            "--passes",
+            "-p",
+            help=("Passes in order, e.g. 'prune(ratio=0.3),dfq'. See 'graphcomp passes'."),
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="TOML/JSON file with a 'passes' list."),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="Output path [default: <model>.compressed.onnx]."),
+    ] = None,
+    report: Annotated[Path | None, typer.Option(help="Write the JSON report here.")] = None,
+    inputs: Annotated[Path | None, typer.Option(help="Verify on these inputs (.npz).")] = None,
     input_shape: InputShape = None,
-    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Samples (.npz) for passes that can use data; none needed.")] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Samples (.npz) for passes that can use data; none needed."),
+    ] = None,
     no_verify: Annotated[bool, typer.Option("--no-verify", help="Skip verification.")] = False,
-    max_rel_err: Annotated[Optional[float], typer.Option(help="Fail above this relative error.")] = None,  # noqa: UP045,E501
-    min_cosine: Annotated[Optional[float], typer.Option(help="Fail below this cosine.")] = None,  # noqa: UP045
-    min_top1: Annotated[Optional[float], typer.Option(help="Fail below this top-1 agreement.")] = None,  # noqa: UP045,E501
-    keep_failed: Annotated[bool, typer.Option(help="On failed verification, keep the model as <output>.failed.onnx.")] = False,  # noqa: E501
-    json_out: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of tables.")] = False,  # noqa: E501
+    max_rel_err: Annotated[
+        float | None, typer.Option(help="Fail above this relative error.")
+    ] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Fail below this cosine.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Fail below this top-1 agreement.")] = None,
+    keep_failed: Annotated[
+        bool, typer.Option(help="On failed verification, keep the model as <output>.failed.onnx.")
+    ] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report instead of tables.")
+    ] = False,
 ) -> None:
     """Compress MODEL with the given passes, verify it and write the result."""
+
     def body() -> int:
         target = output or model.with_name(f"{model.stem}.compressed.onnx")
         thresholds = Thresholds(max_rel_err, min_cosine, min_top1)
         with err.status("loading") as status:
             try:
                 _, rep = api.compress(
-                    model, passes, config_file=config, output=target,
-                    calibration_data=calibration_data, inputs=inputs,
-                    input_shapes=parse_shapes(input_shape or []), thresholds=thresholds,
+                    model,
+                    passes,
+                    config_file=config,
+                    output=target,
+                    calibration_data=calibration_data,
+                    inputs=inputs,
+                    input_shapes=parse_shapes(input_shape or []),
+                    thresholds=thresholds,
                     verify_output=not no_verify,
-                    progress=lambda step: status.update(f"running {step}"))
+                    progress=lambda step: status.update(f"running {step}"),
+                )
                 code = 0
             except api.VerificationFailedError as e:
                 rep, code = e.report, 1
@@ -92,6 +128,7 @@ def run(
         if code:
             err.print("error: verification failed; output not written", highlight=False)
         return code
+
     guarded(body)
 
 
@@ -107,16 +144,20 @@ def _show(rep: Any, json_out: bool) -> None:
 @app.command(name="passes", epilog="Example: graphcomp passes")
 def list_passes() -> None:
     """List every pass with its config fields and defaults."""
+
     def body() -> int:
         table = Table(title="passes")
         for col in ("name", "lossless", "fields (default)", "what it does"):
             table.add_column(col)
         for name, cls in sorted(api.registry().items()):
-            fields = ", ".join(f"{f.name}={f.default!r}" for f in
-                               dataclasses.fields(cls.config_class)) or "-"
+            fields = (
+                ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.config_class))
+                or "-"
+            )
             table.add_row(name, "yes" if cls.lossless else "no", fields, cls.summary)
         out.print(table)
         return 0
+
     guarded(body)
 
 
@@ -126,10 +167,16 @@ def inspect(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     nodes: Annotated[bool, typer.Option(help="Include MACs per node.")] = False,
     input_shape: InputShape = None,
-    groups: Annotated[bool, typer.Option("--groups", help=(
-        "List prune's channel groups: members, channels, prunable or why not."))] = False,
+    groups: Annotated[
+        bool,
+        typer.Option(
+            "--groups",
+            help=("List prune's channel groups: members, channels, prunable or why not."),
+        ),
+    ] = False,
 ) -> None:
     """Show the pre-flight facts of MODEL: opset, I/O, ops, params, MACs, BN, sharing."""
+
     def body() -> int:
         if groups:
             return _show_groups(model_io.load(model), json_out)
@@ -143,11 +190,12 @@ def inspect(
             table.add_row(key, json.dumps(value) if isinstance(value, (list, dict)) else str(value))
         out.print(table)
         return 0
+
     guarded(body)
 
 
 def _show_groups(model: Any, json_out: bool) -> int:
-    from passes.prune_groups import describe
+    from graphcomp.passes.prune.walk import describe
 
     rows = describe(model)
     if json_out:
@@ -157,78 +205,123 @@ def _show_groups(model: Any, json_out: bool) -> int:
     for col in ("group", "channels", "producers", "members", "prunable"):
         table.add_column(col)
     for r in rows:
-        table.add_row(str(r["group"]), str(r["channels"]), ", ".join(r["producers"]),
-                      ", ".join(r["members"]), "yes" if r["prunable"] else f"no: {r['reason']}")
+        table.add_row(
+            str(r["group"]),
+            str(r["channels"]),
+            ", ".join(r["producers"]),
+            ", ".join(r["members"]),
+            "yes" if r["prunable"] else f"no: {r['reason']}",
+        )
     out.print(table)
     return 0
 
 
-@app.command(name="verify", epilog="Example: graphcomp verify model.onnx model.small.onnx "
-             "--min-cosine 0.99")
+@app.command(
+    name="verify", epilog="Example: graphcomp verify model.onnx model.small.onnx --min-cosine 0.99"
+)
 def verify_cmd(
     reference: Annotated[Path, typer.Argument(help="The original model.")],
     candidate: Annotated[Path, typer.Argument(help="The model to check against it.")],
-    inputs: Annotated[Optional[Path], typer.Option(help="Inputs (.npz).")] = None,  # noqa: UP045
+    inputs: Annotated[Path | None, typer.Option(help="Inputs (.npz).")] = None,
     input_shape: InputShape = None,
-    max_rel_err: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
-    min_cosine: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
-    min_top1: Annotated[Optional[float], typer.Option()] = None,  # noqa: UP045
+    max_rel_err: Annotated[float | None, typer.Option()] = None,
+    min_cosine: Annotated[float | None, typer.Option()] = None,
+    min_top1: Annotated[float | None, typer.Option()] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Compare two models output by output in onnxruntime; exit 1 if a threshold is missed."""
+
     def body() -> int:
         ref, cand = model_io.load(reference), model_io.load(candidate)
-        result = verify(ref, cand, Thresholds(max_rel_err, min_cosine, min_top1), inputs,
-                        parse_shapes(input_shape or []))
+        result = verify(
+            ref,
+            cand,
+            Thresholds(max_rel_err, min_cosine, min_top1),
+            inputs,
+            parse_shapes(input_shape or []),
+        )
         if json_out:
             out.print_json(json.dumps(result.to_dict(), default=str))
         else:
             out.print(verify_table(result))
         return 0 if result.passed else 1
+
     guarded(body)
 
 
-@app.command(epilog="Example: graphcomp bench models/resnet_s.onnx --passes none "
-             "--passes fold-bn,cleanup --eval models/data/glyphs_eval.npz --markdown")
+@app.command(
+    epilog="Example: graphcomp bench models/resnet_s.onnx --passes none "
+    "--passes fold-bn,cleanup --eval models/data/glyphs_eval.npz --markdown"
+)
 def bench(
     model: Annotated[Path, typer.Argument(help="The ONNX model (the original row).")],
-    passes: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        "--passes", "-p", help="A pass list to compare, one row each (repeatable); "
-        "'none' or '' is the original.")] = None,
-    baseline: Annotated[Optional[list[str]], typer.Option(  # noqa: UP045
-        help="onnxruntime quantizer row: ort-static-pt, ort-static-pc, ort-dynamic "
-        "(repeatable; static ones need --calibration-data).")] = None,
-    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Samples (.npz) for the passes and the static baselines.")] = None,
-    eval_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        "--eval", help="Labelled set (.npz with 'input' and 'label') for top-1.")] = None,
+    passes: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--passes",
+            "-p",
+            help="A pass list to compare, one row each (repeatable); 'none' or '' is the original.",
+        ),
+    ] = None,
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="onnxruntime quantizer row: ort-static-pt, ort-static-pc, ort-dynamic "
+            "(repeatable; static ones need --calibration-data)."
+        ),
+    ] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Samples (.npz) for the passes and the static baselines."),
+    ] = None,
+    eval_data: Annotated[
+        Path | None,
+        typer.Option("--eval", help="Labelled set (.npz with 'input' and 'label') for top-1."),
+    ] = None,
     batch: Annotated[str, typer.Option(help="Latency batch sizes, e.g. 1,32.")] = "1",
     runs: Annotated[int, typer.Option(help="Timed runs per latency figure (median).")] = 20,
     warmup: Annotated[int, typer.Option(help="Discarded warm-up runs per session.")] = 5,
     input_shape: InputShape = None,
-    max_rel_err: Annotated[Optional[float], typer.Option(help="Verify: relative error limit.")] = None,  # noqa: UP045,E501
-    min_cosine: Annotated[Optional[float], typer.Option(help="Verify: cosine limit.")] = None,  # noqa: UP045
-    min_top1: Annotated[Optional[float], typer.Option(help="Verify: top-1 agreement limit.")] = None,  # noqa: UP045,E501
-    out_dir: Annotated[Optional[Path], typer.Option(help="Keep the compiled models here.")] = None,  # noqa: UP045,E501
-    pass_calibration: Annotated[bool, typer.Option(help="Give --calibration-data to the pass lists too (else only to the baselines).")] = True,  # noqa: E501
+    max_rel_err: Annotated[float | None, typer.Option(help="Verify: relative error limit.")] = None,
+    min_cosine: Annotated[float | None, typer.Option(help="Verify: cosine limit.")] = None,
+    min_top1: Annotated[float | None, typer.Option(help="Verify: top-1 agreement limit.")] = None,
+    out_dir: Annotated[Path | None, typer.Option(help="Keep the compiled models here.")] = None,
+    pass_calibration: Annotated[
+        bool,
+        typer.Option(
+            help="Give --calibration-data to the pass lists too (else only to the baselines)."
+        ),
+    ] = True,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     markdown: Annotated[bool, typer.Option(help="Print a Markdown table.")] = False,
 ) -> None:
     """Compress MODEL with each pass list and measure all versions side by side."""
-    from graphcomp import bench as benchmod
-    from graphcomp import bench_table
+    from graphcomp.bench import run as benchmod
+    from graphcomp.bench import table as bench_table
 
     def body() -> int:
         options = benchmod.BenchOptions(
-            tuple(passes or ()), tuple(baseline or ()), calibration_data, eval_data,
-            benchmod.parse_batches(batch), runs, warmup, parse_shapes(input_shape or []),
-            Thresholds(max_rel_err, min_cosine, min_top1), out_dir, pass_calibration)
+            tuple(passes or ()),
+            tuple(baseline or ()),
+            calibration_data,
+            eval_data,
+            benchmod.parse_batches(batch),
+            runs,
+            warmup,
+            parse_shapes(input_shape or []),
+            Thresholds(max_rel_err, min_cosine, min_top1),
+            out_dir,
+            pass_calibration,
+        )
         with err.status("bench") as status:
             result = benchmod.bench(model, options, lambda step: status.update(step))
         for row in result.rows:
             if row.error:
-                err.print(f"error in {row.config}: {row.error}\n{row.traceback or ''}",
-                          markup=False, highlight=False)
+                err.print(
+                    f"error in {row.config}: {row.error}\n{row.traceback or ''}",
+                    markup=False,
+                    highlight=False,
+                )
         if json_out:
             out.print_json(json.dumps(result.to_dict(), default=str))
         elif markdown:
@@ -236,24 +329,31 @@ def bench(
         else:
             bench_table.render(result, out)
         return 1 if result.failed else 0
+
     guarded(body)
 
 
-@app.command(name="config", epilog="Example: graphcomp config models/resnet_s.onnx "
-             "--qconfig q.toml --profile trt")
+@app.command(
+    name="config",
+    epilog="Example: graphcomp config models/resnet_s.onnx --qconfig q.toml --profile trt",
+)
 def config_cmd(
     model: Annotated[Path, typer.Argument(help="The ONNX model.")],
-    qconfig: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Per-tensor quantization rules (TOML/JSON).")] = None,
+    qconfig: Annotated[
+        Path | None,
+        typer.Option(help="Per-tensor quantization rules (TOML/JSON)."),
+    ] = None,
     profile: Annotated[str, typer.Option(help="Placement profile: ort or trt.")] = "ort",
-    calibration_data: Annotated[Optional[Path], typer.Option(  # noqa: UP045
-        help="Say that ranges will come from these samples.")] = None,
+    calibration_data: Annotated[
+        Path | None,
+        typer.Option(help="Say that ranges will come from these samples."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Print how the qdq pass will quantize every tensor of MODEL (nothing runs)."""
-    from graphcomp.pass_base import PassContext
-    from passes import qdq_table
-    from passes.qdq_config import QdqConfig
+    from graphcomp.core.pass_base import PassContext
+    from graphcomp.passes.qdq import table as qdq_table
+    from graphcomp.passes.qdq.config import QdqConfig
 
     def body() -> int:
         cfg = QdqConfig(profile=profile, qconfig=str(qconfig) if qconfig else None)
@@ -264,6 +364,7 @@ def config_cmd(
         else:
             out.print(qdq_table.render(rows, title=f"qdq config of {model}"))
         return 0
+
     guarded(body)
 
 

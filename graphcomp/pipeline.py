@@ -6,6 +6,7 @@ intermediate shapes re-inferred (so a pass that changes channel counts only has 
 get the weights right), checked with `onnx.checker` and for unique names, and
 re-imported for the next pass.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,9 +21,9 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx import shape_inference
 
-from graphcomp import analysis, model_io
-from graphcomp.errors import GraphcompError, PassFailedError
-from graphcomp.pass_base import Pass, PassContext, PassResult
+from graphcomp.core import analysis, graph_utils, model_io
+from graphcomp.core.errors import GraphcompError, PassFailedError
+from graphcomp.core.pass_base import Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -42,8 +43,13 @@ class PassRecord:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         data = self.result.to_dict()
-        data.update(config=self.config, params=list(self.params), macs=list(self.macs),
-                    bytes=list(self.bytes), seconds=round(self.seconds, 4))
+        data.update(
+            config=self.config,
+            params=list(self.params),
+            macs=list(self.macs),
+            bytes=list(self.bytes),
+            seconds=round(self.seconds, 4),
+        )
         return data
 
 
@@ -61,12 +67,16 @@ class PipelineResult:
         return all(p.lossless for p in self.passes)
 
 
-def run(model: onnx.ModelProto, passes: list[Pass], ctx: PassContext | None = None,
-        progress: Progress | None = None) -> PipelineResult:
+def run(
+    model: onnx.ModelProto,
+    passes: list[Pass],
+    ctx: PassContext | None = None,
+    progress: Progress | None = None,
+) -> PipelineResult:
     """Apply `passes` in order to a copy of `model`."""
     ctx = ctx or PassContext(opset=model_io.default_opset(model))
     graph = gs.import_onnx(model)
-    name_nodes(graph)
+    graph_utils.name_nodes(graph)
     out = PipelineResult(model=model, passes=list(passes))
     done: list[str] = []
     for p in passes:
@@ -97,8 +107,14 @@ def _after(done: list[str]) -> str:
     return f" (after {', '.join(done)})" if done else ""
 
 
-def _record(p: Pass, result: PassResult, before: onnx.ModelProto, after: onnx.ModelProto,
-            seconds: float, ctx: PassContext) -> PassRecord:
+def _record(
+    p: Pass,
+    result: PassResult,
+    before: onnx.ModelProto,
+    after: onnx.ModelProto,
+    seconds: float,
+    ctx: PassContext,
+) -> PassRecord:
     def size(m: onnx.ModelProto) -> tuple[int, int, int]:
         shapes = analysis.infer_shapes(m, ctx.input_shapes)
         macs = sum(analysis.node_macs(n, shapes) for n in m.graph.node)
@@ -117,31 +133,17 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def name_nodes(graph: gs.Graph) -> None:
-    """Give every unnamed or repeated node a unique name, so reports can name it.
-
-    Unnamed nodes become `<op>_<index>`; a repeated name gets `_<index>` appended.
-    """
-    taken: set[str] = set()
-    for i, node in enumerate(graph.nodes):
-        name = node.name or f"{node.op}_{i}"
-        if name in taken:
-            name = f"{name}_{i}"
-        while name in taken:
-            name += "_"
-        node.name = name
-        taken.add(name)
-
-
-def finish_graph(graph: gs.Graph, original: onnx.ModelProto, label: str = "pass",
-                 done: list[str] | None = None) -> onnx.ModelProto:
+def finish_graph(
+    graph: gs.Graph, original: onnx.ModelProto, label: str = "pass", done: list[str] | None = None
+) -> onnx.ModelProto:
     """Clean, sort, export, re-infer shapes and check; returns the new ModelProto."""
     try:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
         model = gs.export_onnx(graph, do_type_check=False)
     except Exception as e:
-        raise PassFailedError(f"pass '{label}' left a graph that cannot be exported: "
-                              f"{e!r}{_after(done or [])}") from e
+        raise PassFailedError(
+            f"pass '{label}' left a graph that cannot be exported: {e!r}{_after(done or [])}"
+        ) from e
     _keep_model_fields(model, original)
     model = refresh_shapes(model)
     check(model, label, done or [])
@@ -182,8 +184,9 @@ def check(model: onnx.ModelProto, label: str, done: list[str]) -> None:
         else:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
-        raise PassFailedError(f"pass '{label}' produced an invalid model: "
-                              f"{str(e).splitlines()[0]}{_after(done)}") from e
+        raise PassFailedError(
+            f"pass '{label}' produced an invalid model: {str(e).splitlines()[0]}{_after(done)}"
+        ) from e
 
 
 def _check_by_path(model: onnx.ModelProto) -> None:

@@ -1,4 +1,5 @@
 """The run's record: a rich table for the terminal and the same facts as JSON."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from graphcomp import __version__
+from graphcomp.core.version import __version__
 from graphcomp.pipeline import PassRecord
 from graphcomp.verify import VerifyResult
 
@@ -87,7 +88,9 @@ def pass_table(records: list[PassRecord]) -> Table:
         table.add_column(col, justify="left" if col == "pass" else "right")
     for r in records:
         table.add_row(
-            r.result.name, str(len(r.result.changes)), str(len(r.result.skipped)),
+            r.result.name,
+            str(len(r.result.changes)),
+            str(len(r.result.skipped)),
             f"{human(r.params[1])} ({_ratio(*r.params)})",
             f"{human(r.macs[1])} ({_ratio(*r.macs)})",
             f"{human(r.bytes[1], 'B')} ({_ratio(*r.bytes)})",
@@ -110,8 +113,11 @@ def details_table(records: list[PassRecord], most: int = 4) -> Table:
         for reason, count in reasons.most_common(most):
             table.add_row(r.result.name, f"skipped: {reason}", str(count))
         if len(reasons) > most:
-            table.add_row(r.result.name, "skipped: other reasons",
-                          str(sum(c for _, c in reasons.most_common()[most:])))
+            table.add_row(
+                r.result.name,
+                "skipped: other reasons",
+                str(sum(c for _, c in reasons.most_common()[most:])),
+            )
     return table
 
 
@@ -123,8 +129,11 @@ def _reason_kind(reason: str) -> str:
 
 def size_line(before: dict[str, Any], after: dict[str, Any]) -> str:
     """'params 1.2M -> 0.8M (0.667x), ...'."""
-    parts = [f"{k} {human(before[k])} -> {human(after[k])} ({_ratio(before[k], after[k])})"
-             for k in ("params", "macs", "bytes") if k in before and k in after]
+    parts = [
+        f"{k} {human(before[k])} -> {human(after[k])} ({_ratio(before[k], after[k])})"
+        for k in ("params", "macs", "bytes")
+        if k in before and k in after
+    ]
     return "model: " + ", ".join(parts)
 
 
@@ -136,8 +145,14 @@ def verify_table(result: VerifyResult) -> Table:
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in result.outputs:
         top1 = "-" if o.top1_agreement is None else f"{o.top1_agreement:.3f}"
-        table.add_row(o.name, f"{o.max_abs_err:.3g}", f"{o.rel_err:.3g}", f"{o.cosine:.6f}",
-                      f"{o.sqnr_db:.1f}", top1)
+        table.add_row(
+            o.name,
+            f"{o.max_abs_err:.3g}",
+            f"{o.rel_err:.3g}",
+            f"{o.cosine:.6f}",
+            f"{o.sqnr_db:.1f}",
+            top1,
+        )
     for f in result.failures:
         table.caption = (table.caption + "; " if table.caption else "") + f
     return table

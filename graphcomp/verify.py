@@ -6,10 +6,10 @@ gives an `.npz`; dynamic dims take `input_shapes` overrides, else `batch` for th
 dim and `DEFAULT_DYNAMIC_DIM` for the others. Relative error is
 max|a - b| / max(max|a|, REL_FLOOR).
 """
+
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,25 +17,33 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
-from graphcomp import model_io
-from graphcomp.errors import ConfigError, GraphcompError, PassFailedError, UnsupportedModelError
+from graphcomp.core.errors import (
+    ConfigError,
+    GraphcompError,
+    PassFailedError,
+    UnsupportedModelError,
+)
+from graphcomp.measure.inputs import ORT_OPT_LEVEL, load_inputs, make_inputs, session
 
 LOSSLESS_RTOL = 1e-4
-DEFAULT_DYNAMIC_DIM = 64
 T = TypeVar("T")
 # onnxruntime's own exception classes derive from Exception directly.
-ORT_ERRORS = (RuntimeError, ValueError, *(
-    cls for cls in vars(ort_state).values()
-    if isinstance(cls, type) and issubclass(cls, Exception)))
+ORT_ERRORS = (
+    RuntimeError,
+    ValueError,
+    *(
+        cls
+        for cls in vars(ort_state).values()
+        if isinstance(cls, type) and issubclass(cls, Exception)
+    ),
+)
 TINY = 1e-12  # guards divisions by an all-zero reference
 # Relative error is taken against max|ref|, but never against less than this: outputs
 # that are all tiny (saturated sigmoids on random inputs) would turn float rounding
 # (~1e-8 absolute) into large "relative" errors.
 REL_FLOOR = 1e-2
-ORT_OPT_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 
 
 @dataclass(frozen=True)
@@ -83,101 +91,30 @@ class VerifyResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"passed": self.passed, "failures": self.failures,
-                "needed_rtol": self.needed_rtol, "input_source": self.input_source,
-                "ort_optimization": self.ort_optimization,
-                "thresholds": asdict(self.thresholds),
-                "outputs": [asdict(o) for o in self.outputs]}
-
-
-def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.InferenceSession:
-    """A CPU onnxruntime session; large protos go through a temporary file."""
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ORT_OPT_LEVEL
-    opts.log_severity_level = 4  # graphcomp reports failures itself, in one line
-    if threads:
-        opts.intra_op_num_threads = threads
-    if isinstance(model, (str, Path)):
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-    if not model_io.needs_external_data(model):
-        return ort.InferenceSession(model.SerializeToString(), opts,
-                                    providers=["CPUExecutionProvider"])
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        model_io.save(model, path, external=True)
-        return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def parse_shapes(items: list[str]) -> dict[str, list[int]]:
-    """`["input:1x3x224x224"]` -> {"input": [1, 3, 224, 224]}."""
-    shapes = {}
-    for item in items:
-        name, _, dims = item.rpartition(":")
-        try:
-            shapes[name] = [int(d) for d in dims.lower().split("x")]
-        except ValueError:
-            raise ConfigError(f"bad --input-shape '{item}': expected name:1x3x224x224") from None
-        if not name or any(d <= 0 for d in shapes[name]):
-            raise ConfigError(f"bad --input-shape '{item}': expected name:1x3x224x224")
-    return shapes
-
-
-def make_inputs(sess: ort.InferenceSession, shapes: dict[str, list[int]] | None = None,
-                seed: int = 0, batch: int = 8) -> dict[str, np.ndarray]:
-    """Seeded inputs for every model input, dynamic dims resolved as documented."""
-    rng = np.random.default_rng(seed)
-    shapes = shapes or {}
-    feeds = {}
-    for arg in sess.get_inputs():
-        dims = shapes.get(arg.name) or [
-            d if isinstance(d, int) and d > 0 else (batch if i == 0 else DEFAULT_DYNAMIC_DIM)
-            for i, d in enumerate(arg.shape)]
-        feeds[arg.name] = _random(rng, arg.type, dims)
-    return feeds
-
-
-def _random(rng: np.random.Generator, ort_type: str, dims: list[int]) -> np.ndarray:
-    if "float16" in ort_type:
-        return rng.standard_normal(dims).astype(np.float16)
-    if "double" in ort_type:
-        return rng.standard_normal(dims)
-    if "float" in ort_type:
-        return rng.standard_normal(dims).astype(np.float32)
-    if "bool" in ort_type:
-        return rng.integers(0, 2, dims).astype(bool)
-    if "int32" in ort_type:
-        return rng.integers(0, 2, dims).astype(np.int32)
-    if "int" in ort_type:
-        return rng.integers(0, 2, dims).astype(np.int64)
-    raise ConfigError(f"cannot make inputs of type {ort_type}; pass --inputs file.npz")
-
-
-def load_inputs(path: str | Path, sess: ort.InferenceSession) -> dict[str, np.ndarray]:
-    """Read an .npz of named inputs, cast to the model's input types."""
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read inputs ({e})") from e
-    feeds = {}
-    for arg in sess.get_inputs():
-        if arg.name not in data:
-            raise ConfigError(f"{path}: no array named '{arg.name}' (has {', '.join(data.files)})")
-        feeds[arg.name] = _cast(np.asarray(data[arg.name]), arg.type)
-    return feeds
-
-
-def _cast(array: np.ndarray, ort_type: str) -> np.ndarray:
-    kinds = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
-             "tensor(double)": np.float64, "tensor(int64)": np.int64,
-             "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
-    return array.astype(kinds.get(ort_type, array.dtype), copy=False)
+        return {
+            "passed": self.passed,
+            "failures": self.failures,
+            "needed_rtol": self.needed_rtol,
+            "input_source": self.input_source,
+            "ort_optimization": self.ort_optimization,
+            "thresholds": asdict(self.thresholds),
+            "outputs": [asdict(o) for o in self.outputs],
+        }
 
 
 def compare_arrays(name: str, ref: np.ndarray, new: np.ndarray) -> OutputStats:
     """Fidelity statistics of `new` against `ref` (all infinite if shapes differ)."""
     if np.shape(ref) != np.shape(new):
-        return OutputStats(name, list(np.shape(ref)), math.inf, math.inf, math.inf,
-                           0.0, -math.inf, 0.0 if np.ndim(ref) == 2 else None)
+        return OutputStats(
+            name,
+            list(np.shape(ref)),
+            math.inf,
+            math.inf,
+            math.inf,
+            0.0,
+            -math.inf,
+            0.0 if np.ndim(ref) == 2 else None,
+        )
     a = np.asarray(ref, dtype=np.float64).reshape(-1)
     b = np.asarray(new, dtype=np.float64).reshape(-1)
     err = np.abs(a - b)
@@ -186,10 +123,16 @@ def compare_arrays(name: str, ref: np.ndarray, new: np.ndarray) -> OutputStats:
     cosine = float(a @ b / norm) if norm > TINY else float(np.array_equal(a, b))
     noise = float(np.sum((a - b) ** 2))
     sqnr = 10 * math.log10(float(np.sum(a**2)) / noise) if noise > 0 else math.inf
-    return OutputStats(name, list(np.shape(ref)), float(err.max(initial=0.0)),
-                       float(err.mean()) if err.size else 0.0,
-                       float(err.max(initial=0.0) / max(max_ref, REL_FLOOR)),
-                       cosine, sqnr, _top1(ref, new))
+    return OutputStats(
+        name,
+        list(np.shape(ref)),
+        float(err.max(initial=0.0)),
+        float(err.mean()) if err.size else 0.0,
+        float(err.max(initial=0.0) / max(max_ref, REL_FLOOR)),
+        cosine,
+        sqnr,
+        _top1(ref, new),
+    )
 
 
 def _top1(ref: np.ndarray, new: np.ndarray) -> float | None:
@@ -208,8 +151,10 @@ def verdict(stats: list[OutputStats], thresholds: Thresholds) -> list[str]:
             failures.append(f"{s.name}: relative error {s.rel_err:.3g} > {t.max_rel_err:g}")
         if t.min_cosine is not None and not s.cosine >= t.min_cosine:
             failures.append(f"{s.name}: cosine {s.cosine:.5f} < {t.min_cosine:g}")
-        if t.min_top1 is not None and s.top1_agreement is not None and not (
-            s.top1_agreement >= t.min_top1
+        if (
+            t.min_top1 is not None
+            and s.top1_agreement is not None
+            and not (s.top1_agreement >= t.min_top1)
         ):
             failures.append(f"{s.name}: top-1 agreement {s.top1_agreement:.3f} < {t.min_top1:g}")
     return failures
@@ -228,16 +173,27 @@ def _first_line(error: BaseException) -> str:
     return lines[0][:300] if lines else type(error).__name__
 
 
-def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto | str | Path,
-           thresholds: Thresholds | None = None, inputs: str | Path | None = None,
-           input_shapes: dict[str, list[int]] | None = None, seed: int = 0,
-           batch: int = 8) -> VerifyResult:
+def verify(
+    original: onnx.ModelProto | str | Path,
+    compressed: onnx.ModelProto | str | Path,
+    thresholds: Thresholds | None = None,
+    inputs: str | Path | None = None,
+    input_shapes: dict[str, list[int]] | None = None,
+    seed: int = 0,
+    batch: int = 8,
+) -> VerifyResult:
     """Compare the two models output by output on the same inputs."""
     thresholds = thresholds or Thresholds()
-    ref_sess = _guarded(lambda: session(original), UnsupportedModelError,
-                        "onnxruntime cannot load the original model")
-    new_sess = _guarded(lambda: session(compressed), PassFailedError,
-                        "onnxruntime cannot load the compressed model (a graphcomp bug)")
+    ref_sess = _guarded(
+        lambda: session(original),
+        UnsupportedModelError,
+        "onnxruntime cannot load the original model",
+    )
+    new_sess = _guarded(
+        lambda: session(compressed),
+        PassFailedError,
+        "onnxruntime cannot load the compressed model (a graphcomp bug)",
+    )
     if inputs is not None:
         feeds, source = load_inputs(inputs, ref_sess), f"file {inputs}"
     else:
@@ -249,11 +205,17 @@ def verify(original: onnx.ModelProto | str | Path, compressed: onnx.ModelProto |
     if missing:
         return VerifyResult([], thresholds, [f"outputs missing from the result: {missing}"], source)
     shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
-    ref_out = _guarded(lambda: ref_sess.run(names, feeds), ConfigError,
-                       f"onnxruntime cannot run the original model on {shapes}; give "
-                       "--input-shape NAME:DIMS or --inputs FILE.npz")
-    new_out = _guarded(lambda: new_sess.run(names, feeds), PassFailedError,
-                       f"the compressed model fails in onnxruntime on {shapes} where the "
-                       "original runs (a graphcomp bug)")
+    ref_out = _guarded(
+        lambda: ref_sess.run(names, feeds),
+        ConfigError,
+        f"onnxruntime cannot run the original model on {shapes}; give "
+        "--input-shape NAME:DIMS or --inputs FILE.npz",
+    )
+    new_out = _guarded(
+        lambda: new_sess.run(names, feeds),
+        PassFailedError,
+        f"the compressed model fails in onnxruntime on {shapes} where the "
+        "original runs (a graphcomp bug)",
+    )
     stats = [compare_arrays(n, r, x) for n, r, x in zip(names, ref_out, new_out, strict=True)]
     return VerifyResult(stats, thresholds, verdict(stats, thresholds), source)

@@ -5,6 +5,7 @@ Usage (from the repo root): `pip install torch==2.13.0 onnxscript`, then
 and the table between the markers in models/README.md. Seeded; about 15 minutes on
 2 CPU cores.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,32 +44,53 @@ class Spec:
 
 
 SPECS = (
-    Spec("mobilenetv2_s", 13, "depthwise conv, ReLU6 (Clip), residual Add coupling",
-         train.TrainConfig(epochs=5, seed=1)),
-    Spec("resnet_s", 17, "residual Add coupling, 1x1 projection shortcuts",
-         train.TrainConfig(epochs=3, seed=2)),
-    Spec("vgg_s", 13, "MaxPool, Flatten (64x4x4) -> Gemm, Gemm -> Relu -> Gemm",
-         train.TrainConfig(epochs=4, seed=3)),
-    Spec("densecat_s", 17, "channel Concat (dense blocks), 1x1 transitions, AveragePool",
-         train.TrainConfig(epochs=4, seed=4)),
-    Spec("vit_s", 17, "attention: MatMul (x@W and QK^T, AV), Softmax, LayerNorm, GELU",
-         train.TrainConfig(epochs=10, lr=2e-3, weight_decay=0.05, seed=5)),
+    Spec(
+        "mobilenetv2_s",
+        13,
+        "depthwise conv, ReLU6 (Clip), residual Add coupling",
+        train.TrainConfig(epochs=5, seed=1),
+    ),
+    Spec(
+        "resnet_s",
+        17,
+        "residual Add coupling, 1x1 projection shortcuts",
+        train.TrainConfig(epochs=3, seed=2),
+    ),
+    Spec(
+        "vgg_s",
+        13,
+        "MaxPool, Flatten (64x4x4) -> Gemm, Gemm -> Relu -> Gemm",
+        train.TrainConfig(epochs=4, seed=3),
+    ),
+    Spec(
+        "densecat_s",
+        17,
+        "channel Concat (dense blocks), 1x1 transitions, AveragePool",
+        train.TrainConfig(epochs=4, seed=4),
+    ),
+    Spec(
+        "vit_s",
+        17,
+        "attention: MatMul (x@W and QK^T, AV), Softmax, LayerNorm, GELU",
+        train.TrainConfig(epochs=10, lr=2e-3, weight_decay=0.05, seed=5),
+    ),
 )
 
 
 def make_data(out_dir: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Generate the splits; save calib and eval; return float32 arrays as consumers see them."""
     start = time.time()
-    splits = {"train": glyphs.make_split(N_TRAIN, SEED_TRAIN),
-              "calib": glyphs.make_split(N_CALIB, SEED_CALIB),
-              "eval": glyphs.make_split(N_EVAL, SEED_EVAL)}
+    splits = {
+        "train": glyphs.make_split(N_TRAIN, SEED_TRAIN),
+        "calib": glyphs.make_split(N_CALIB, SEED_CALIB),
+        "eval": glyphs.make_split(N_EVAL, SEED_EVAL),
+    }
     for name in ("calib", "eval"):
         glyphs.save_split(out_dir / "data" / f"glyphs_{name}.npz", *splits[name])
         # consumers read float16 and cast to float32: use exactly that from here on
         images, labels = splits[name]
         splits[name] = (images.astype(np.float16).astype(np.float32), labels)
-    log.info("data: %s in %.0f s", {k: len(v[1]) for k, v in splits.items()},
-             time.time() - start)
+    log.info("data: %s in %.0f s", {k: len(v[1]) for k, v in splits.items()}, time.time() - start)
     return splits
 
 
@@ -79,14 +101,19 @@ def build_one(spec: Spec, data: dict, out_dir: Path) -> list[dict]:
     model = nets.ARCHITECTURES[spec.name](len(glyphs.CLASSES))
     train.train(model, *data["train"], spec.train)
     torch_acc = 100 * train.accuracy(model, *data["eval"])
-    log.info("%s: torch eval top-1 %.2f%% (trained in %.0f s)", spec.name, torch_acc,
-             time.time() - start)
+    log.info(
+        "%s: torch eval top-1 %.2f%% (trained in %.0f s)", spec.name, torch_acc, time.time() - start
+    )
     rows = []
     for path in export.export_pair(model, out_dir, spec.name, spec.opset, data["eval"][0]):
-        row = {"file": path.name, "arch": spec.name, "exercises": spec.exercises,
-               **stats.summary(path),
-               "top1": stats.top1(path, *data["eval"]),
-               "int8_top1": stats.int8_top1(path, data["calib"][0], *data["eval"])}
+        row = {
+            "file": path.name,
+            "arch": spec.name,
+            "exercises": spec.exercises,
+            **stats.summary(path),
+            "top1": stats.top1(path, *data["eval"]),
+            "int8_top1": stats.int8_top1(path, data["calib"][0], *data["eval"]),
+        }
         log.info("%s", row)
         rows.append(row)
     return rows
@@ -94,17 +121,21 @@ def build_one(spec: Spec, data: dict, out_dir: Path) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     """Markdown table, one row per ONNX file."""
-    head = ("| file | architecture | params | MACs | bytes | opset | BN | FP32 top-1 (%) "
-            "| INT8 naive top-1 (%) | exercises |\n"
-            "|---|---|---:|---:|---:|---:|---|---:|---:|---|\n")
+    head = (
+        "| file | architecture | params | MACs | bytes | opset | BN | FP32 top-1 (%) "
+        "| INT8 naive top-1 (%) | exercises |\n"
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---|\n"
+    )
     lines = []
     for r in rows:
         bn = f"kept ({r['bn_nodes']})" if r["bn_nodes"] else "folded"
         if r["arch"] == "vit_s":
             bn = "none (LayerNorm)"
-        lines.append(f"| `{r['file']}` | {r['arch']} | {r['params']:,} | {r['macs']:,} | "
-                     f"{r['bytes']:,} | {r['opset']} | {bn} | {r['top1']:.2f} | "
-                     f"{r['int8_top1']:.2f} | {r['exercises']} |")
+        lines.append(
+            f"| `{r['file']}` | {r['arch']} | {r['params']:,} | {r['macs']:,} | "
+            f"{r['bytes']:,} | {r['opset']} | {bn} | {r['top1']:.2f} | "
+            f"{r['int8_top1']:.2f} | {r['exercises']} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 

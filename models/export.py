@@ -7,6 +7,7 @@
 Both get input `input` [batch, 1, 32, 32] and output `logits` [batch, classes] with
 a symbolic batch dim.
 """
+
 from __future__ import annotations
 
 import logging
@@ -31,11 +32,18 @@ def export_legacy(model: nn.Module, path: Path, opset: int) -> None:
     """TorchScript exporter in eval mode; folds BatchNormalization into Conv."""
     model.eval()
     torch.onnx.export(
-        model, (torch.zeros(_INPUT_SHAPE),), str(path), dynamo=False,
-        export_params=True, do_constant_folding=True, opset_version=opset,
+        model,
+        (torch.zeros(_INPUT_SHAPE),),
+        str(path),
+        dynamo=False,
+        export_params=True,
+        do_constant_folding=True,
+        opset_version=opset,
         training=torch.onnx.TrainingMode.EVAL,
-        input_names=["input"], output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+    )
 
 
 def export_dynamo(model: nn.Module, path: Path) -> None:
@@ -50,9 +58,16 @@ def export_dynamo(model: nn.Module, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (torch.zeros((2, *_INPUT_SHAPE[1:])),), dynamo=True,
-            opset_version=BN_KEPT_OPSET, input_names=["input"], output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}}, optimize=False, verify=False)
+            model,
+            (torch.zeros((2, *_INPUT_SHAPE[1:])),),
+            dynamo=True,
+            opset_version=BN_KEPT_OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes={"x": {0: batch}},
+            optimize=False,
+            verify=False,
+        )
     optimizer.fold_constants(program.model)
     program.model = rewriter.rewrite(program.model, pattern_rewrite_rules=_rules_keeping_bn())
     optimizer.fold_constants(program.model)
@@ -105,8 +120,9 @@ def check_file(path: Path, model: nn.Module, images: np.ndarray) -> np.ndarray:
     return got
 
 
-def export_pair(model: nn.Module, out_dir: Path, name: str, opset: int,
-                images: np.ndarray) -> list[Path]:
+def export_pair(
+    model: nn.Module, out_dir: Path, name: str, opset: int, images: np.ndarray
+) -> list[Path]:
     """Export `name`.onnx (BN folded) and, for CNNs, `name`_bn.onnx (BN kept); verify."""
     folded = out_dir / f"{name}.onnx"
     export_legacy(model, folded, opset)

@@ -10,6 +10,7 @@ constants `MEAN` and `STD`.
 
 Only numpy and Pillow are needed; everything is driven by a seeded numpy Generator.
 """
+
 from __future__ import annotations
 
 import functools
@@ -88,8 +89,9 @@ def _glyph_mask(char: str, rng: np.random.Generator) -> np.ndarray:
     size = int(rng.integers(34, 47))
     stroke = int(rng.choice([0, 0, 1, 2]))
     img = _draw_glyph(char, font_index, size, stroke)
-    img = img.transform(img.size, Image.Transform.AFFINE, _affine_coeffs(rng),
-                        resample=Image.Resampling.BILINEAR)
+    img = img.transform(
+        img.size, Image.Transform.AFFINE, _affine_coeffs(rng), resample=Image.Resampling.BILINEAR
+    )
     img = img.reduce(_CANVAS // SIZE)
     radius = rng.uniform(0.0, _MAX_BLUR)
     if radius > 0.1:
@@ -101,10 +103,9 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     """Smooth random texture plus a linear gradient, zero-centred, 32x32."""
     cells = int(rng.choice([3, 4, 6, 8]))
     low = rng.normal(0.0, 1.0, size=(cells, cells)).astype(np.float32)
-    tex = np.asarray(Image.fromarray(low, mode="F").resize((SIZE, SIZE),
-                                                           Image.Resampling.BICUBIC))
+    tex = np.asarray(Image.fromarray(low, mode="F").resize((SIZE, SIZE), Image.Resampling.BICUBIC))
     tex = tex * rng.uniform(0.0, 0.12)
-    gy, gx = np.mgrid[-1:1:SIZE * 1j, -1:1:SIZE * 1j]
+    gy, gx = np.mgrid[-1 : 1 : SIZE * 1j, -1 : 1 : SIZE * 1j]
     theta = rng.uniform(0, 2 * math.pi)
     grad = (np.cos(theta) * gx + np.sin(theta) * gy) * rng.uniform(0.0, 0.15)
     return (tex + grad).astype(np.float32)

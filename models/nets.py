@@ -3,14 +3,21 @@
 Each CNN uses Conv -> BatchNorm2d directly (no op in between), so the legacy ONNX
 exporter folds every BN into its conv in eval mode.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-def conv_bn(c_in: int, c_out: int, k: int = 3, stride: int = 1, groups: int = 1,
-            act: type[nn.Module] | None = nn.ReLU) -> nn.Sequential:
+def conv_bn(
+    c_in: int,
+    c_out: int,
+    k: int = 3,
+    stride: int = 1,
+    groups: int = 1,
+    act: type[nn.Module] | None = nn.ReLU,
+) -> nn.Sequential:
     """Conv (no bias) -> BN -> optional activation."""
     layers: list[nn.Module] = [
         nn.Conv2d(c_in, c_out, k, stride, k // 2, groups=groups, bias=False),
@@ -127,8 +134,7 @@ class DenseBlock(nn.Module):
 
     def __init__(self, c_in: int, growth: int, layers: int) -> None:
         super().__init__()
-        self.layers = nn.ModuleList(
-            conv_bn(c_in + i * growth, growth, 3) for i in range(layers))
+        self.layers = nn.ModuleList(conv_bn(c_in + i * growth, growth, 3) for i in range(layers))
         self.out_channels = c_in + layers * growth
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,7 +170,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int, tokens: int) -> None:
         super().__init__()
         self.heads, self.head_dim, self.tokens = heads, dim // heads, tokens
-        self.scale = self.head_dim ** -0.5
+        self.scale = self.head_dim**-0.5
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -185,8 +191,9 @@ class EncoderBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, heads, tokens)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, dim * mlp_ratio), nn.GELU(),
-                                 nn.Linear(dim * mlp_ratio, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, dim * mlp_ratio), nn.GELU(), nn.Linear(dim * mlp_ratio, dim)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -207,21 +214,24 @@ class VitS(nn.Module):
 
     QK_INIT_GAIN = 4.0
 
-    def __init__(self, num_classes: int, dim: int = 96, depth: int = 3, heads: int = 4,
-                 mlp_ratio: int = 2) -> None:
+    def __init__(
+        self, num_classes: int, dim: int = 96, depth: int = 3, heads: int = 4, mlp_ratio: int = 2
+    ) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(),
-                                  nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 32, 3, 2, 1), nn.ReLU(), nn.Conv2d(32, 64, 3, 2, 1), nn.ReLU()
+        )
         self.patch_embed = nn.Conv2d(64, dim, 2, 2)
         tokens = 16
         self.pos = nn.Parameter(torch.randn(1, tokens, dim) * 0.02)
         self.blocks = nn.Sequential(
-            *(EncoderBlock(dim, heads, tokens, mlp_ratio) for _ in range(depth)))
+            *(EncoderBlock(dim, heads, tokens, mlp_ratio) for _ in range(depth))
+        )
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, num_classes)
         with torch.no_grad():
             for block in self.blocks:
-                block.attn.qkv.weight[:2 * dim] *= self.QK_INIT_GAIN
+                block.attn.qkv.weight[: 2 * dim] *= self.QK_INIT_GAIN
                 block.attn.proj.weight.zero_()
                 block.mlp[2].weight.zero_()
 

@@ -2,6 +2,7 @@
 
 Needs only numpy, onnx and onnxruntime (no torch).
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -27,8 +28,13 @@ _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorPro
 def count_params(model: onnx.ModelProto) -> int:
     """Elements of floating-point initializers (and Constant-node tensors)."""
     tensors = list(model.graph.initializer)
-    tensors += [a.t for n in model.graph.node if n.op_type == "Constant"
-                for a in n.attribute if a.name == "value"]
+    tensors += [
+        a.t
+        for n in model.graph.node
+        if n.op_type == "Constant"
+        for a in n.attribute
+        if a.name == "value"
+    ]
     return sum(int(np.prod(t.dims)) for t in tensors if t.data_type in _FLOAT_TYPES)
 
 
@@ -87,8 +93,10 @@ def predict(path: Path | str, images: np.ndarray) -> np.ndarray:
     """Logits for float32 images, EVAL_BATCH at a time."""
     sess = session(path)
     name = sess.get_inputs()[0].name
-    parts = [sess.run(None, {name: images[i:i + EVAL_BATCH]})[0]
-             for i in range(0, len(images), EVAL_BATCH)]
+    parts = [
+        sess.run(None, {name: images[i : i + EVAL_BATCH]})[0]
+        for i in range(0, len(images), EVAL_BATCH)
+    ]
     return np.concatenate(parts)
 
 
@@ -99,7 +107,7 @@ def top1(path: Path | str, images: np.ndarray, labels: np.ndarray) -> float:
 
 class _CalibReader(CalibrationDataReader):
     def __init__(self, images: np.ndarray, batch: int = 32) -> None:
-        self._batches = iter([images[i:i + batch] for i in range(0, len(images), batch)])
+        self._batches = iter([images[i : i + batch] for i in range(0, len(images), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         batch = next(self._batches, None)
@@ -111,10 +119,16 @@ def quantize_naive(src: Path, dst: Path, calib: np.ndarray) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(src), str(pre))
-        quantize_static(str(pre), str(dst), _CalibReader(calib),
-                        quant_format=QuantFormat.QDQ, per_channel=False,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        quantize_static(
+            str(pre),
+            str(dst),
+            _CalibReader(calib),
+            quant_format=QuantFormat.QDQ,
+            per_channel=False,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+        )
 
 
 def int8_top1(src: Path, calib: np.ndarray, images: np.ndarray, labels: np.ndarray) -> float:
@@ -128,7 +142,10 @@ def int8_top1(src: Path, calib: np.ndarray, images: np.ndarray, labels: np.ndarr
 def summary(path: Path) -> dict[str, int | bool]:
     """Params, MACs, bytes, opset and BatchNormalization count of one file."""
     model = onnx.load(str(path))
-    return {"params": count_params(model), "macs": count_macs(model),
-            "bytes": path.stat().st_size, "opset": opset_of(model),
-            "bn_nodes": count_ops(model, "BatchNormalization")}
-
+    return {
+        "params": count_params(model),
+        "macs": count_macs(model),
+        "bytes": path.stat().st_size,
+        "opset": opset_of(model),
+        "bn_nodes": count_ops(model, "BatchNormalization"),
+    }

@@ -5,13 +5,14 @@ Will not touch: an Identity/Dropout between a graph input and a graph output (re
 it would rename an output), a Dropout whose mask output is read, or a Dropout in
 training mode (`training_mode` input set to a true constant or computed).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
-from graphcomp.pass_base import Pass, PassContext, PassResult
+from graphcomp.core import graph_utils
+from graphcomp.core.pass_base import Pass, PassContext, PassResult
 
 
 class CleanupPass(Pass):
@@ -51,8 +52,10 @@ class CleanupPass(Pass):
             if len(node.outputs) > 1 and node.outputs[1].outputs:
                 return "its mask output is read"
             training = graph_utils.const_input(node, 2)
-            if len(node.inputs) > 2 and node.inputs[2].name and (
-                training is None or bool(np.any(training))
+            if (
+                len(node.inputs) > 2
+                and node.inputs[2].name
+                and (training is None or bool(np.any(training)))
             ):
                 return "training_mode is on or computed at run time"
         return None

@@ -13,13 +13,14 @@ output is read by others too or is a graph output, a weight shared with other no
 training-mode BN, non-constant BN parameters or weights, Gemm with transA or a
 bias that varies over rows.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp import graph_utils
-from graphcomp.pass_base import ChannelStats, Pass, PassContext, PassResult
+from graphcomp.core import graph_utils
+from graphcomp.core.pass_base import ChannelStats, Pass, PassContext, PassResult
 
 FOLDABLE = ("Conv", "ConvTranspose", "Gemm")
 
@@ -53,16 +54,19 @@ class FoldBnPass(Pass):
 
 def _affine(bn: gs.Node) -> tuple[np.ndarray, ...]:
     """(scale, shift, beta, output std) with y = scale * x + shift, in float64."""
-    gamma, beta, mean, var = (graph_utils.const_input(bn, i).astype(np.float64)
-                              for i in range(1, 5))
+    gamma, beta, mean, var = (
+        graph_utils.const_input(bn, i).astype(np.float64) for i in range(1, 5)
+    )
     eps = float(graph_utils.attr(bn, "epsilon", 1e-5))
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - scale * mean, beta, np.abs(scale) * np.sqrt(np.maximum(var, 0.0))
 
 
 def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
-    if len(bn.outputs) > 1 and any(t.outputs for t in bn.outputs[1:]) or graph_utils.attr(
-        bn, "training_mode", 0
+    if (
+        len(bn.outputs) > 1
+        and any(t.outputs for t in bn.outputs[1:])
+        or graph_utils.attr(bn, "training_mode", 0)
     ):
         return "training-mode BatchNormalization"
     if any(graph_utils.const_input(bn, i) is None for i in range(1, 5)):
@@ -76,8 +80,13 @@ def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
     weight = layer.inputs[1]
     if graph_utils.const_value(weight) is None or graph_utils.is_shared(weight):
         return f"weight of {layer.name} is not a constant used by this node alone"
-    if len(layer.inputs) > 2 and layer.inputs[2].name and (
-        graph_utils.const_value(layer.inputs[2]) is None or graph_utils.is_shared(layer.inputs[2])
+    if (
+        len(layer.inputs) > 2
+        and layer.inputs[2].name
+        and (
+            graph_utils.const_value(layer.inputs[2]) is None
+            or graph_utils.is_shared(layer.inputs[2])
+        )
     ):
         return f"bias of {layer.name} is not a constant used by this node alone"
     if layer.op == "Gemm":

@@ -14,7 +14,7 @@ gamma and beta, running mean/var from forward passes in train mode on random inp
 Each variant is exported twice like the zoo (`models/export.py`): BN kept (dynamo
 exporter, opset 18) and BN folded (legacy exporter, opset 17). Each compile runs
 `graphcomp.api.compress(model, PASSES)` in a fresh child process, exactly as
-`graphcomp bench` times its rows (`graphcomp.bench_compile.run_child`: wall time of
+`graphcomp bench` times its rows (`graphcomp.bench.compile.run_child`: wall time of
 load + passes + save, imports excluded), one compile at a time, in `--repeats` rounds
 that each compile every file once (so load from other processes hits all rows alike);
 the median per file is reported. Prints a Markdown table (params and MACs per sample as
@@ -32,6 +32,7 @@ Run from the repo root (about 4 minutes on 2 cores with the defaults):
 `--out-dir` keeps the exported models (default: a temporary folder); `--zoo` adds rows
 for the committed models/resnet_s{_bn}.onnx (trained weights) as a reference.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,17 +61,20 @@ import glyphs  # noqa: E402
 import nets  # noqa: E402
 import onnx  # noqa: E402
 
-from graphcomp import analysis, api  # noqa: E402
-from graphcomp.bench_compile import run_child  # noqa: E402
+from graphcomp import api
+from graphcomp.bench.compile import run_child  # noqa: E402
+from graphcomp.core import analysis  # noqa: E402
 
 FOLDED_OPSET = 17  # the zoo's resnet_s.onnx (models/build.py)
 NUM_CLASSES = len(glyphs.CLASSES)  # as the zoo
 BN_BATCHES, BN_BATCH = 8, 32  # train-mode forward passes that set the BN running stats
 # (label, file name ending, function name) of the costs the profile table splits out
-PROFILED = (("onnxruntime inference", "onnxruntime_inference_collection.py", "run"),
-            ("onnxruntime session setup", "verify.py", "session"),
-            ("1/f noise inputs", "observe.py", "_field"),
-            ("fresh_name", "graph_utils.py", "fresh_name"))
+PROFILED = (
+    ("onnxruntime inference", "onnxruntime_inference_collection.py", "run"),
+    ("onnxruntime session setup", "verify.py", "session"),
+    ("1/f noise inputs", "observe.py", "_field"),
+    ("fresh_name", "graph_utils.py", "fresh_name"),
+)
 
 
 @dataclass
@@ -129,8 +133,9 @@ def scaled_resnet(width: float, blocks: int, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def export_twins(model: torch.nn.Module, folder: Path, name: str, resolution: int
-                 ) -> list[tuple[str, Path]]:
+def export_twins(
+    model: torch.nn.Module, folder: Path, name: str, resolution: int
+) -> list[tuple[str, Path]]:
     """BN-kept (dynamo, opset 18) and BN-folded (legacy) files, as models/export.py does."""
     export._INPUT_SHAPE = (1, 1, resolution, resolution)  # the exporters' sample input
     kept, folded = folder / f"{name}_bn.onnx", folder / f"{name}.onnx"
@@ -148,11 +153,18 @@ def export_twins(model: torch.nn.Module, folder: Path, name: str, resolution: in
 def compile_once(variant: Variant, passes: str, workdir: Path) -> None:
     """One child-process compile of `variant`, timed as `graphcomp bench` times it."""
     out = workdir / f"{variant.path.stem}.compiled.onnx"
-    result = run_child({"passes": passes, "model": str(variant.path), "output": str(out),
-                        "calibration": None, "input_shapes": {}}, workdir)
+    result = run_child(
+        {
+            "passes": passes,
+            "model": str(variant.path),
+            "output": str(out),
+            "calibration": None,
+            "input_shapes": {},
+        },
+        workdir,
+    )
     if not result["ok"]:
-        raise RuntimeError(f"{variant.path.name}: {result['error']}\n"
-                           f"{result.get('traceback', '')}")
+        raise RuntimeError(f"{variant.path.name}: {result['error']}\n{result.get('traceback', '')}")
     variant.seconds.append(float(result["seconds"]))
     out.unlink(missing_ok=True)
 
@@ -161,13 +173,15 @@ def profile(variant: Variant, passes: str, workdir: Path) -> dict[str, float]:
     """Profile one in-process compile: total and the PROFILED costs, in seconds."""
     out = workdir / f"{variant.path.stem}.profiled.onnx"
     prof = cProfile.Profile()
-    prof.runcall(api.compress, str(variant.path), passes, output=str(out),
-                 verify_output=False)
+    prof.runcall(api.compress, str(variant.path), passes, output=str(out), verify_output=False)
     raw = pstats.Stats(prof).stats  # type: ignore[attr-defined]
     costs = {"total": max(ct for _, _, _, ct, _ in raw.values())}
     for label, file, func in PROFILED:
-        hits = [(nc, ct) for (f, _, fn), (_, nc, _, ct, _) in raw.items()
-                if fn == func and f.endswith(file)]
+        hits = [
+            (nc, ct)
+            for (f, _, fn), (_, nc, _, ct, _) in raw.items()
+            if fn == func and f.endswith(file)
+        ]
         costs[label] = sum(ct for _, ct in hits)
         costs[f"{label} calls"] = sum(nc for nc, _ in hits)
     out.unlink(missing_ok=True)
@@ -177,14 +191,24 @@ def profile(variant: Variant, passes: str, workdir: Path) -> dict[str, float]:
 def profile_table(profiles: list[tuple[Variant, dict[str, float]]], passes: str) -> str:
     """Where one compile's time goes (cProfile, so Python-heavy parts look slower)."""
     names = [label for label, _, _ in PROFILED]
-    lines = [f"| profiled `{passes}` compile (cProfile) | BN | total s | "
-             + " | ".join(names) + " | rest |", "|:---|:---|---:|" + "---:|" * (len(names) + 1)]
+    lines = [
+        f"| profiled `{passes}` compile (cProfile) | BN | total s | "
+        + " | ".join(names)
+        + " | rest |",
+        "|:---|:---|---:|" + "---:|" * (len(names) + 1),
+    ]
     for v, costs in profiles:
         rest = costs["total"] - sum(costs[n] for n in names)
-        cells = [f"{costs[n]:.2f} ({100 * costs[n] / costs['total']:.0f}%, "
-                 f"{costs[f'{n} calls']:.0f} calls)" for n in names]
-        lines.append(f"| {v.label} | {v.twin.split()[1]} | {costs['total']:.2f} | "
-                     + " | ".join(cells) + f" | {rest:.2f} ({100 * rest / costs['total']:.0f}%) |")
+        cells = [
+            f"{costs[n]:.2f} ({100 * costs[n] / costs['total']:.0f}%, "
+            f"{costs[f'{n} calls']:.0f} calls)"
+            for n in names
+        ]
+        lines.append(
+            f"| {v.label} | {v.twin.split()[1]} | {costs['total']:.2f} | "
+            + " | ".join(cells)
+            + f" | {rest:.2f} ({100 * rest / costs['total']:.0f}%) |"
+        )
     return "\n".join(lines)
 
 
@@ -194,32 +218,39 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
     b, a = np.polyfit(x, y, 1)
     resid = y - (a + b * x)
     total = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(resid ** 2)) / total if total > 0 else 1.0
+    r2 = 1.0 - float(np.sum(resid**2)) / total if total > 0 else 1.0
     return float(a), float(b), r2
 
 
-def series(rows: list[Variant], twin: str, base: tuple[float, int, int]
-           ) -> dict[str, list[Variant]]:
+def series(
+    rows: list[Variant], twin: str, base: tuple[float, int, int]
+) -> dict[str, list[Variant]]:
     """The width and depth series of one twin (both contain the base variant), by params."""
     mine = [v for v in rows if v.twin == twin and v.shape is not None]
     width = [v for v in mine if v.shape is not None and v.shape[1:] == base[1:]]
-    depth = [v for v in mine if v.shape is not None and (v.shape[0], v.shape[2])
-             == (base[0], base[2])]
-    return {"width": sorted(width, key=lambda v: v.params),
-            "depth": sorted(depth, key=lambda v: v.params)}
+    depth = [
+        v for v in mine if v.shape is not None and (v.shape[0], v.shape[2]) == (base[0], base[2])
+    ]
+    return {
+        "width": sorted(width, key=lambda v: v.params),
+        "depth": sorted(depth, key=lambda v: v.params),
+    }
 
 
-def table(rows: list[Variant], passes: str, repeats: int, base: tuple[float, int, int]
-          ) -> str:
+def table(rows: list[Variant], passes: str, repeats: int, base: tuple[float, int, int]) -> str:
     """The Markdown table, then per series and twin the linear fit of seconds on params."""
-    lines = [f"| variant | BN | params | MACs | `{passes}` compile s: median of {repeats} "
-             "| min | max | median s per M params | min s per M params |",
-             "|:---|:---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"| variant | BN | params | MACs | `{passes}` compile s: median of {repeats} "
+        "| min | max | median s per M params | min s per M params |",
+        "|:---|:---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for v in rows:
         mp = v.params / 1e6
-        lines.append(f"| {v.label} | {v.twin.split()[1]} | {v.params:,} | {v.macs:,} | "
-                     f"{v.median:.2f} | {min(v.seconds):.2f} | {max(v.seconds):.2f} | "
-                     f"{v.median / mp:.2f} | {min(v.seconds) / mp:.2f} |")
+        lines.append(
+            f"| {v.label} | {v.twin.split()[1]} | {v.params:,} | {v.macs:,} | "
+            f"{v.median:.2f} | {min(v.seconds):.2f} | {max(v.seconds):.2f} | "
+            f"{v.median / mp:.2f} | {min(v.seconds) / mp:.2f} |"
+        )
     lines.append("")
     for twin in ("BN kept", "BN folded"):
         for name, members in series(rows, twin, base).items():
@@ -235,22 +266,27 @@ def table(rows: list[Variant], passes: str, repeats: int, base: tuple[float, int
                 f"{b_min:.3f} x (M params), R^2 = {r2_min:.4f}; {first.label} -> {last.label}: "
                 f"params x{last.params / first.params:.2f}, MACs x{last.macs / first.macs:.2f}, "
                 f"median time x{last.median / first.median:.2f}, "
-                f"min time x{min(last.seconds) / min(first.seconds):.2f}.")
+                f"min time x{min(last.seconds) / min(first.seconds):.2f}."
+            )
     return "\n".join(lines)
 
 
 def label(width: float, blocks: int, resolution: int) -> str:
     """Row name, e.g. `resnet_s x1.5` or `resnet_s x1, 8 blocks/stage`."""
     extra = ([f"{blocks} blocks/stage"] if blocks != 2 else []) + (
-        [f"{resolution}x{resolution} input"] if resolution != 32 else [])
+        [f"{resolution}x{resolution} input"] if resolution != 32 else []
+    )
     return ", ".join([f"resnet_s x{width:g}", *extra])
 
 
 def code_version() -> str:
     """The last commit that touched graphcomp/ or passes/, '-dirty' with uncommitted edits."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
         dirty = git("status", "--porcelain", "--", "graphcomp", "passes")
         last = git("log", "-1", "--format=%h", "--", "graphcomp", "passes")
@@ -263,16 +299,22 @@ def main(argv: list[str] | None = None) -> None:
     """Build, export, time and print; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="1,1.5,2,3", help="width multipliers")
-    parser.add_argument("--depths", default="2,4,8,16",
-                        help="basic blocks per stage at the first width ('' : none)")
-    parser.add_argument("--resolution", type=int, default=64,
-                        help="also the first width at this input size (0: no)")
+    parser.add_argument(
+        "--depths", default="2,4,8,16", help="basic blocks per stage at the first width ('' : none)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=64, help="also the first width at this input size (0: no)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="compiles per file (median)")
     parser.add_argument("--passes", default="dfq", help="pass list to time")
     parser.add_argument("--out-dir", type=Path, help="keep the models here")
     parser.add_argument("--zoo", action="store_true", help="add models/resnet_s{_bn}.onnx")
-    parser.add_argument("--profile", action=argparse.BooleanOptionalAction, default=True,
-                        help="cProfile the largest variant of each series (best of 3)")
+    parser.add_argument(
+        "--profile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cProfile the largest variant of each series (best of 3)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.repeats < 3:
@@ -292,13 +334,16 @@ def main(argv: list[str] | None = None) -> None:
         rows: list[Variant] = []
         if args.zoo:
             for twin, name in (("BN kept", "resnet_s_bn"), ("BN folded", "resnet_s")):
-                rows.append(Variant("zoo resnet_s (trained)", twin, None,
-                                    ROOT / "models" / f"{name}.onnx"))
+                rows.append(
+                    Variant("zoo resnet_s (trained)", twin, None, ROOT / "models" / f"{name}.onnx")
+                )
         for width, blocks, res in dict.fromkeys(plan):
             model = scaled_resnet(width, blocks, args.seed)
             name = f"resnet_s_w{width:g}_b{blocks}_r{res}"
-            rows += [Variant(label(width, blocks, res), twin, (width, blocks, res), path)
-                     for twin, path in export_twins(model, folder, name, res)]
+            rows += [
+                Variant(label(width, blocks, res), twin, (width, blocks, res), path)
+                for twin, path in export_twins(model, folder, name, res)
+            ]
         for variant in rows:
             facts = analysis.analyze(onnx.load(str(variant.path)))
             variant.params, variant.macs = facts.params, facts.macs
@@ -317,14 +362,22 @@ def main(argv: list[str] | None = None) -> None:
                     if len(members) > 1:  # the least disturbed of 3 profiled runs
                         runs = [profile(members[-1], args.passes, Path(tmp)) for _ in range(3)]
                         profiles.append((members[-1], min(runs, key=lambda c: c["total"])))
-    rows.sort(key=lambda v: (v.twin != "BN kept", v.shape is not None,
-                             (v.shape[2] != 32, v.shape[1]) if v.shape else (), v.params))
-    print(f"Random-initialised weights (timing only), random BN statistics; compile = "
-          f"`graphcomp.api.compress(model, '{args.passes}')` in a fresh child process as "
-          f"`graphcomp bench` times it; {os.cpu_count()} CPUs, 1-minute load average "
-          f"{load[0]:.1f} to {load[1]:.1f}; graphcomp {', '.join(sorted(versions))}"
-          f"{' (the code changed during the run)' if len(versions) > 1 else ''}; "
-          f"torch {torch.__version__}.\n")
+    rows.sort(
+        key=lambda v: (
+            v.twin != "BN kept",
+            v.shape is not None,
+            (v.shape[2] != 32, v.shape[1]) if v.shape else (),
+            v.params,
+        )
+    )
+    print(
+        f"Random-initialised weights (timing only), random BN statistics; compile = "
+        f"`graphcomp.api.compress(model, '{args.passes}')` in a fresh child process as "
+        f"`graphcomp bench` times it; {os.cpu_count()} CPUs, 1-minute load average "
+        f"{load[0]:.1f} to {load[1]:.1f}; graphcomp {', '.join(sorted(versions))}"
+        f"{' (the code changed during the run)' if len(versions) > 1 else ''}; "
+        f"torch {torch.__version__}.\n"
+    )
     print(table(rows, args.passes, args.repeats, base))
     if profiles:
         print()

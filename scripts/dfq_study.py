@@ -8,6 +8,7 @@ Usage: python scripts/dfq_study.py stats|configs|exact MODEL.onnx [...] [--eval 
 - configs: top-1 accuracy and agreement with the float model of dfq variants.
 - exact: equalize alone, max relative output error on the eval inputs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,12 @@ import onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from graphcomp import observe, pipeline, stats  # noqa: E402
-from graphcomp.pass_base import PassContext  # noqa: E402
-from passes.dfq import DfqConfig, DfqPass  # noqa: E402
-from passes.equalize import EqualizePass  # noqa: E402
-from passes.fold_bn import FoldBnPass  # noqa: E402
+from graphcomp import pipeline
+from graphcomp.core.pass_base import PassContext  # noqa: E402
+from graphcomp.measure import observe, stats  # noqa: E402
+from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass  # noqa: E402
+from graphcomp.passes.dfq.equalize import EqualizePass  # noqa: E402
+from graphcomp.passes.fold_bn import FoldBnPass  # noqa: E402
 
 EVAL = Path(__file__).resolve().parents[1] / "models" / "data" / "glyphs_eval.npz"
 
@@ -37,8 +39,8 @@ def load_eval(path: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
 
 def logits(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     """The model's outputs on `x`, in batches."""
-    batches = [{"input": x[i:i + 256]} for i in range(0, len(x), 256)]
-    sess = observe.verify.session(model)
+    batches = [{"input": x[i : i + 256]} for i in range(0, len(x), 256)]
+    sess = observe.inputs.session(model)
     return np.concatenate([sess.run(None, b)[0] for b in batches])
 
 
@@ -48,13 +50,15 @@ def study_stats(path: Path, x: np.ndarray) -> None:
     ctx = PassContext()
     folded = pipeline.run(model, [FoldBnPass()], ctx).model
     truth = stats.estimate(folded, PassContext(calibration={"input": x}), "calibration")
-    candidates = {"bn": ({}, "bn", "smooth"), "analytic": ({}, "analytic", "smooth"),
-                  "synthetic-normal": ({}, "synthetic", "normal"),
-                  "synthetic-smooth": ({}, "synthetic", "smooth")}
+    candidates = {
+        "bn": ({}, "bn", "smooth"),
+        "analytic": ({}, "analytic", "smooth"),
+        "synthetic-normal": ({}, "synthetic", "normal"),
+        "synthetic-smooth": ({}, "synthetic", "smooth"),
+    }
     for label, (_, method, prior) in candidates.items():
         start = time.perf_counter()
-        got = stats.estimate(folded, ctx if method == "bn" else PassContext(), method,
-                             prior=prior)
+        got = stats.estimate(folded, ctx if method == "bn" else PassContext(), method, prior=prior)
         secs = time.perf_counter() - start
         m_err, s_err = [], []
         for name, st in got.items():
@@ -62,8 +66,10 @@ def study_stats(path: Path, x: np.ndarray) -> None:
             m_err.append(np.mean(np.abs(st.mean - ref.mean) / (ref.std + 1e-6)))
             s_err.append(np.mean(np.abs(np.log((st.std + 1e-6) / (ref.std + 1e-6)))))
         if got:
-            print(f"{path.name:24s} {label:18s} layers {len(got):3d}/{len(truth):3d} "
-                  f"mean err {np.mean(m_err):.3f} std |log| {np.mean(s_err):.3f} ({secs:.1f}s)")
+            print(
+                f"{path.name:24s} {label:18s} layers {len(got):3d}/{len(truth):3d} "
+                f"mean err {np.mean(m_err):.3f} std |log| {np.mean(s_err):.3f} ({secs:.1f}s)"
+            )
 
 
 def study_configs(path: Path, x: np.ndarray, y: np.ndarray, variants: list[str]) -> None:
@@ -78,8 +84,10 @@ def study_configs(path: Path, x: np.ndarray, y: np.ndarray, variants: list[str])
         out = pipeline.run(model, [DfqPass(cfg)], PassContext()).model
         secs = time.perf_counter() - start
         got = logits(out, x)
-        print(f"{path.name:24s} {spec or 'default':40s} top-1 {np.mean(got.argmax(1) == y):.4f} "
-              f"agree {np.mean(got.argmax(1) == ref.argmax(1)):.4f} ({secs:.1f}s)")
+        print(
+            f"{path.name:24s} {spec or 'default':40s} top-1 {np.mean(got.argmax(1) == y):.4f} "
+            f"agree {np.mean(got.argmax(1) == ref.argmax(1)):.4f} ({secs:.1f}s)"
+        )
 
 
 def study_exact(path: Path, x: np.ndarray) -> None:
@@ -89,8 +97,10 @@ def study_exact(path: Path, x: np.ndarray) -> None:
     ref, got = logits(model, x), logits(out.model, x)
     notes = out.records[0].result.notes
     err = float(np.max(np.abs(ref - got)) / np.max(np.abs(ref)))
-    print(f"{path.name:24s} equalize rel err {err:.2e} links {notes['links']} "
-          f"layers {notes['layers_covered']} params {notes['params_covered']:.2%}")
+    print(
+        f"{path.name:24s} equalize rel err {err:.2e} links {notes['links']} "
+        f"layers {notes['layers_covered']} params {notes['params_covered']:.2%}"
+    )
 
 
 def _value(text: str) -> object:

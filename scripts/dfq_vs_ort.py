@@ -7,6 +7,7 @@ and the exact two-sided McNemar p-value of that split (is the difference more th
 chance?). Prints a markdown table. Usage, from the repo root:
 `python scripts/dfq_vs_ort.py` (about 2 minutes on 2 cores).
 """
+
 from __future__ import annotations
 
 import sys
@@ -21,10 +22,19 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphcomp import api, baselines  # noqa: E402
+from graphcomp import api  # noqa: E402
+from graphcomp.bench import baselines
 
-MODELS = ["mobilenetv2_s_bn", "mobilenetv2_s", "resnet_s_bn", "resnet_s", "vgg_s_bn", "vgg_s",
-          "densecat_s_bn", "densecat_s"]
+MODELS = [
+    "mobilenetv2_s_bn",
+    "mobilenetv2_s",
+    "resnet_s_bn",
+    "resnet_s",
+    "vgg_s_bn",
+    "vgg_s",
+    "densecat_s_bn",
+    "densecat_s",
+]
 CALIB = ROOT / "models/data/glyphs_calib.npz"
 EVAL = ROOT / "models/data/glyphs_eval.npz"
 BATCH = 256
@@ -34,8 +44,9 @@ def predict(model: onnx.ModelProto | Path, x: np.ndarray) -> np.ndarray:
     """Top-1 class of every row of `x` in onnxruntime."""
     data = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    return np.concatenate([sess.run(None, {"input": x[i:i + BATCH]})[0].argmax(1)
-                           for i in range(0, len(x), BATCH)])
+    return np.concatenate(
+        [sess.run(None, {"input": x[i : i + BATCH]})[0].argmax(1) for i in range(0, len(x), BATCH)]
+    )
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -50,8 +61,10 @@ def main() -> None:
     """Print the table."""
     data = np.load(EVAL)
     x, y = data["input"].astype(np.float32), data["label"]
-    print("| model | float | onnxruntime per-tensor, calibrated | dfq, no data | only dfq right "
-          "| only onnxruntime right | McNemar p |")
+    print(
+        "| model | float | onnxruntime per-tensor, calibrated | dfq, no data | only dfq right "
+        "| only onnxruntime right | McNemar p |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in MODELS:
         path = ROOT / f"models/{name}.onnx"
@@ -62,8 +75,15 @@ def main() -> None:
             theirs = predict(out, x)
         ours = predict(api.compress(model, "dfq(stats=data-free)", verify_output=False)[0], x)
         b, c = int(np.sum((ours == y) & (theirs != y))), int(np.sum((theirs == y) & (ours != y)))
-        row = [name, f"{np.mean(predict(model, x) == y):.4f}", f"{np.mean(theirs == y):.4f}",
-               f"{np.mean(ours == y):.4f}", str(b), str(c), f"{mcnemar_p(b, c):.2f}"]
+        row = [
+            name,
+            f"{np.mean(predict(model, x) == y):.4f}",
+            f"{np.mean(theirs == y):.4f}",
+            f"{np.mean(ours == y):.4f}",
+            str(b),
+            str(c),
+            f"{mcnemar_p(b, c):.2f}",
+        ]
         print("| " + " | ".join(row) + " |", flush=True)
 
 

@@ -5,6 +5,7 @@ and of `svd(...),dfq` at three budgets, with the MACs relative to the original i
 brackets. Prints a markdown table. Usage, from the repo root:
 `python scripts/svd_dfq.py` (a few minutes on 2 cores).
 """
+
 from __future__ import annotations
 
 import sys
@@ -17,7 +18,8 @@ import onnxruntime as ort
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from graphcomp import analysis, api  # noqa: E402
+from graphcomp import api
+from graphcomp.core import analysis  # noqa: E402
 
 MODELS = ["vit_s", "resnet_s", "vgg_s", "mobilenetv2_s", "densecat_s"]
 SPECS = ["dfq", "svd(energy=0.95),dfq", "svd(macs=0.8),dfq", "svd(macs=0.6),dfq"]
@@ -28,8 +30,9 @@ BATCH = 256
 def top1(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of `model` on (x, y) in onnxruntime."""
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    pred = np.concatenate([sess.run(None, {"input": x[i:i + BATCH]})[0].argmax(1)
-                           for i in range(0, len(x), BATCH)])
+    pred = np.concatenate(
+        [sess.run(None, {"input": x[i : i + BATCH]})[0].argmax(1) for i in range(0, len(x), BATCH)]
+    )
     return float(np.mean(pred == y))
 
 

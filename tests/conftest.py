@@ -1,4 +1,5 @@
 """Put the repository root on sys.path so `tests.graphs` imports without install tricks."""
+
 from __future__ import annotations
 
 import sys

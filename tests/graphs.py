@@ -3,6 +3,7 @@
 Weights are declared as graph inputs in the text and then filled with seeded random
 values as initializers, so a builder reads like the graph it makes.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,14 +12,13 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from graphcomp import pipeline
-from graphcomp.pass_base import Pass, PassContext
+from graphcomp.core.pass_base import Pass, PassContext
 
 
 def build(text: str, seed: int = 0, opset: int = 17, **fixed: np.ndarray) -> onnx.ModelProto:
     """Parse `text` (graph body with signature); every `w_*`/`b_*`/`bn_*` input becomes
     a seeded initializer (BN variances positive), `fixed` overrides by name."""
-    model = onnx.parser.parse_model(
-        f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
+    model = onnx.parser.parse_model(f'<ir_version: 8, opset_import: ["" : {opset}]>\n{text}')
     rng = np.random.default_rng(seed)
     keep, inits = [], []
     for value in model.graph.input:
@@ -50,14 +50,14 @@ def feeds_for(model: onnx.ModelProto, seed: int = 1, batch: int = 2) -> dict[str
     rng = np.random.default_rng(seed)
     out = {}
     for value in model.graph.input:
-        dims = [d.dim_value if d.dim_value > 0 else batch
-                for d in value.type.tensor_type.shape.dim]
+        dims = [d.dim_value if d.dim_value > 0 else batch for d in value.type.tensor_type.shape.dim]
         out[value.name] = rng.standard_normal(dims).astype(np.float32)
     return out
 
 
-def apply(model: onnx.ModelProto, *passes: Pass, ctx: PassContext | None = None
-          ) -> tuple[onnx.ModelProto, pipeline.PipelineResult]:
+def apply(
+    model: onnx.ModelProto, *passes: Pass, ctx: PassContext | None = None
+) -> tuple[onnx.ModelProto, pipeline.PipelineResult]:
     """Run `passes` through the real pipeline (cleanup, shapes, checker)."""
     result = pipeline.run(model, list(passes), ctx)
     return result.model, result
@@ -159,8 +159,7 @@ g (float[N, 3, 8, 8] x, float[6, 3, 3, 3] w_a, float[6] b_a, float[6, 1, 1] w_sl
 """
 
 
-def spread_channels(model: onnx.ModelProto, seed: int = 0, decades: float = 2.0
-                    ) -> onnx.ModelProto:
+def spread_channels(model: onnx.ModelProto, seed: int = 0, decades: float = 2.0) -> onnx.ModelProto:
     """Scale each output channel of every Conv/Gemm weight by 10^U(-decades/2, decades/2),
     the per-channel range spread BN folding leaves (bias scaled alike)."""
     rng = np.random.default_rng(seed)
@@ -175,12 +174,12 @@ def spread_channels(model: onnx.ModelProto, seed: int = 0, decades: float = 2.0
         count = w.shape[0] if trans else w.shape[1]
         f = 10.0 ** rng.uniform(-decades / 2, decades / 2, count)
         w = w * (f.reshape(-1, *[1] * (w.ndim - 1)) if trans else f[None, :])
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32),
-                                                               node.input[1]))
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), node.input[1]))
         if len(node.input) > 2 and node.input[2] in inits:
             b = numpy_helper.to_array(inits[node.input[2]]) * f
-            inits[node.input[2]].CopyFrom(numpy_helper.from_array(b.astype(np.float32),
-                                                                   node.input[2]))
+            inits[node.input[2]].CopyFrom(
+                numpy_helper.from_array(b.astype(np.float32), node.input[2])
+            )
     return out
 
 

@@ -2,6 +2,7 @@
 
 Op types it removes or edits are in `matches`, op types it adds are in `creates`.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -13,7 +14,7 @@ import pytest
 from onnx import numpy_helper
 
 from graphcomp import pipeline
-from passes import REGISTRY
+from graphcomp.passes import REGISTRY
 
 MODELS = sorted((Path(__file__).resolve().parents[1] / "models").glob("*.onnx"))
 # Constant nodes hold weights: a pass that replaces a weight may drop or rewrite them.
@@ -34,8 +35,8 @@ def _edited_ops(before: onnx.ModelProto, after: onnx.ModelProto) -> set[str]:
         if prev is None or prev.op_type != node.op_type:
             continue
         if list(prev.attribute) != list(node.attribute) or any(
-            a in w0 and (b not in w1 or w0[a].shape != w1[b].shape
-                         or not np.array_equal(w0[a], w1[b]))
+            a in w0
+            and (b not in w1 or w0[a].shape != w1[b].shape or not np.array_equal(w0[a], w1[b]))
             for a, b in zip(prev.input, node.input, strict=False)
         ):
             edited.add(node.op_type)

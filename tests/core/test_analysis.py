@@ -1,7 +1,8 @@
 """analysis: params, MACs, BN state, sharing, dynamic dims on known graphs."""
+
 from __future__ import annotations
 
-from graphcomp import analysis
+from graphcomp.core import analysis
 from tests import graphs
 
 
@@ -10,8 +11,9 @@ def test_conv_bn_facts():
     assert facts.params == 108 + 4 + 16
     assert facts.macs == 4 * 8 * 8 * 3 * 3 * 3  # out elements x (C_in * kh * kw)
     assert facts.batchnorm_nodes == 1 and facts.batchnorm_state == "kept"
-    assert facts.inputs == [{"name": "x", "dtype": "FLOAT", "shape": ["N", 3, 8, 8],
-                             "dynamic": [0]}]
+    assert facts.inputs == [
+        {"name": "x", "dtype": "FLOAT", "shape": ["N", 3, 8, 8], "dynamic": [0]}
+    ]
     assert facts.op_counts == {"BatchNormalization": 1, "Conv": 1, "Relu": 1}
 
 
@@ -56,8 +58,6 @@ def test_params_inside_if_subgraphs_are_counted():
     }
     """
     assert analysis.count_params(graphs.build(text)) == 4
-
-
 
 
 def test_macs_see_through_padding_computed_at_run_time(monkeypatch):

@@ -1,4 +1,5 @@
 """bench: rows, sizes, latency, accuracy, verification, baselines and bad options."""
+
 from __future__ import annotations
 
 import json
@@ -9,9 +10,12 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from graphcomp import baselines, bench, bench_measure, bench_table
-from graphcomp.bench_compile import run_child
-from graphcomp.errors import ConfigError, UnsupportedModelError
+from graphcomp.bench import baselines
+from graphcomp.bench import run as bench
+from graphcomp.bench import table as bench_table
+from graphcomp.bench import timing as bench_measure
+from graphcomp.bench.compile import run_child
+from graphcomp.core.errors import ConfigError, UnsupportedModelError
 from graphcomp.verify import Thresholds
 from tests import graphs
 
@@ -52,18 +56,22 @@ def npz(tmp_path: Path, name: str, count: int, labels: bool = True, seed: int = 
 def folded(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     model, eval_set = classifier(tmp), npz(tmp, "eval.npz", 300)
-    options = bench.BenchOptions(configs=("none", "fold-bn,cleanup"), eval_data=eval_set,
-                                 batches=(1, 4), runs=3, warmup=1)
+    options = bench.BenchOptions(
+        configs=("none", "fold-bn,cleanup"), eval_data=eval_set, batches=(1, 4), runs=3, warmup=1
+    )
     return model, eval_set, bench.bench(model, options)
 
 
 def test_rows_are_original_then_each_pass_list(folded):
     _, _, result = folded
     assert [(r.config, r.kind) for r in result.rows] == [
-        ("original", "original"), ("fold-bn,cleanup", "passes")]
+        ("original", "original"),
+        ("fold-bn,cleanup", "passes"),
+    ]
     assert not result.failed and all(r.error is None for r in result.rows)
-    assert result.rows[1].note == ("no calibration data; "
-                                   "fold-bn: 1 changed, 0 skipped; cleanup: 0 changed, 0 skipped")
+    assert result.rows[1].note == (
+        "no calibration data; fold-bn: 1 changed, 0 skipped; cleanup: 0 changed, 0 skipped"
+    )
 
 
 def test_sizes_count_params_macs_and_bytes(folded):
@@ -109,8 +117,18 @@ def test_json_and_markdown_carry_every_row(folded):
     data = json.loads(json.dumps(result.to_dict()))
     assert data["machine"]["cpu_count"] >= 1 and data["settings"]["runs"] == 3
     row = data["rows"][1]
-    for key in ("params", "macs", "disk_bytes", "weight_bytes", "latency", "compile_s",
-                "compile_peak_mb", "top1", "agreement", "verification"):
+    for key in (
+        "params",
+        "macs",
+        "disk_bytes",
+        "weight_bytes",
+        "latency",
+        "compile_s",
+        "compile_peak_mb",
+        "top1",
+        "agreement",
+        "verification",
+    ):
         assert row[key] is not None, key
     assert row["path"] is None  # compiled models live in a temporary folder unless kept
     assert data["settings"]["fidelity_inputs"].startswith("300 samples of ")
@@ -123,8 +141,14 @@ def test_json_and_markdown_carry_every_row(folded):
 
 def test_fixed_batch_model_skips_other_batch_sizes(tmp_path):
     model = classifier(tmp_path, batch="1")
-    options = bench.BenchOptions(configs=("cleanup",), eval_data=npz(tmp_path, "e.npz", 7),
-                                 batches=(1, 4), runs=2, warmup=0, out_dir=tmp_path)
+    options = bench.BenchOptions(
+        configs=("cleanup",),
+        eval_data=npz(tmp_path, "e.npz", 7),
+        batches=(1, 4),
+        runs=2,
+        warmup=0,
+        out_dir=tmp_path,
+    )
     result = bench.bench(model, options)
     orig, done = result.rows
     assert [t.skipped is None for t in done.latency] == [True, True, False, False]
@@ -136,9 +160,15 @@ def test_fixed_batch_model_skips_other_batch_sizes(tmp_path):
 
 def test_static_baseline_quantizes_weights_to_int8(tmp_path):
     model, calib = classifier(tmp_path), npz(tmp_path, "c.npz", 40, labels=False, seed=5)
-    options = bench.BenchOptions(configs=("cleanup",), baselines=("ort-static-pc",),
-                                 calibration_data=calib, runs=2, warmup=0, out_dir=tmp_path,
-                                 pass_calibration=False)
+    options = bench.BenchOptions(
+        configs=("cleanup",),
+        baselines=("ort-static-pc",),
+        calibration_data=calib,
+        runs=2,
+        warmup=0,
+        out_dir=tmp_path,
+        pass_calibration=False,
+    )
     orig, clean, base = bench.bench(model, options).rows
     assert clean.note.startswith("no calibration data; cleanup:")
     assert base.kind == "baseline" and base.error is None
@@ -166,30 +196,43 @@ def test_weight_bytes_count_storage_type():
     scale = numpy_helper.from_array(np.float32(0.1), "s")
     zero = numpy_helper.from_array(np.int8(0), "z")
     int4 = helper.make_tensor("q4", onnx.TensorProto.INT4, [5], [1, 2, 3, 4, 5])
-    const = helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(
-        np.zeros(3, np.float16)))
-    graph = helper.make_graph([const, helper.make_node("DequantizeLinear", ["w", "s", "z"],
-                                                       ["y"])], "g", [],
-                              [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
-                              [weight, scale, zero, int4])
+    const = helper.make_node(
+        "Constant", [], ["k"], value=numpy_helper.from_array(np.zeros(3, np.float16))
+    )
+    graph = helper.make_graph(
+        [const, helper.make_node("DequantizeLinear", ["w", "s", "z"], ["y"])],
+        "g",
+        [],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        [weight, scale, zero, int4],
+    )
     assert bench_measure.weight_bytes(helper.make_model(graph)) == 144 + 4 + 1 + 3 + 6
 
 
 def test_failed_compile_returns_the_error(tmp_path):
     (tmp_path / "bad.onnx").write_bytes(b"not a model")
-    result = run_child({"passes": "cleanup", "model": str(tmp_path / "bad.onnx"),
-                        "output": str(tmp_path / "o.onnx")}, tmp_path)
+    result = run_child(
+        {
+            "passes": "cleanup",
+            "model": str(tmp_path / "bad.onnx"),
+            "output": str(tmp_path / "o.onnx"),
+        },
+        tmp_path,
+    )
     assert result["ok"] is False and "not an ONNX model" in result["error"]
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    ({"configs": ("none",)}, "nothing to compare"),
-    ({"baselines": ("ort-static-pt",)}, "give --calibration-data"),
-    ({"baselines": ("ort-magic",)}, "unknown baseline"),
-    ({"configs": ("cleanup",), "runs": 0}, "runs >= 1"),
-    ({"configs": ("cleanup",), "batches": (0,)}, "positive"),
-    ({"configs": ("cleanup",), "eval_data": Path("nope.npz")}, "no such file"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"configs": ("none",)}, "nothing to compare"),
+        ({"baselines": ("ort-static-pt",)}, "give --calibration-data"),
+        ({"baselines": ("ort-magic",)}, "unknown baseline"),
+        ({"configs": ("cleanup",), "runs": 0}, "runs >= 1"),
+        ({"configs": ("cleanup",), "batches": (0,)}, "positive"),
+        ({"configs": ("cleanup",), "eval_data": Path("nope.npz")}, "no such file"),
+    ],
+)
 def test_bad_options_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
         bench.BenchOptions(**kwargs)
@@ -209,8 +252,13 @@ def test_bad_eval_set_and_bad_pass_fail_before_compiling(tmp_path):
 
 def test_user_thresholds_decide_the_verdict_and_passes_get_calibration(tmp_path):
     calib = npz(tmp_path, "c.npz", 8, labels=False)
-    options = bench.BenchOptions(configs=("cleanup",), runs=1, warmup=0, calibration_data=calib,
-                                 thresholds=Thresholds(min_cosine=1.5))
+    options = bench.BenchOptions(
+        configs=("cleanup",),
+        runs=1,
+        warmup=0,
+        calibration_data=calib,
+        thresholds=Thresholds(min_cosine=1.5),
+    )
     result = bench.bench(classifier(tmp_path), options)
     assert result.rows[1].verification["verdict"] == "failed" and result.failed
     assert result.rows[1].note.startswith(f"calibration data {calib}; cleanup:")
@@ -225,7 +273,8 @@ g (float[N, 4] x) => (float[N, 4] y) {
 
 def test_model_onnxruntime_cannot_run_is_an_error_not_a_crash(tmp_path):
     model = onnx.parser.parse_model(
-        '<ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>\n' + CUSTOM_OP)
+        '<ir_version: 8, opset_import: ["" : 17, "my.domain" : 1]>\n' + CUSTOM_OP
+    )
     onnx.save(model, tmp_path / "custom.onnx")
     row = bench.Row("x", "passes", path=tmp_path / "custom.onnx")
     assert bench._runs(row, {}) is False and "onnxruntime cannot run it" in row.error

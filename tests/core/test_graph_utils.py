@@ -2,7 +2,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphcomp import graph_utils
+from graphcomp.core import graph_utils
 from tests import graphs
 
 CONV_BN_RELU_GEMM = """
@@ -25,8 +25,9 @@ def _graph() -> gs.Graph:
     # an input nobody reads, an omitted optional input and an unnamed node
     graph.inputs.append(gs.Variable("spare", dtype=np.float32, shape=[1]))
     graph.nodes[0].inputs.append(gs.Variable.empty())
-    graph.nodes.append(gs.Node("Identity", "", inputs=[graph.outputs[0]],
-                               outputs=[gs.Variable("y_copy")]))
+    graph.nodes.append(
+        gs.Node("Identity", "", inputs=[graph.outputs[0]], outputs=[gs.Variable("y_copy")])
+    )
     return graph
 
 
@@ -57,7 +58,8 @@ def test_naming_scope_hands_out_the_same_kind_of_names_once():
             names.append(graph_utils.fresh_name(graph, "new"))
         names.append(graph_utils.fresh_name(graph, "new"))
     assert len(set(names)) == len(names)
-    assert names[2] == "new" and all(n.startswith(("x_", "new_", "y_")) for n in names
-                                     if n != "new")
+    assert names[2] == "new" and all(
+        n.startswith(("x_", "new_", "y_")) for n in names if n != "new"
+    )
     assert not graph_utils.used_names(graph) & set(names)  # nothing was attached
     assert graph_utils.fresh_name(graph, "new") == "new"  # outside: the graph decides again

@@ -1,4 +1,5 @@
 """model_io: loading refuses bad files with one sentence; saving is atomic and safe."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,8 @@ import onnx
 import pytest
 from onnx import external_data_helper, numpy_helper
 
-from graphcomp import model_io
-from graphcomp.errors import ModelLoadError, UnsupportedModelError
+from graphcomp.core import model_io
+from graphcomp.core.errors import ModelLoadError, UnsupportedModelError
 from tests import graphs
 
 
@@ -47,7 +48,8 @@ def test_load_returns_the_model_and_leaves_the_file_alone(model_path):
 def _save_external(model, path, location):
     model = onnx.ModelProto.FromString(model.SerializeToString())
     external_data_helper.convert_model_to_external_data(
-        model, all_tensors_to_one_file=True, location=location, size_threshold=0)
+        model, all_tensors_to_one_file=True, location=location, size_threshold=0
+    )
     onnx.save(model, path)
 
 

@@ -1,4 +1,5 @@
 """pipeline: passes run on a copy; a broken graph is caught and names the pass."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,10 +7,10 @@ import onnx_graphsurgeon as gs
 import pytest
 
 from graphcomp import pipeline
-from graphcomp.errors import PassFailedError, UnsupportedModelError
-from graphcomp.pass_base import Pass, PassContext, PassResult
-from passes.cleanup import CleanupPass
-from passes.fold_bn import FoldBnPass
+from graphcomp.core.errors import PassFailedError, UnsupportedModelError
+from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.passes.cleanup import CleanupPass
+from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
 
@@ -44,12 +45,15 @@ class _DupNames(Pass):
         return PassResult(self.name)
 
 
-@pytest.mark.parametrize(("bad", "error", "message"), [
-    (_BadOp(), PassFailedError, "pass 'bad-op' produced an invalid model"),
-    (_Crash(), PassFailedError, "pass 'crash' failed: RuntimeError('boom')"),
-    (_Refuse(), UnsupportedModelError, "pass 'refuse': needs opset 99"),
-    (_DupNames(), PassFailedError, "pass 'dup' produced duplicate node names"),
-])
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        (_BadOp(), PassFailedError, "pass 'bad-op' produced an invalid model"),
+        (_Crash(), PassFailedError, "pass 'crash' failed: RuntimeError('boom')"),
+        (_Refuse(), UnsupportedModelError, "pass 'refuse': needs opset 99"),
+        (_DupNames(), PassFailedError, "pass 'dup' produced duplicate node names"),
+    ],
+)
 def test_failures_name_the_pass_and_those_already_run(bad, error, message):
     model = graphs.build(graphs.CONV_BN_RELU)
     with pytest.raises(error) as info:
@@ -81,9 +85,12 @@ def test_nodes_without_names_get_unique_names():
 def test_shapes_are_reinferred_after_each_pass():
     model = graphs.build(graphs.CONV_BN_RELU)
     result = pipeline.run(model, [FoldBnPass()])
-    shapes = {v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
-              for v in result.model.graph.value_info}
+    shapes = {
+        v.name: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]
+        for v in result.model.graph.value_info
+    }
     assert shapes["n"] == ["N", 4, 8, 8]
     feeds = graphs.feeds_for(model)
-    np.testing.assert_allclose(graphs.run(result.model, feeds)[0],
-                               graphs.run(model, feeds)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        graphs.run(result.model, feeds)[0], graphs.run(model, feeds)[0], rtol=1e-5, atol=1e-5
+    )

@@ -3,9 +3,9 @@ import onnx
 import pytest
 from onnx import helper
 
-from graphcomp import quant
-from graphcomp.errors import ConfigError
-from graphcomp.quant import QuantSpec
+from graphcomp.core import quant
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.quant import QuantSpec
 
 SPECS = [
     QuantSpec(8, True, True),
@@ -69,13 +69,19 @@ def test_pow2_scales_are_exact_powers_of_two_and_cover_range(asym):
 
 def test_quantize_matches_onnx_reference_rounding():
     from onnx.reference import ReferenceEvaluator
+
     x = np.array([-2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 300.0, -300.0], dtype=np.float32)
     node = helper.make_node("QuantizeLinear", ["x", "s", "z"], ["y"])
     graph = helper.make_graph(
-        [node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [8])],
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [8])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.INT8, [8])],
-        [helper.make_tensor("s", onnx.TensorProto.FLOAT, [], [1.0]),
-         helper.make_tensor("z", onnx.TensorProto.INT8, [], [0])])
+        [
+            helper.make_tensor("s", onnx.TensorProto.FLOAT, [], [1.0]),
+            helper.make_tensor("z", onnx.TensorProto.INT8, [], [0]),
+        ],
+    )
     ref = ReferenceEvaluator(helper.make_model(graph))
     expected = ref.run(None, {"x": x})[0]
     spec = QuantSpec(8, True, False)  # full int8 range, like ONNX
@@ -105,6 +111,7 @@ def test_range_methods_order_and_mse_clips_outliers():
     def err(lo, hi):
         s, z = quant.compute_scale_zero_point(lo, hi, spec)
         return np.mean((quant.dequantize(quant.quantize(x, s, z, spec), s, z, spec) - x) ** 2)
+
     assert err(lo_e, hi_e) < err(lo_m, hi_m)
 
 

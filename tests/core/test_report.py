@@ -1,4 +1,5 @@
 """report: JSON carries every skip; the terminal groups skip reasons."""
+
 from __future__ import annotations
 
 import json
@@ -6,16 +7,21 @@ import json
 from rich.console import Console
 
 from graphcomp import pipeline
+from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.report import Report, _reason_kind
-from passes.fold_bn import FoldBnPass
 from tests import graphs
 
 
 def _report():
     model = graphs.build(graphs.UNFOLDABLE_BN)
     result = pipeline.run(model, [FoldBnPass()])
-    return Report("m.onnx", "out.onnx", result.records, {"params": 10, "macs": 5, "bytes": 9},
-                  {"params": 5, "macs": 5, "bytes": 4})
+    return Report(
+        "m.onnx",
+        "out.onnx",
+        result.records,
+        {"params": 10, "macs": 5, "bytes": 9},
+        {"params": 5, "macs": 5, "bytes": 4},
+    )
 
 
 def test_json_report_lists_every_skip_reason(tmp_path):
@@ -23,8 +29,10 @@ def test_json_report_lists_every_skip_reason(tmp_path):
     _report().write_json(path)
     data = json.loads(path.read_text())
     reasons = [s["reason"] for s in data["passes"][0]["skipped"]]
-    assert sorted(reasons) == ["input comes from Add, not Conv/ConvTranspose/Gemm",
-                               "output of Conv_2 is also read elsewhere"]
+    assert sorted(reasons) == [
+        "input comes from Add, not Conv/ConvTranspose/Gemm",
+        "output of Conv_2 is also read elsewhere",
+    ]
     assert data["verification"] is None and data["graphcomp_version"]
 
 

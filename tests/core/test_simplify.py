@@ -1,10 +1,11 @@
 """graphcomp/simplify.py: constant shape math folds, zero Pads move into Convs, exactly."""
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphcomp import simplify
+from graphcomp.core import simplify
 from tests import graphs
 
 PAD_KINDS = """

@@ -1,13 +1,14 @@
 """specs: pass spec strings and files become configured passes, or a clear ConfigError."""
+
 from __future__ import annotations
 
 import dataclasses
 
 import pytest
 
-from graphcomp import specs
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import Pass
+from graphcomp.core import specs
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import Pass
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +33,10 @@ REGISTRY = {"demo": _Demo}
 
 def test_parse_specs_reads_names_and_typed_fields():
     parsed = specs.parse_specs("demo(ratio=0.3, mode=channel, exclude=['a*', 'b']),demo")
-    assert parsed == [("demo", {"ratio": 0.3, "mode": "channel", "exclude": ["a*", "b"]}),
-                      ("demo", {})]
+    assert parsed == [
+        ("demo", {"ratio": 0.3, "mode": "channel", "exclude": ["a*", "b"]}),
+        ("demo", {}),
+    ]
 
 
 def test_build_passes_coerces_ints_to_floats_and_lists_to_tuples():
@@ -43,16 +46,19 @@ def test_build_passes_coerces_ints_to_floats_and_lists_to_tuples():
     assert q.config.round_to == 16
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("nope", "unknown pass 'nope'; available: demo"),
-    ("demo(size=3)", "has no field size; its fields: ratio, round_to, mode, exclude"),
-    ("demo(ratio=2)", "ratio must be in (0, 1)"),
-    ("demo(ratio=true)", "does not take true/false"),
-    ("demo(round_to=abc)", "wants int"),
-    ("demo(ratio=0.3", "unbalanced"),
-    ("demo(ratio)", "expected key=value"),
-    ("", "no passes given"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("nope", "unknown pass 'nope'; available: demo"),
+        ("demo(size=3)", "has no field size; its fields: ratio, round_to, mode, exclude"),
+        ("demo(ratio=2)", "ratio must be in (0, 1)"),
+        ("demo(ratio=true)", "does not take true/false"),
+        ("demo(round_to=abc)", "wants int"),
+        ("demo(ratio=0.3", "unbalanced"),
+        ("demo(ratio)", "expected key=value"),
+        ("", "no passes given"),
+    ],
+)
 def test_bad_specs_are_config_errors(text, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         specs.build_passes(specs.parse_specs(text), REGISTRY)
@@ -84,4 +90,5 @@ def test_bad_spec_files_are_config_errors(tmp_path):
 def test_order_warnings_flag_quantize_before_prune():
     assert specs.order_warnings(["prune", "svd", "dfq", "qdq"]) == []
     assert specs.order_warnings(["fold-bn", "dfq", "prune"]) == [
-        "'prune' runs before 'dfq'; the recommended order is prune, svd, dfq, qdq"]
+        "'prune' runs before 'dfq'; the recommended order is prune, svd, dfq, qdq"
+    ]

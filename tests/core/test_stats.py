@@ -4,10 +4,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphcomp import stats
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import ChannelStats, PassContext
-from passes.fold_bn import FoldBnPass
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import ChannelStats, PassContext
+from graphcomp.measure import normal, stats
+from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
 CONV_RELU_CONV = """
@@ -29,7 +29,7 @@ def _sample(mean, std, n=400_000, seed=0):
 def test_clipped_moments_match_monte_carlo(lo, hi):
     mean, std = np.array([-2.0, 0.0, 1.5, 5.0, 8.0]), np.array([1.0, 2.0, 0.5, 3.0, 1.0])
     x = np.clip(_sample(mean, std), lo, hi)
-    m, s = stats.clipped_moments(mean, std, lo, hi)
+    m, s = normal.clipped_moments(mean, std, lo, hi)
     np.testing.assert_allclose(m, x.mean(axis=1), atol=0.02)
     np.testing.assert_allclose(s, x.std(axis=1), atol=0.02)
 
@@ -39,7 +39,7 @@ def test_relu_mean_is_the_paper_formula():
     z = mean / std
     cdf = 0.5 * (1 + np.array([math.erf(v / math.sqrt(2)) for v in z]))
     pdf = np.exp(-z * z / 2) / math.sqrt(2 * math.pi)
-    m, _ = stats.clipped_moments(mean, std)
+    m, _ = normal.clipped_moments(mean, std)
     np.testing.assert_allclose(m, mean * cdf + std * pdf, rtol=1e-12)
 
 
@@ -48,7 +48,7 @@ def test_leaky_moments_match_monte_carlo():
     alpha = np.array([0.1, 0.25, 0.5])
     x = _sample(mean, std)
     y = np.where(x > 0, x, alpha[:, None] * x)
-    m, s = stats.leaky_moments(mean, std, alpha)
+    m, s = normal.leaky_moments(mean, std, alpha)
     np.testing.assert_allclose(m, y.mean(axis=1), atol=0.02)
     np.testing.assert_allclose(s, y.std(axis=1), atol=0.02)
 
@@ -64,12 +64,12 @@ def _relu6_node(opset_inputs: bool) -> gs.Node:
 
 @pytest.mark.parametrize("opset_inputs", [True, False])
 def test_activation_bounds_read_clip_both_ways(opset_inputs):
-    assert stats.activation_bounds(_relu6_node(opset_inputs)) == (0.0, 6.0)
+    assert normal.activation_bounds(_relu6_node(opset_inputs)) == (0.0, 6.0)
 
 
 def test_post_activation_mean_of_relu6_is_bounded():
     st = ChannelStats(np.array([10.0, -10.0, 3.0]), np.array([0.1, 0.1, 1e-9]), "bn")
-    m = stats.post_activation_mean(st, _relu6_node(True))
+    m = normal.post_activation_mean(st, _relu6_node(True))
     np.testing.assert_allclose(m, [6.0, 0.0, 3.0], atol=1e-6)
 
 
@@ -92,7 +92,8 @@ def test_calibration_stats_equal_numpy_moments(seed):
     ctx = PassContext(calibration=data)
     out = stats.estimate(model, ctx)
     assert {s.source for s in out.values()} == {"calibration"}
-    from graphcomp import observe
+    from graphcomp.measure import observe
+
     ref = observe.intermediates(model, ["a", "y"], data)
     for name in ("a", "y"):
         v = ref[name].astype(np.float64)

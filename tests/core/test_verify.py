@@ -1,4 +1,5 @@
 """verify: fidelity statistics are right, thresholds decide, inputs are reproducible."""
+
 from __future__ import annotations
 
 import math
@@ -7,7 +8,8 @@ import numpy as np
 import pytest
 
 from graphcomp import verify
-from graphcomp.errors import ConfigError
+from graphcomp.core.errors import ConfigError
+from graphcomp.measure import inputs
 from tests import graphs
 
 
@@ -18,8 +20,9 @@ def test_compare_arrays_on_known_numbers():
     assert s.max_abs_err == 0.5 and s.mean_abs_err == pytest.approx(0.5 / 6)
     assert s.rel_err == pytest.approx(0.5 / 3)
     assert s.sqnr_db == pytest.approx(10 * math.log10(28 / 0.25))
-    assert s.cosine == pytest.approx(float(ref.ravel() @ new.ravel()) / (
-        np.linalg.norm(ref) * np.linalg.norm(new)))
+    assert s.cosine == pytest.approx(
+        float(ref.ravel() @ new.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(new))
+    )
     assert s.top1_agreement == 1.0
     flipped = verify.compare_arrays("y", ref, ref[:, ::-1].copy())
     assert flipped.top1_agreement == 0.0
@@ -69,9 +72,11 @@ def test_user_inputs_and_shapes(tmp_path):
 @pytest.mark.parametrize("text", ["x", "x:1xa", ":1x3", "x:0x3"])
 def test_bad_input_shapes_are_config_errors(text):
     with pytest.raises(ConfigError, match="bad --input-shape"):
-        verify.parse_shapes([text])
+        inputs.parse_shapes([text])
 
 
 def test_parse_shapes():
-    assert verify.parse_shapes(["input:1x3x224x224", "ids:2x16"]) == {
-        "input": [1, 3, 224, 224], "ids": [2, 16]}
+    assert inputs.parse_shapes(["input:1x3x224x224", "ids:2x16"]) == {
+        "input": [1, 3, 224, 224],
+        "ids": [2, 16],
+    }

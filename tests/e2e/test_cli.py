@@ -1,4 +1,5 @@
 """CLI end to end with typer's runner: exit codes, one-line errors, outputs, reports."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,10 @@ def bn_model(tmp_path):
 
 def test_run_folds_bn_verifies_and_writes_report(tmp_path, bn_model):
     out, rep = tmp_path / "out.onnx", tmp_path / "r.json"
-    result = runner.invoke(app, ["run", str(bn_model), "--passes", "fold-bn,cleanup",
-                                 "-o", str(out), "--report", str(rep)])
+    result = runner.invoke(
+        app,
+        ["run", str(bn_model), "--passes", "fold-bn,cleanup", "-o", str(out), "--report", str(rep)],
+    )
     assert result.exit_code == 0, result.output
     assert graphs.op_count(onnx.load(out), "BatchNormalization") == 0
     report = json.loads(rep.read_text())
@@ -50,7 +53,8 @@ def _bad_cases(tmp_path, bn_model):
     data = bn_model.read_bytes()
     (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 3])
     (tmp_path / "tensor.onnx").write_bytes(
-        numpy_helper.from_array(np.ones(3, np.float32), "t").SerializeToString())
+        numpy_helper.from_array(np.ones(3, np.float32), "t").SerializeToString()
+    )
     _escaping_external_data(tmp_path)
     m = str(bn_model)
     return {
@@ -72,8 +76,7 @@ def _escaping_external_data(tmp_path):
     sub = tmp_path / "sub"
     sub.mkdir()
     model = graphs.build(graphs.CONV_BN_RELU)
-    external_data_helper.convert_model_to_external_data(model, location="w.bin",
-                                                        size_threshold=0)
+    external_data_helper.convert_model_to_external_data(model, location="w.bin", size_threshold=0)
     for tensor in model.graph.initializer:  # onnx itself refuses to write '..' locations
         for entry in tensor.external_data:
             if entry.key == "location":
@@ -97,8 +100,20 @@ def test_bad_input_is_one_line_exit_2_no_output_input_untouched(tmp_path, bn_mod
 
 def test_failed_verification_exits_1_and_writes_no_output(tmp_path, bn_model):
     out = tmp_path / "out.onnx"
-    result = runner.invoke(app, ["run", str(bn_model), "-p", "fold-bn", "-o", str(out),
-                                 "--max-rel-err", "1e-12", "--keep-failed"])
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(bn_model),
+            "-p",
+            "fold-bn",
+            "-o",
+            str(out),
+            "--max-rel-err",
+            "1e-12",
+            "--keep-failed",
+        ],
+    )
     assert result.exit_code == 1
     assert "verification failed" in result.stderr
     assert not out.exists() and (tmp_path / "out.failed.onnx").exists()

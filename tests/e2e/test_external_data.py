@@ -1,4 +1,5 @@
 """Models with external data load, pass through cleanup, verify and save externally."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,7 +14,8 @@ from tests import graphs
 def test_external_data_model_round_trips_through_cleanup(tmp_path):
     model = graphs.build(graphs.IDENTITY_DROPOUT)
     external_data_helper.convert_model_to_external_data(
-        model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0)
+        model, all_tensors_to_one_file=True, location="weights.bin", size_threshold=0
+    )
     onnx.save(model, tmp_path / "ext.onnx")
     out = tmp_path / "out.onnx"
     _, report = graphcomp.compress(tmp_path / "ext.onnx", "cleanup", output=out)
@@ -32,18 +34,29 @@ def _write_huge_model(folder, side: int = 16384, layers: int = 2):
         for i in range(layers):
             offset = f.tell()
             np.full((side, side), 1.0 / side, np.float32).tofile(f)
-            init = TensorProto(name=f"w{i}", data_type=TensorProto.FLOAT, dims=[side, side],
-                               data_location=TensorProto.EXTERNAL)
-            for key, value in (("location", "huge.bin"), ("offset", str(offset)),
-                               ("length", str(side * side * 4))):
+            init = TensorProto(
+                name=f"w{i}",
+                data_type=TensorProto.FLOAT,
+                dims=[side, side],
+                data_location=TensorProto.EXTERNAL,
+            )
+            for key, value in (
+                ("location", "huge.bin"),
+                ("offset", str(offset)),
+                ("length", str(side * side * 4)),
+            ):
                 init.external_data.add(key=key, value=value)
             inits.append(init)
             nodes.append(helper.make_node("MatMul", [name, f"w{i}"], [f"h{i}"], name=f"mm{i}"))
             nodes.append(helper.make_node("Identity", [f"h{i}"], [f"i{i}"], name=f"id{i}"))
             name = f"i{i}"
     graph = helper.make_graph(
-        nodes, "huge", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
-        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", side])], inits)
+        nodes,
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", side])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", side])],
+        inits,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     (folder / "huge.onnx").write_bytes(model.SerializeToString())
@@ -53,8 +66,9 @@ def _write_huge_model(folder, side: int = 16384, layers: int = 2):
 def test_model_over_2gb_goes_through_cleanup_with_external_data(tmp_path):
     _write_huge_model(tmp_path)
     out = tmp_path / "out.onnx"
-    _, report = graphcomp.compress(tmp_path / "huge.onnx", "cleanup", output=out,
-                                   input_shapes={"x": [1, 16384]})
+    _, report = graphcomp.compress(
+        tmp_path / "huge.onnx", "cleanup", output=out, input_shapes={"x": [1, 16384]}
+    )
     assert report.verification.passed
     assert (tmp_path / "out.onnx.data").stat().st_size == 2 * 16384 * 16384 * 4
     assert out.stat().st_size < 10_000_000

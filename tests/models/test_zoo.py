@@ -1,4 +1,5 @@
 """The reference model zoo in models/: accuracy matches the README, shapes, BN twins."""
+
 from __future__ import annotations
 
 import re
@@ -36,12 +37,11 @@ def _eval_data() -> tuple[np.ndarray, np.ndarray]:
 def _readme_top1() -> dict[str, float]:
     """Map model file name -> `FP32 top-1 (%)` from the README table."""
     lines = (MODELS_DIR / "README.md").read_text().splitlines()
-    start = next(i for i, ln in enumerate(lines)
-                 if ln.startswith("|") and "FP32 top-1 (%)" in ln)
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("|") and "FP32 top-1 (%)" in ln)
     header = [c.strip() for c in lines[start].strip("|").split("|")]
     column = header.index("FP32 top-1 (%)")
     result = {}
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -71,8 +71,10 @@ def test_eval_and_calib_data_have_expected_layout() -> None:
 def test_top1_matches_readme(path: Path) -> None:
     images, labels = _eval_data()
     sess = _session(path)
-    preds = [sess.run(["logits"], {"input": images[i:i + EVAL_BATCH]})[0].argmax(1)
-             for i in range(0, len(images), EVAL_BATCH)]
+    preds = [
+        sess.run(["logits"], {"input": images[i : i + EVAL_BATCH]})[0].argmax(1)
+        for i in range(0, len(images), EVAL_BATCH)
+    ]
     top1 = 100.0 * float((np.concatenate(preds) == labels).mean())
     assert top1 >= MIN_TOP1
     assert abs(top1 - _readme_top1()[path.name]) <= TOP1_TOLERANCE

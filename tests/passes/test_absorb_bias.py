@@ -2,11 +2,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphcomp import observe
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import ChannelStats, PassContext
-from passes.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
-from passes.equalize import EqualizePass
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import ChannelStats, PassContext
+from graphcomp.measure import observe
+from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
+from graphcomp.passes.dfq.equalize import EqualizePass
 from tests import graphs
 
 CONV_RELU_CONV_1X1 = """
@@ -19,7 +19,8 @@ g (float[N, 3, 8, 8] x, float[6, 3, 3, 3] w_a, float[6] b_a, float[4, 6, 1, 1] w
 """
 GEMM = graphs.GEMM_RELU_GEMM
 DW = graphs.CONV_DW_CONV.replace("pads = [1, 1, 1, 1]", "pads = [0, 0, 0, 0]").replace(
-    "float[N, 4, 8, 8] y", "float[N, 4, 6, 6] y")
+    "float[N, 4, 8, 8] y", "float[N, 4, 6, 6] y"
+)
 
 
 def _high_bias(text, seed):
@@ -57,8 +58,9 @@ def test_absorption_is_exact_when_values_stay_above_c(text, seed):
     r_ref = observe.intermediates(model, ["a"], feeds)["a"]
     r_new = observe.intermediates(out, ["a"], feeds)["a"]
     assert r_new.max() < r_ref.max()
-    np.testing.assert_allclose(ctx.stats["a"].mean, np.ones_like(ctx.stats["a"].mean) * 3.0,
-                               atol=1e-9)
+    np.testing.assert_allclose(
+        ctx.stats["a"].mean, np.ones_like(ctx.stats["a"].mean) * 3.0, atol=1e-9
+    )
 
 
 def test_absorption_with_synthetic_stats_stays_close():
@@ -91,8 +93,9 @@ def test_links_without_activation_or_stats_are_skipped():
     result = res.records[0].result
     assert not result.changes
     assert any("no ReLU-type activation" in s.reason for s in result.skipped)
-    _, res = graphs.apply(graphs.build(CONV_RELU_CONV_1X1),
-                          AbsorbBiasPass(AbsorbBiasConfig(stats="bn")))
+    _, res = graphs.apply(
+        graphs.build(CONV_RELU_CONV_1X1), AbsorbBiasPass(AbsorbBiasConfig(stats="bn"))
+    )
     assert any("no statistics" in s.reason for s in res.records[0].result.skipped)
 
 
@@ -105,7 +108,8 @@ def test_bad_config_is_rejected():
 
 def test_zero_padded_consumer_is_skipped_unless_asked():
     text = CONV_RELU_CONV_1X1.replace("float[4, 6, 1, 1] w_b", "float[4, 6, 3, 3] w_b").replace(
-        "y = Conv (r, w_b, b_b)", "y = Conv <pads = [1, 1, 1, 1]> (r, w_b, b_b)")
+        "y = Conv (r, w_b, b_b)", "y = Conv <pads = [1, 1, 1, 1]> (r, w_b, b_b)"
+    )
     model = _high_bias(text, 0)
     feeds = graphs.feeds_for(model, batch=4)
     ctx = PassContext()

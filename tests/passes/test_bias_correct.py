@@ -2,11 +2,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphcomp import quant
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import PassContext
-from passes.bias_correct import BiasCorrectConfig, BiasCorrectPass
-from passes.fold_bn import FoldBnPass
+from graphcomp.core import quant
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
+from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
 VALID_CONVS = """
@@ -29,13 +29,15 @@ def _fake_quantized(model, spec):
     for node in out.graph.node:
         if node.op_type in ("Conv", "Gemm"):
             w = onnx.numpy_helper.to_array(inits[node.input[1]])
-            inits[node.input[1]].CopyFrom(onnx.numpy_helper.from_array(
-                quant.fake_quant(w, spec), node.input[1]))
+            inits[node.input[1]].CopyFrom(
+                onnx.numpy_helper.from_array(quant.fake_quant(w, spec), node.input[1])
+            )
     return out
 
 
 def _output_means(model, feeds, names):
-    from graphcomp import observe
+    from graphcomp.measure import observe
+
     values = observe.intermediates(model, names, feeds)
     return {n: v.astype(np.float64).mean(axis=(0, 2, 3)) for n, v in values.items()}
 

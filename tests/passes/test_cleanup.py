@@ -1,9 +1,10 @@
 """cleanup: Identity, inference Dropout and dead nodes go; outputs keep their names."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from passes.cleanup import CleanupPass
+from graphcomp.passes.cleanup import CleanupPass
 from tests import graphs
 
 

@@ -2,9 +2,9 @@ import numpy as np
 import onnx
 import pytest
 
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import PassContext
-from passes.dfq import DfqConfig, DfqPass
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
 from tests import graphs
 
 SINGLE_GEMM = """
@@ -21,13 +21,15 @@ def _sqnr(ref, new):
 def test_dfq_beats_naive_per_tensor_on_spread_channels():
     gains = []
     for seed in (0, 1, 2):
-        model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed,
-                                       decades=3.0)
+        model = graphs.spread_channels(
+            graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed, decades=3.0
+        )
         feeds = graphs.feeds_for(model, seed=seed, batch=8)
         # the test inputs are white N(0, 1), so the statistics use that prior too
         full, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
-        naive, _ = graphs.apply(model, DfqPass(DfqConfig(equalize=False, absorb=False,
-                                                         correct=False, prior="normal")))
+        naive, _ = graphs.apply(
+            model, DfqPass(DfqConfig(equalize=False, absorb=False, correct=False, prior="normal"))
+        )
         onnx.checker.check_model(full)
         assert graphs.op_count(full, "QuantizeLinear") >= 3
         ref = graphs.run(model, feeds)[0]
@@ -75,14 +77,12 @@ def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
     model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=4), seed=4)
     out, res = graphs.apply(model, DfqPass(DfqConfig(quantize=False, plot=str(tmp_path))))
     assert graphs.op_count(out, "QuantizeLinear") == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_ranges.png",
-                                                         "weight_sqnr.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_ranges.png", "weight_sqnr.png"]
     assert len(res.records[0].result.notes["plots"]) == 2
 
 
 def test_bad_config_is_rejected():
-    for bad in ({"clip": "relu"}, {"stats": "x"}, {"ranges": "y"}, {"range_k": 0.0},
-                {"bits": 3}):
+    for bad in ({"clip": "relu"}, {"stats": "x"}, {"ranges": "y"}, {"range_k": 0.0}, {"bits": 3}):
         with pytest.raises(ConfigError):
             DfqConfig(**bad)
 
@@ -92,13 +92,13 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed)
     feeds = {k: v * 3 for k, v in graphs.feeds_for(model, seed=seed, batch=4).items()}
     ref = graphs.run(model, feeds)[0]
-    exact, _ = graphs.apply(model, DfqPass(DfqConfig(clip="range", quantize=False,
-                                                     correct=False)))
+    exact, _ = graphs.apply(model, DfqPass(DfqConfig(clip="range", quantize=False, correct=False)))
     assert np.abs(graphs.run(exact, feeds)[0] - ref).max() < 1e-4 * np.abs(ref).max()
     assert graphs.op_count(exact, "Min") == 2  # the float model keeps ReLU6 exact
     fast, res = graphs.apply(model, DfqPass(DfqConfig(clip="range", prior="normal")))
     assert set(res.records[0].result.notes["qdq"]["clamps"].values()) == {
-        "dropped (bound past the quantizer's range)"}
+        "dropped (bound past the quantizer's range)"
+    }
     ops = graphs.optimized_ops(fast, str(tmp_path / "fast.onnx"))
     assert "Min" not in ops and ops.count("QLinearConv") == 3
     default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))

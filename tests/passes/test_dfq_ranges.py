@@ -1,10 +1,11 @@
 """passes/dfq_ranges.py: activation ranges carried from per-channel statistics."""
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from graphcomp.pass_base import ChannelStats
-from passes.dfq_ranges import activation_ranges
+from graphcomp.core.pass_base import ChannelStats
+from graphcomp.passes.dfq.ranges import activation_ranges
 from tests import graphs
 
 DENSE = """
@@ -23,9 +24,10 @@ g (float[N, 3, 8, 8] x, float[4, 3, 3, 3] w_a, float[4] b_a, float[2, 4, 3, 3] w
 @pytest.mark.parametrize("k", [2.0, 6.0])
 def test_concat_of_carried_channels_gets_their_union(k):
     graph = gs.import_onnx(graphs.build(DENSE))
-    known = {"a": ChannelStats(np.array([0.0, 1.0, -1.0, 2.0]), np.array([1.0, 0.5, 0.2, 1.0]),
-                               "bn"),
-             "b": ChannelStats(np.array([3.0, -2.0]), np.array([0.5, 0.1]), "bn")}
+    known = {
+        "a": ChannelStats(np.array([0.0, 1.0, -1.0, 2.0]), np.array([1.0, 0.5, 0.2, 1.0]), "bn"),
+        "b": ChannelStats(np.array([3.0, -2.0]), np.array([0.5, 0.1]), "bn"),
+    }
     ranges = activation_ranges(graph, known, k)
     assert ranges["ra"] == (0.0, 2.0 + k, "bn")
     assert ranges["rb"] == (0.0, 3.0 + 0.5 * k, "bn")

@@ -4,11 +4,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import PassContext
-from passes.equalize import EqualizeConfig, EqualizePass
-from passes.equalize_clip import range_fit
-from passes.fold_bn import FoldBnPass
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.dfq.clip import range_fit
+from graphcomp.passes.dfq.equalize import EqualizeConfig, EqualizePass
+from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
 CONV_RELU_CONV = """
@@ -28,8 +28,12 @@ g (float[N, 4, 8, 8] x, float[4, 4, 3, 3] w_a, float[4] b_a) => (float[N, 4, 8, 
 }
 """
 
-SHAPES = {"CONV_RELU_CONV": CONV_RELU_CONV, "CONV_DW_CONV": graphs.CONV_DW_CONV,
-          "GEMM_RELU_GEMM": graphs.GEMM_RELU_GEMM, "CONV_PRELU_POOL_FC": graphs.CONV_PRELU_POOL_FC}
+SHAPES = {
+    "CONV_RELU_CONV": CONV_RELU_CONV,
+    "CONV_DW_CONV": graphs.CONV_DW_CONV,
+    "GEMM_RELU_GEMM": graphs.GEMM_RELU_GEMM,
+    "CONV_PRELU_POOL_FC": graphs.CONV_PRELU_POOL_FC,
+}
 
 
 def _rel_err(ref, new):
@@ -112,7 +116,7 @@ def test_bn_stats_follow_the_scaling():
     model = graphs.build(CONV_BN_RELU_CONV)
     ctx = PassContext()
     _, res = graphs.apply(model, FoldBnPass(), EqualizePass(), ctx=ctx)
-    (name, st), = ctx.stats.items()
+    ((name, st),) = ctx.stats.items()
     assert st.source == "bn" and name == "n"
     init = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     ranges = res.records[1].result.notes["channel_ranges"]
@@ -142,8 +146,10 @@ def test_partial_strength_is_exact_and_between_none_and_full(strength):
     ranges_full = res_full.records[0].result.notes["channel_ranges"]
     ranges_part = res_part.records[0].result.notes["channel_ranges"]
     name = next(iter(ranges_full))
-    spread = {k: max(v[name]["after"]) / min(v[name]["after"])
-              for k, v in (("full", ranges_full), ("part", ranges_part))}
+    spread = {
+        k: max(v[name]["after"]) / min(v[name]["after"])
+        for k, v in (("full", ranges_full), ("part", ranges_part))
+    }
     before = max(ranges_full[name]["before"]) / min(ranges_full[name]["before"])
     assert spread["full"] < spread["part"] < before
 
@@ -209,5 +215,4 @@ def test_dense_block_channels_are_equalized_through_branch_and_concat(seed):
     # CLE's fixed point with several readers: a's channel range == its largest reader range
     readers = np.maximum(w_b.max(axis=(0, 2, 3)), w_c[:, :4].max(axis=(0, 2, 3)))
     np.testing.assert_allclose(w_a.max(axis=(1, 2, 3)), readers, rtol=1e-3)
-    np.testing.assert_allclose(w_b.max(axis=(1, 2, 3)), w_c[:, 4:].max(axis=(0, 2, 3)),
-                               rtol=1e-3)
+    np.testing.assert_allclose(w_b.max(axis=(1, 2, 3)), w_c[:, 4:].max(axis=(0, 2, 3)), rtol=1e-3)

@@ -1,18 +1,22 @@
 """fold-bn: BN folded into Conv/ConvTranspose/Gemm, bit-for-bit up to rounding; stats kept."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 
-from graphcomp.pass_base import PassContext
-from passes.fold_bn import FoldBnPass
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("text", [graphs.CONV_BN_RELU, graphs.CONVT_BN, graphs.GEMM_BN],
-                         ids=["conv", "convtranspose-group2", "gemm-transB-alpha-beta"])
+@pytest.mark.parametrize(
+    "text",
+    [graphs.CONV_BN_RELU, graphs.CONVT_BN, graphs.GEMM_BN],
+    ids=["conv", "convtranspose-group2", "gemm-transB-alpha-beta"],
+)
 def test_fold_is_exact_and_removes_the_bn(text, seed):
     model = graphs.build(text, seed=seed)
     ctx = PassContext()
@@ -44,8 +48,10 @@ def test_unfoldable_bns_are_skipped_with_reasons():
     out, result = graphs.apply(model, FoldBnPass())
     skipped = {s.reason for s in result.records[0].result.skipped}
     assert graphs.op_count(out, "BatchNormalization") == 2
-    assert skipped == {"input comes from Add, not Conv/ConvTranspose/Gemm",
-                       "output of Conv_2 is also read elsewhere"}
+    assert skipped == {
+        "input comes from Add, not Conv/ConvTranspose/Gemm",
+        "output of Conv_2 is also read elsewhere",
+    }
 
 
 def test_shared_weight_is_not_folded_for_one_user_only():

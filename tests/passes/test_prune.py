@@ -1,4 +1,5 @@
 """prune: exact when the removed channels are all zero; valid shapes; budgets; blocks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,11 +10,13 @@ import onnx_graphsurgeon as gs
 import pytest
 from onnx import numpy_helper, shape_inference
 
-from graphcomp import analysis, graph_utils, observe
-from graphcomp.errors import ConfigError
-from graphcomp.pass_base import PassContext
-from passes import prune_apply, prune_groups
-from passes.prune import PruneConfig, PrunePass
+from graphcomp.core import analysis, graph_utils
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import PassContext
+from graphcomp.measure import observe
+from graphcomp.passes.prune import apply as prune_apply
+from graphcomp.passes.prune import walk
+from graphcomp.passes.prune.prune import PruneConfig, PrunePass
 from tests import graphs
 
 EXACT_GRAPHS = {
@@ -29,9 +32,10 @@ def zero_units(model: onnx.ModelProto, share: float = 0.5) -> onnx.ModelProto:
     """Zero the producer filters, biases and BN gamma/beta of `share` of every prunable
     group's units, so removing exactly those channels changes nothing."""
     graph = gs.import_onnx(model)
-    cg = prune_groups.analyze(graph)
-    chosen = np.concatenate([g.units[: int(np.ceil(g.units.size * share))]
-                             for g in cg.groups if g.prunable])
+    cg = walk.analyze(graph)
+    chosen = np.concatenate(
+        [g.units[: int(np.ceil(g.units.size * share))] for g in cg.groups if g.prunable]
+    )
     for b in cg.bindings:
         if b.out is None or not (hit := np.isin(cg.roots[b.out], chosen)).any():
             continue
@@ -83,23 +87,31 @@ def test_inferred_shapes_match_onnxruntime_and_batch_stays_dynamic(name):
     model = graphs.build(EXACT_GRAPHS[name], seed=3)
     out, _ = prune(model, ratio=0.5, round_to=1)
     inferred = shape_inference.infer_shapes(out, strict_mode=True)
-    declared = {v.name: [d.dim_value if d.HasField("dim_value") else d.dim_param
-                         for d in v.type.tensor_type.shape.dim]
-                for v in inferred.graph.value_info}
+    declared = {
+        v.name: [
+            d.dim_value if d.HasField("dim_value") else d.dim_param
+            for d in v.type.tensor_type.shape.dim
+        ]
+        for v in inferred.graph.value_info
+    }
     values = observe.intermediates(out, sorted(declared), graphs.feeds_for(out, batch=3))
     for name_, value in values.items():
         dims = declared[name_]
         assert len(dims) == value.ndim
-        assert all(d == s for d, s in zip(dims, value.shape, strict=True) if isinstance(d, int)
-                   and d > 0), name_
+        assert all(
+            d == s for d, s in zip(dims, value.shape, strict=True) if isinstance(d, int) and d > 0
+        ), name_
     assert out.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
     assert [o.type for o in out.graph.output] == [o.type for o in model.graph.output]
 
 
 def test_depthwise_group_follows_the_kept_channels():
     out, record = prune(graphs.build(graphs.PRUNE_DEPTHWISE), ratio=0.5, round_to=4)
-    dw = next(n for n in out.graph.node if n.op_type == "Conv"
-              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    dw = next(
+        n
+        for n in out.graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
     group = next(a.i for a in dw.attribute if a.name == "group")
     weights = {i.name: i for i in out.graph.initializer}
     assert group == 8 and list(weights[dw.input[1]].dims) == [8, 1, 3, 3]
@@ -121,8 +133,11 @@ def test_ratio_keeps_multiples_of_round_to():
     model = graphs.build(graphs.PRUNE_DEPTHWISE, seed=5)
     out, _ = prune(model, ratio=0.3, round_to=8)
     shapes = analysis.infer_shapes(out, {})
-    dw = next(n for n in out.graph.node if n.op_type == "Conv"
-              and any(a.name == "group" and a.i > 1 for a in n.attribute))
+    dw = next(
+        n
+        for n in out.graph.node
+        if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)
+    )
     assert shapes[dw.output[0]][1] % 8 == 0
 
 
@@ -161,8 +176,10 @@ def test_unit_mean_is_compensated_in_the_next_bias():
     assert errors[True] < 0.5 * errors[False]
 
 
-@pytest.mark.parametrize("fields", [{"ratio": 1.0}, {"macs": 0.0}, {"importance": "x"},
-                                    {"round_to": 0}, {"layers": "conv:2"}])
+@pytest.mark.parametrize(
+    "fields",
+    [{"ratio": 1.0}, {"macs": 0.0}, {"importance": "x"}, {"round_to": 0}, {"layers": "conv:2"}],
+)
 def test_bad_config_is_rejected(fields):
     with pytest.raises(ConfigError):
         PruneConfig(**fields)

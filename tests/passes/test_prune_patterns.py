@@ -1,5 +1,6 @@
 """prune on exporter patterns: computed biases, x.view(x.size(0), -1), shape reads,
 least-squares reconstruction, smooth-noise statistics, `inspect --groups`."""
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from graphcomp.cli import app
-from graphcomp.pass_base import PassContext
-from passes.prune_comp import smooth_noise
-from passes.prune_groups import describe
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.prune.compensate import smooth_noise
+from graphcomp.passes.prune.walk import describe
 from tests import graphs
 from tests.passes.test_prune import prune, zero_units
 
@@ -74,8 +75,9 @@ def test_exporter_patterns_prune_exactly(text, seed):
     out, record = prune(zeroed, importance="l1", ratio=0.3, round_to=1)
     assert record.params[1] < record.params[0]
     feeds = graphs.feeds_for(model, seed=seed, batch=3)
-    np.testing.assert_allclose(graphs.run(out, feeds)[0], graphs.run(zeroed, feeds)[0],
-                               atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        graphs.run(out, feeds)[0], graphs.run(zeroed, feeds)[0], atol=1e-5, rtol=1e-5
+    )
 
 
 def test_shape_reading_the_channel_count_blocks_the_group():

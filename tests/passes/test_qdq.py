@@ -3,14 +3,21 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from graphcomp import observe
-from graphcomp.errors import ConfigError, UnsupportedModelError
-from graphcomp.pass_base import PassContext
-from passes.qdq import QdqConfig, QdqPass
+from graphcomp.core.errors import ConfigError, UnsupportedModelError
+from graphcomp.core.pass_base import PassContext
+from graphcomp.measure import observe
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
-INTEGER_KERNELS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
-                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+INTEGER_KERNELS = {
+    "QLinearConv",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+}
 
 
 def _cosine(a, b):
@@ -39,8 +46,14 @@ def _value(model, name):
 
 def _dq_feeding(model, node_name, index):
     node = next(n for n in model.graph.node if n.name == node_name)
-    return next((n for n in model.graph.node if node.input[index] in n.output
-                 and n.op_type == "DequantizeLinear"), None)
+    return next(
+        (
+            n
+            for n in model.graph.node
+            if node.input[index] in n.output and n.op_type == "DequantizeLinear"
+        ),
+        None,
+    )
 
 
 def test_cnn_runs_as_integer_kernels_and_stays_close(tmp_path):
@@ -87,8 +100,11 @@ def test_in_range_activation_error_at_most_half_scale(seed):
 
 def test_pow2_makes_every_scale_an_exact_power_of_two():
     out, _ = _qdq(graphs.build(graphs.QDQ_CNN), pow2=True)
-    scales = [_value(out, n.input[1]) for n in out.graph.node
-              if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    scales = [
+        _value(out, n.input[1])
+        for n in out.graph.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear")
+    ]
     assert len(scales) >= 12
     for s in scales:
         mantissa, _ = np.frexp(s)
@@ -103,13 +119,16 @@ def test_lone_add_changes_nothing():
 
 
 def test_mask_constant_never_enters_a_quantized_range():
-    model = graphs.build("""
+    model = graphs.build(
+        """
     g (float[N, 4, 8, 8] x, float[N, 4, 8, 8] m, float[4, 4, 1, 1] w_c, float[4] b_c,
        float[1] big) => (float[N, 4, 8, 8] y) {
         c = Conv (x, w_c, b_c)
         mask = Mul (m, big)
         y = Add (c, mask)
-    }""", big=np.array([-3.4e38], np.float32))
+    }""",
+        big=np.array([-3.4e38], np.float32),
+    )
     out, result = _qdq(model)
     q_inputs = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
     assert "mask" not in q_inputs and "x" in q_inputs
@@ -149,8 +168,11 @@ def test_concat_shares_one_scale_unless_ranges_differ_a_lot(gain, shared):
     w_b = numpy_helper.to_array(inits["w_b"]) * gain
     model = graphs.build(CONCAT, w_b=w_b, b_b=numpy_helper.to_array(inits["b_b"]) * gain)
     out, result = _qdq(model)
-    scale = {n.input[0]: float(_value(out, n.input[1])) for n in out.graph.node
-             if n.op_type == "QuantizeLinear"}
+    scale = {
+        n.input[0]: float(_value(out, n.input[1]))
+        for n in out.graph.node
+        if n.op_type == "QuantizeLinear"
+    }
     assert (scale["a"] == scale["b"] == scale["cat"]) is shared
     assert bool(result.notes["groups"]) is not shared
     feeds = graphs.feeds_for(model)
@@ -171,8 +193,9 @@ def test_calibration_data_gives_the_ranges(method):
     model = graphs.build(graphs.QDQ_CNN)
     data = {"x": np.random.default_rng(5).uniform(0, 1, (40, 3, 16, 16)).astype(np.float32)}
     out, result = _qdq(model, ctx=PassContext(calibration=data), calibration=method)
-    assert set(result.notes["range_sources"]) == {f"calibration:{method}" if method != "percentile"
-                                                  else "calibration:percentile(99.99)"}
+    assert set(result.notes["range_sources"]) == {
+        f"calibration:{method}" if method != "percentile" else "calibration:percentile(99.99)"
+    }
     x_dq = _dq_feeding(out, "Conv_0", 0)
     assert _value(out, x_dq.input[1]) <= 1.0 / 255 + 1e-7  # [0, 1] inputs, not N(0, 1)
     feeds = {"x": data["x"][:8]}
@@ -276,17 +299,33 @@ def test_shared_weight_with_conflicting_rules_stays_float_for_the_second_reader(
 def _inverted_residual_net(seed: int = 0) -> onnx.ModelProto:
     """MobileNetV2-like: Clip(0, 6) activations, depthwise convs, residual Adds, Gemm head."""
     rng = np.random.default_rng(seed)
-    nodes, inits = [], [numpy_helper.from_array(np.array(v, np.float32), n)
-                        for n, v in (("zero", 0.0), ("six", 6.0))]
+    nodes, inits = (
+        [],
+        [
+            numpy_helper.from_array(np.array(v, np.float32), n)
+            for n, v in (("zero", 0.0), ("six", 6.0))
+        ],
+    )
 
     def conv(x, cin, cout, k=1, group=1, act=True):
         name = f"conv{len(nodes)}"
         w = rng.standard_normal((cout, cin // group, k, k)) * np.sqrt(2 / (cin // group * k * k))
-        inits.extend([numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
-                      numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32),
-                                              f"{name}_b")])
-        nodes.append(onnx.helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name],
-                                           pads=[k // 2] * 4, group=group, name=name))
+        inits.extend(
+            [
+                numpy_helper.from_array(w.astype(np.float32), f"{name}_w"),
+                numpy_helper.from_array(rng.normal(0, 0.1, cout).astype(np.float32), f"{name}_b"),
+            ]
+        )
+        nodes.append(
+            onnx.helper.make_node(
+                "Conv",
+                [x, f"{name}_w", f"{name}_b"],
+                [name],
+                pads=[k // 2] * 4,
+                group=group,
+                name=name,
+            )
+        )
         if not act:
             return name
         nodes.append(onnx.helper.make_node("Clip", [name, "zero", "six"], [f"{name}_a"]))
@@ -297,14 +336,22 @@ def _inverted_residual_net(seed: int = 0) -> onnx.ModelProto:
         h = conv(conv(conv(x, 16, 64), 64, 64, 3, group=64), 64, 16, act=False)
         nodes.append(onnx.helper.make_node("Add", [x, h], [f"add{len(nodes)}"]))
         x = nodes[-1].output[0]
-    nodes += [onnx.helper.make_node("GlobalAveragePool", [x], ["gap"]),
-              onnx.helper.make_node("Flatten", ["gap"], ["flat"]),
-              onnx.helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)]
-    inits += [numpy_helper.from_array(rng.normal(0, 0.2, (10, 16)).astype(np.float32), "fc_w"),
-              numpy_helper.from_array(np.zeros(10, np.float32), "fc_b")]
+    nodes += [
+        onnx.helper.make_node("GlobalAveragePool", [x], ["gap"]),
+        onnx.helper.make_node("Flatten", ["gap"], ["flat"]),
+        onnx.helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1),
+    ]
+    inits += [
+        numpy_helper.from_array(rng.normal(0, 0.2, (10, 16)).astype(np.float32), "fc_w"),
+        numpy_helper.from_array(np.zeros(10, np.float32), "fc_b"),
+    ]
     graph = onnx.helper.make_graph(
-        nodes, "irnet", [onnx.helper.make_tensor_value_info("input", 1, ["N", 1, 16, 16])],
-        [onnx.helper.make_tensor_value_info("logits", 1, ["N", 10])], inits)
+        nodes,
+        "irnet",
+        [onnx.helper.make_tensor_value_info("input", 1, ["N", 1, 16, 16])],
+        [onnx.helper.make_tensor_value_info("logits", 1, ["N", 10])],
+        inits,
+    )
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model

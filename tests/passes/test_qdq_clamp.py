@@ -1,9 +1,10 @@
 """Clamps on integer codes (passes/qdq_clamp.py) and the quantized graph output."""
+
 import numpy as np
 import onnx
 import pytest
 
-from passes.qdq import QdqConfig, QdqPass
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
 # conv -> Relu -> Min by a per-channel bound -> depthwise conv -> conv (graph output)

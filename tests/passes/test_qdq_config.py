@@ -7,10 +7,10 @@ from onnx import numpy_helper
 from typer.testing import CliRunner
 
 from graphcomp.cli import app
-from graphcomp.errors import ConfigError
-from passes.qdq import QdqConfig, QdqPass
-from passes.qdq_config import RuleBook
-from passes.qdq_table import resolve
+from graphcomp.core.errors import ConfigError
+from graphcomp.passes.qdq.config import RuleBook
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
+from graphcomp.passes.qdq.table import resolve
 from tests import graphs
 
 RULES = """
@@ -31,9 +31,14 @@ method = "none"
 input = { method = "fixed", frac_bits = 4 }
 """
 DTYPES = {4: onnx.TensorProto.INT4, 8: onnx.TensorProto.INT8, 16: onnx.TensorProto.INT16}
-ACT_DTYPES = {("uint", 8): onnx.TensorProto.UINT8, ("uint", 16): onnx.TensorProto.UINT16,
-              ("int", 8): onnx.TensorProto.INT8, ("int", 16): onnx.TensorProto.INT16,
-              ("uint", 4): onnx.TensorProto.UINT4, ("int", 4): onnx.TensorProto.INT4}
+ACT_DTYPES = {
+    ("uint", 8): onnx.TensorProto.UINT8,
+    ("uint", 16): onnx.TensorProto.UINT16,
+    ("int", 8): onnx.TensorProto.INT8,
+    ("int", 16): onnx.TensorProto.INT16,
+    ("uint", 4): onnx.TensorProto.UINT4,
+    ("int", 4): onnx.TensorProto.INT4,
+}
 
 
 def _write(tmp_path, text, name="q.toml"):
@@ -58,14 +63,18 @@ def _observed(model, layer, tensor, role):
     node = next(n for n in model.graph.node if n.name == layer)
     if role == "output":
         readers = [n for n in model.graph.node if tensor in n.input]
-        q = next((n for n in readers if n.op_type in ("QuantizeLinear",
-                                                       "DynamicQuantizeLinear")), None)
+        q = next(
+            (n for n in readers if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")), None
+        )
         return _describe(q, inits) if q else ("none", "float", False)
     if role == "input":
         for name in node.input:
             dq = prod.get(name)
-            src = prod.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" \
+            src = (
+                prod.get(dq.input[0])
+                if dq is not None and dq.op_type == "DequantizeLinear"
                 else None
+            )
             if src is not None and src.input[0] == tensor:
                 return _describe(src, inits)
         assert tensor in node.input, (layer, tensor)
@@ -94,8 +103,10 @@ def _expected(row):
         return "dynamic", onnx.TensorProto.UINT8, False
     if row.format == "int32":
         return "quantized", onnx.TensorProto.INT32, row.granularity != "per-tensor"
-    kind, bits = row.format.split()[0].rstrip("0123456789"), int(
-        "".join(c for c in row.format.split()[0] if c.isdigit()))
+    kind, bits = (
+        row.format.split()[0].rstrip("0123456789"),
+        int("".join(c for c in row.format.split()[0] if c.isdigit())),
+    )
     return "quantized", ACT_DTYPES[(kind, bits)], row.granularity.startswith("per-channel")
 
 
@@ -105,9 +116,15 @@ BN_NET = graphs.CONV_BN_POOL_FC
 @pytest.mark.parametrize("case", ["rules", "trt", "encoder", "pow2", "bn"])
 def test_config_table_matches_the_output_graph_tensor_by_tensor(tmp_path, case):
     model = {"encoder": graphs.qdq_encoder, "bn": lambda: graphs.build(BN_NET)}.get(
-        case, lambda: graphs.build(graphs.QDQ_CNN))()
-    fields = {"rules": {"qconfig": _write(tmp_path, RULES)}, "trt": {"profile": "trt"},
-              "encoder": {}, "pow2": {"pow2": True}, "bn": {}}[case]
+        case, lambda: graphs.build(graphs.QDQ_CNN)
+    )()
+    fields = {
+        "rules": {"qconfig": _write(tmp_path, RULES)},
+        "trt": {"profile": "trt"},
+        "encoder": {},
+        "pow2": {"pow2": True},
+        "bn": {},
+    }[case]
     rows = [r for r in resolve(model, QdqConfig(**fields)) if r.role != "-"]
     out, _ = _quantize(model, **fields)
     assert len(rows) >= (8 if case == "bn" else 10)
@@ -127,6 +144,7 @@ def test_int4_int16_none_and_fixed_rules_take_effect(tmp_path):
         node = next(n for n in out.graph.node if n.name == layer)
         dq = prod.get(node.input[1])
         return inits[dq.input[0]].data_type if dq is not None else None
+
     assert weight_type("Conv_0") == onnx.TensorProto.INT4
     assert weight_type("Conv_2") == onnx.TensorProto.INT16
     assert weight_type("Conv_4") is None  # method none: stays float
@@ -143,11 +161,17 @@ def test_int4_int16_none_and_fixed_rules_take_effect(tmp_path):
 
 
 def test_rule_precedence_and_json_file(tmp_path):
-    path = _write(tmp_path, json.dumps({
-        "default": {"pow2": True, "input": {"bits": 16}},
-        "ops": {"Conv": {"weight": {"per_channel": False}}},
-        "layers": {"Conv_*": {"weight": {"bits": 4}}, "Conv_2": {"method": "none"}}}),
-        "q.json")
+    path = _write(
+        tmp_path,
+        json.dumps(
+            {
+                "default": {"pow2": True, "input": {"bits": 16}},
+                "ops": {"Conv": {"weight": {"per_channel": False}}},
+                "layers": {"Conv_*": {"weight": {"bits": 4}}, "Conv_2": {"method": "none"}},
+            }
+        ),
+        "q.json",
+    )
     book = RuleBook(QdqConfig(qconfig=path))
     w0, w2 = book.rule("Conv_0", "Conv", "weight"), book.rule("Conv_2", "Conv", "weight")
     assert (w0.bits, w0.per_channel, w0.pow2) == (4, False, True)
@@ -155,10 +179,17 @@ def test_rule_precedence_and_json_file(tmp_path):
     assert book.rule("Gemm_9", "Gemm", "weight").per_channel
 
 
-@pytest.mark.parametrize("text", [
-    '[layers."x"]\nweight = { bits = 5 }', '[layers."x"]\nmethod = "fixed"',
-    '[default]\ncolour = 1', '[weights]\nbits = 8', '[layers."x"]\nbias = { method = "fixed", '
-    'scale = 1.0 }', 'not toml ['])
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[layers."x"]\nweight = { bits = 5 }',
+        '[layers."x"]\nmethod = "fixed"',
+        "[default]\ncolour = 1",
+        "[weights]\nbits = 8",
+        '[layers."x"]\nbias = { method = "fixed", scale = 1.0 }',
+        "not toml [",
+    ],
+)
 def test_bad_rule_files_are_config_errors(tmp_path, text):
     model = graphs.build(graphs.QDQ_CNN)
     with pytest.raises(ConfigError):

@@ -1,4 +1,5 @@
 """qdq on the reference zoo (models/): integer kernels, weight bytes, calibrated accuracy."""
+
 from functools import cache
 from pathlib import Path
 
@@ -7,16 +8,24 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from graphcomp import model_io, pipeline
-from graphcomp.bench_measure import weight_bytes
-from graphcomp.pass_base import PassContext
-from passes.qdq import QdqConfig, QdqPass
+from graphcomp import pipeline
+from graphcomp.bench.timing import weight_bytes
+from graphcomp.core import model_io
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
 ZOO = sorted(p for p in MODELS.glob("*.onnx"))
-INTEGER_KERNELS = {"QLinearConv", "ConvInteger", "QLinearMatMul", "MatMulInteger", "QGemm",
-                   "MatMulIntegerToFloat", "DynamicQuantizeMatMul"}
+INTEGER_KERNELS = {
+    "QLinearConv",
+    "ConvInteger",
+    "QLinearMatMul",
+    "MatMulInteger",
+    "QGemm",
+    "MatMulIntegerToFloat",
+    "DynamicQuantizeMatMul",
+}
 MIN_COVERAGE = 0.9
 EVAL_LIMIT = 1000  # eval samples used by the slow accuracy test
 
@@ -39,8 +48,9 @@ def _calibration() -> dict[str, np.ndarray]:
 
 def _quantize(path: Path, calibrated: bool = True, **fields) -> onnx.ModelProto:
     model = model_io.load(path)
-    ctx = PassContext(opset=model_io.default_opset(model),
-                      calibration=_calibration() if calibrated else None)
+    ctx = PassContext(
+        opset=model_io.default_opset(model), calibration=_calibration() if calibrated else None
+    )
     return pipeline.run(model, [QdqPass(QdqConfig(**fields))], ctx).model
 
 
@@ -65,8 +75,7 @@ def test_every_zoo_model_integer_small_and_accurate(tmp_path, path):
     quantized = _quantize(path)
     assert _coverage(original, quantized, tmp_path) >= MIN_COVERAGE
     assert weight_bytes(quantized) <= 0.3 * weight_bytes(original)
-    assert weight_bytes(_quantize(path, calibrated=False, bits=4)) <= 0.17 * weight_bytes(
-        original)
+    assert weight_bytes(_quantize(path, calibrated=False, bits=4)) <= 0.17 * weight_bytes(original)
     with np.load(MODELS / "data" / "glyphs_eval.npz") as data:
         images = data["input"][:EVAL_LIMIT].astype(np.float32)
         labels = data["label"][:EVAL_LIMIT]
@@ -77,6 +86,10 @@ def test_every_zoo_model_integer_small_and_accurate(tmp_path, path):
 def _top1(model: onnx.ModelProto, images: np.ndarray, labels: np.ndarray) -> float:
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
-    pred = np.concatenate([sess.run(None, {name: images[i:i + 250]})[0].argmax(-1)
-                           for i in range(0, len(images), 250)])
+    pred = np.concatenate(
+        [
+            sess.run(None, {name: images[i : i + 250]})[0].argmax(-1)
+            for i in range(0, len(images), 250)
+        ]
+    )
     return 100.0 * float(np.mean(pred == labels))

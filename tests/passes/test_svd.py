@@ -1,12 +1,13 @@
 """svd pass: exact full-rank splits for every layer kind, tail-energy bounds, skips."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 
-from graphcomp.errors import ConfigError
-from passes.svd import SvdConfig, SvdPass
+from graphcomp.core.errors import ConfigError
+from graphcomp.passes.svd.svd import SvdConfig, SvdPass
 from tests import graphs
 
 REL_EXACT = 1e-4  # full-rank split: float rounding only
@@ -47,8 +48,11 @@ g (float[N, 12, 17, 15] x, float[20, 12, {kh}, {kw}] w_a, float[20] b_a)
 CONV_CASES = {
     "3x3_stride2_asym_pads": (3, 3, "strides = [2, 2], pads = [0, 1, 2, 1]"),
     "5x3_dilation2": (5, 3, "dilations = [2, 2], pads = [2, 1, 3, 0]"),
-    "3x3_stride_2x1_dilation_1x2": (3, 3, "strides = [2, 1], dilations = [1, 2], "
-                                          "pads = [1, 2, 1, 2]"),
+    "3x3_stride_2x1_dilation_1x2": (
+        3,
+        3,
+        "strides = [2, 1], dilations = [1, 2], pads = [1, 2, 1, 2]",
+    ),
     "5x3_same_upper_stride2": (5, 3, 'strides = [2, 2], auto_pad = "SAME_UPPER"'),
     "3x5_valid": (3, 5, 'auto_pad = "VALID"'),
 }
@@ -66,9 +70,16 @@ def _rel_err(model: onnx.ModelProto, out: onnx.ModelProto, seed: int = 1) -> flo
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("text,op", [(MATMUL_BIAS, "MatMul"), (GEMM_TRANS_B, "Gemm"),
-                                     (GEMM_TRANS_A, "Gemm"), (BATCHED_MATMUL, "MatMul"),
-                                     (LEFT_MATMUL, "MatMul")])
+@pytest.mark.parametrize(
+    "text,op",
+    [
+        (MATMUL_BIAS, "MatMul"),
+        (GEMM_TRANS_B, "Gemm"),
+        (GEMM_TRANS_A, "Gemm"),
+        (BATCHED_MATMUL, "MatMul"),
+        (LEFT_MATMUL, "MatMul"),
+    ],
+)
 def test_linear_split_exact_at_full_rank(text: str, op: str, seed: int) -> None:
     model = graphs.build(text, seed=seed)
     out, result = _split(model, overrides=("*:rank=48",))
@@ -88,8 +99,9 @@ def test_conv_split_exact_at_full_rank(case: str, mode: str, seed: int) -> None:
     out, result = _split(model, mode=mode, overrides=(f"*:rank={full}",))
     assert [c.detail.split()[0] for c in result.changes] == [mode]
     assert graphs.op_count(out, "Conv") == 2
-    kernels = sorted(tuple(a.ints) for n in out.graph.node for a in n.attribute
-                     if a.name == "kernel_shape")
+    kernels = sorted(
+        tuple(a.ints) for n in out.graph.node for a in n.attribute if a.name == "kernel_shape"
+    )
     expected = [(1, 1), (kh, kw)] if mode == "channel" else [(1, kw), (kh, 1)]
     assert kernels == sorted(expected)
     assert _rel_err(model, out, seed) <= REL_EXACT
@@ -117,17 +129,24 @@ def test_truncated_conv_weight_error_is_tail_energy(mode: str) -> None:
     kh, kw, attrs = CONV_CASES["3x3_stride2_asym_pads"]
     model = graphs.build(CONV.format(kh=kh, kw=kw, attrs=attrs), seed=3)
     w = onnx.numpy_helper.to_array(model.graph.initializer[0]).astype(np.float64)
-    matrix = (w.reshape(20, -1).T if mode == "channel"
-              else w.transpose(1, 2, 0, 3).reshape(12 * kh, 20 * kw))
+    matrix = (
+        w.reshape(20, -1).T
+        if mode == "channel"
+        else w.transpose(1, 2, 0, 3).reshape(12 * kh, 20 * kw)
+    )
     u, s, vt = np.linalg.svd(matrix, full_matrices=False)
     rank = 6
     low = (u[:, :rank] * s[:rank]) @ vt[:rank]
-    w_r = low.T.reshape(w.shape) if mode == "channel" else low.reshape(12, kh, 20, kw).transpose(
-        2, 0, 1, 3)
+    w_r = (
+        low.T.reshape(w.shape)
+        if mode == "channel"
+        else low.reshape(12, kh, 20, kw).transpose(2, 0, 1, 3)
+    )
     assert np.isclose(np.sum((w - w_r) ** 2), np.sum(s[rank:] ** 2))
     bias = onnx.numpy_helper.to_array(model.graph.initializer[1])
-    dense_r = graphs.build(CONV.format(kh=kh, kw=kw, attrs=attrs), seed=3,
-                           w_a=w_r.astype(np.float32), b_a=bias)
+    dense_r = graphs.build(
+        CONV.format(kh=kh, kw=kw, attrs=attrs), seed=3, w_a=w_r.astype(np.float32), b_a=bias
+    )
     out, _ = _split(model, mode=mode, overrides=(f"*:rank={rank}",))
     assert _rel_err(dense_r, out) <= REL_EXACT
     assert _rel_err(model, out) > 1e-3
@@ -137,8 +156,9 @@ def test_energy_rule_keeps_requested_energy_and_saves_macs() -> None:
     rng = np.random.default_rng(0)
     low_rank = (rng.standard_normal((256, 12)) @ rng.standard_normal((12, 192))).astype(np.float32)
     text = MATMUL_BIAS.replace("64", "256").replace("48", "192")
-    model = graphs.build(text, w_a=low_rank + 0.01 * rng.standard_normal((256, 192)).astype(
-        np.float32))
+    model = graphs.build(
+        text, w_a=low_rank + 0.01 * rng.standard_normal((256, 192)).astype(np.float32)
+    )
     out, result = _split(model, energy=0.99)
     assert len(result.changes) == 1 and "rank 16/192" in result.changes[0].detail
     assert _rel_err(model, out) < 0.05
@@ -215,7 +235,7 @@ def test_unreachable_budget_is_reported() -> None:
 
 
 def test_calibration_whitening_lowers_output_error() -> None:
-    from graphcomp.pass_base import PassContext
+    from graphcomp.core.pass_base import PassContext
 
     rng = np.random.default_rng(5)
     scales = np.exp(rng.normal(0, 1.5, 96)).astype(np.float32)  # outlier input channels
@@ -223,8 +243,9 @@ def test_calibration_whitening_lowers_output_error() -> None:
     calib = {"x": (rng.standard_normal((64, 8, 96)) * scales).astype(np.float32)}
     plain, _ = _split(model, overrides=("*:rank=24",))
     ctx = PassContext(calibration=calib)
-    white, result = graphs.apply(model, SvdPass(SvdConfig(min_params=0,
-                                                          overrides=("*:rank=24",))), ctx=ctx)
+    white, result = graphs.apply(
+        model, SvdPass(SvdConfig(min_params=0, overrides=("*:rank=24",))), ctx=ctx
+    )
     assert "whitened" in result.records[0].result.changes[0].detail
     feeds = {"x": (rng.standard_normal((16, 8, 96)) * scales).astype(np.float32)}
     ref = graphs.run(model, feeds)[0]
@@ -235,9 +256,17 @@ def test_calibration_whitening_lowers_output_error() -> None:
     assert err(white) < 0.7 * err(plain)
 
 
-@pytest.mark.parametrize("fields", [{"energy": 1.5}, {"energy": 0.9, "macs": 0.5},
-                                    {"mode": "diagonal"}, {"overrides": ("x:rank=0",)},
-                                    {"overrides": ("nocolon",)}, {"min_saving": 1.0}])
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"energy": 1.5},
+        {"energy": 0.9, "macs": 0.5},
+        {"mode": "diagonal"},
+        {"overrides": ("x:rank=0",)},
+        {"overrides": ("nocolon",)},
+        {"min_saving": 1.0},
+    ],
+)
 def test_bad_config_is_rejected(fields: dict) -> None:
     with pytest.raises(ConfigError):
         SvdConfig(**fields)
@@ -251,15 +280,22 @@ g (float[N, 64] x, float[64, 48] w_a) => (float[N, 48] y) {
 CONV_VALID = CONV.format(kh=3, kw=3, attrs='auto_pad = "VALID"')
 
 
-@pytest.mark.parametrize("text,mode", [(MATMUL_BIAS, "auto"), (GEMM_NO_C, "auto"),
-                                       (LEFT_MATMUL, "auto"), (CONV_VALID, "channel"),
-                                       (CONV_VALID, "spatial")])
+@pytest.mark.parametrize(
+    "text,mode",
+    [
+        (MATMUL_BIAS, "auto"),
+        (GEMM_NO_C, "auto"),
+        (LEFT_MATMUL, "auto"),
+        (CONV_VALID, "channel"),
+        (CONV_VALID, "spatial"),
+    ],
+)
 def test_mean_shift_keeps_calibration_mean_output(text: str, mode: str) -> None:
     # With calibration data the split's mean output change (M - PQ)^T E[x] goes into the
     # bias. Linear layers: on the calibration set the mean of each output channel (over
     # every other axis) is then unchanged. Convs: exact up to the gap between a window's
     # mean and the channel mean, so the mean error must fall at least 10x.
-    from graphcomp.pass_base import PassContext
+    from graphcomp.core.pass_base import PassContext
 
     model = graphs.build(text, seed=2)
     feeds = graphs.feeds_for(model, seed=4, batch=32)
@@ -269,8 +305,9 @@ def test_mean_shift_keeps_calibration_mean_output(text: str, mode: str) -> None:
     others = tuple(i for i in range(ref.ndim) if i != 1)
 
     def mean_error(correct: bool) -> float:
-        config = SvdConfig(min_params=0, mode=mode, samples=32, overrides=("*:rank=4",),
-                           correct_mean=correct)
+        config = SvdConfig(
+            min_params=0, mode=mode, samples=32, overrides=("*:rank=4",), correct_mean=correct
+        )
         out, run = graphs.apply(model, SvdPass(config), ctx=PassContext(calibration=calib))
         assert ("mean shift in bias" in run.records[0].result.changes[0].detail) == correct
         onnx.checker.check_model(out)

@@ -1,14 +1,15 @@
 """svd rank allocation: budget spent where the whole model loses least; helpers."""
+
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
 
-from graphcomp.pass_base import PassContext
-from passes.svd import SvdConfig, SvdPass
-from passes.svd_factor import DAMPING, factorize, whitener
-from passes.svd_rank import Choice, allocate, round_rank
+from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.svd.factor import DAMPING, factorize, whitener
+from graphcomp.passes.svd.rank import Choice, allocate, round_rank
+from graphcomp.passes.svd.svd import SvdConfig, SvdPass
 from tests import graphs
 
 # Pre-LN encoder-like stack: two residual MLP branches; the first branch's output is
@@ -44,7 +45,7 @@ def _encoder(seed: int) -> onnx.ModelProto:
 def _rel_mse(model: onnx.ModelProto, out: onnx.ModelProto) -> float:
     feeds = graphs.feeds_for(model, seed=9, batch=8)
     ref, got = graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]
-    return float(np.sum((ref - got) ** 2) / np.sum(ref ** 2))
+    return float(np.sum((ref - got) ** 2) / np.sum(ref**2))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -66,7 +67,7 @@ def test_synthetic_probe_feeds_index_embedding_tables() -> None:
         y = MatMul (e, w_p)
     }
     """
-    from passes import svd_probe
+    from graphcomp.passes.svd import probe as svd_probe
 
     model = graphs.build(text)
     feeds, source = svd_probe.probe_feeds(model, PassContext(), 40, seed=0)
@@ -77,9 +78,14 @@ def test_synthetic_probe_feeds_index_embedding_tables() -> None:
 
 
 def test_allocate_picks_least_loss_within_budget() -> None:
-    menus = [[Choice(None, 0, 100, 100, 0.0), Choice("linear", 8, 40, 40, 0.5)],
-             [Choice(None, 0, 100, 100, 0.0), Choice("linear", 8, 40, 40, 0.1),
-              Choice("linear", 4, 20, 20, 0.3)]]
+    menus = [
+        [Choice(None, 0, 100, 100, 0.0), Choice("linear", 8, 40, 40, 0.5)],
+        [
+            Choice(None, 0, 100, 100, 0.0),
+            Choice("linear", 8, 40, 40, 0.1),
+            Choice("linear", 4, 20, 20, 0.3),
+        ],
+    ]
     picked, met = allocate(menus, 150, lambda c: c.macs)
     assert met and [c.loss for c in picked] == [0.0, 0.1]
     picked, met = allocate(menus, 60, lambda c: c.macs)
@@ -106,7 +112,7 @@ def test_whitened_factors_exact_at_full_rank_and_tail_is_output_error(seed: int)
     err = np.mean(np.sum((x @ delta) ** 2, axis=1))
     # The whitened tail is the output error under the damped covariance C + d I:
     # tail = E||x^T dW||^2 + d ||dW||_F^2, with d = DAMPING * mean(diag C).
-    ridge = DAMPING * np.mean(np.diag(cov)) * np.sum(delta ** 2)
+    ridge = DAMPING * np.mean(np.diag(cov)) * np.sum(delta**2)
     assert err + ridge == pytest.approx(fact.tail(10), rel=1e-6)
 
 
@@ -114,8 +120,9 @@ def test_params_budget_and_overrides_from_a_spec_string() -> None:
     from graphcomp import api
 
     model = _encoder(0)
-    (svd,) = api.resolve_passes('svd(params=0.8, min_params=0, '
-                                'overrides=["MatMul_1:skip", "MatMul_9:rank=8"])', None)
+    (svd,) = api.resolve_passes(
+        'svd(params=0.8, min_params=0, overrides=["MatMul_1:skip", "MatMul_9:rank=8"])', None
+    )
     out, run = graphs.apply(model, svd)
     record = run.records[0]
     changes = {c.node: c.detail for c in record.result.changes}
@@ -128,8 +135,14 @@ def test_params_budget_and_overrides_from_a_spec_string() -> None:
 
 def test_energy_override_per_layer() -> None:
     model = _encoder(1)
-    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, energy=0.999, min_saving=0.0,
-                                                   overrides=("MatMul_4:energy=0.5",))))
+    _, run = graphs.apply(
+        model,
+        SvdPass(
+            SvdConfig(
+                min_params=0, energy=0.999, min_saving=0.0, overrides=("MatMul_4:energy=0.5",)
+            )
+        ),
+    )
     changes = {c.node: c.detail for c in run.records[0].result.changes}
     assert list(changes) == ["MatMul_4"]
     kept = float(changes["MatMul_4"].split("energy kept ")[1].split(")")[0].rstrip(","))

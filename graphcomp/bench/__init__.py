@@ -1,0 +1,1 @@
+"""Benchmark tooling: latency, memory, size and accuracy of original vs compressed."""

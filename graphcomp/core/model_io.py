@@ -1,0 +1,194 @@
+"""Load and save ONNX models safely.
+
+- load: refuses what is not an ONNX model with one sentence, checks that external
+  data stays inside the model's folder, never writes to the input.
+- save: writes into a temporary folder beside the target and renames into place, so a
+  reader never sees a half-written file; external data when the model is large.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from graphcomp.core.errors import ModelLoadError, UnsupportedModelError
+
+EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)  # bytes; protobuf's hard limit is 2 GiB
+MIN_OPSET = 7
+
+
+def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX model with its external data, after validating the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelLoadError(f"{path}: no such file")
+    if not path.is_file():
+        raise ModelLoadError(f"{path}: is not a file")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"{path}: the file is empty")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, ValueError, RuntimeError) as e:
+        raise ModelLoadError(f"{path}: not an ONNX model ({_first_line(e)})") from e
+    _check_is_model(path, model)
+    if check_external_locations(model, path.parent):
+        try:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"{path}: cannot read external data ({_first_line(e)})") from e
+    check_opset(model, str(path))
+    return model
+
+
+def has_external_data(path: str | os.PathLike[str]) -> bool:
+    """True when the model file keeps some weights in external files."""
+    model = onnx.load(str(path), load_external_data=False)
+    return any(
+        external_data_helper.uses_external_data(t)
+        for t in external_data_helper._get_all_tensors(model)
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
+def _check_is_model(path: Path, model: onnx.ModelProto) -> None:
+    """Reject protobufs that parse but are not models (empty, truncated, other types)."""
+    if model.ir_version <= 0 or not model.opset_import or not model.HasField("graph"):
+        raise ModelLoadError(f"{path}: not an ONNX model (no IR version, opset or graph)")
+    if not model.graph.node or not model.graph.output:
+        raise ModelLoadError(f"{path}: the model's graph has no nodes or no outputs")
+
+
+def check_external_locations(model: onnx.ModelProto, base_dir: Path) -> bool:
+    """Refuse external-data locations outside `base_dir`; True if any tensor is external."""
+    base = base_dir.resolve()
+    found = False
+    for tensor in external_data_helper._get_all_tensors(model):
+        if not external_data_helper.uses_external_data(tensor):
+            continue
+        found = True
+        info = external_data_helper.ExternalDataInfo(tensor)
+        target = (base / info.location).resolve()
+        if os.path.isabs(info.location) or not target.is_relative_to(base):
+            raise ModelLoadError(
+                f"external data of tensor '{tensor.name}' points outside the model's "
+                f"folder ({info.location}); refusing to read it"
+            )
+    return found
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    """The version of the default ONNX domain the model imports."""
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
+
+
+def check_opset(model: onnx.ModelProto, label: str = "model") -> int:
+    """Return the default-domain opset, refusing versions this onnx cannot handle."""
+    opset = default_opset(model)
+    newest = onnx.defs.onnx_opset_version()
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{label}: opset {opset} is older than {MIN_OPSET}; convert it first "
+            "(onnx.version_converter.convert_version)"
+        )
+    if opset > newest:
+        raise UnsupportedModelError(
+            f"{label}: opset {opset} is newer than this onnx ({onnx.__version__}) knows "
+            f"(up to {newest}); upgrade onnx"
+        )
+    return opset
+
+
+def tensor_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all tensor data held in the proto (initializers, Constant attributes)."""
+    total = 0
+    for t in external_data_helper._get_all_tensors(model):
+        if t.raw_data:
+            total += len(t.raw_data)
+        elif not external_data_helper.uses_external_data(t):
+            size = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize if t.data_type else 4
+            total += int(np.prod(t.dims)) * size
+    return total
+
+
+def model_size(model: onnx.ModelProto) -> int:
+    """Bytes the model takes when serialized.
+
+    Past 2 GB protobuf cannot compute the size, so it is the tensor data's size.
+    """
+    data = tensor_bytes(model)
+    return data if data > EXTERNAL_DATA_THRESHOLD else model.ByteSize()
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    return copy
+
+
+def needs_external_data(model: onnx.ModelProto) -> bool:
+    """True when one protobuf could not hold the model."""
+    return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
+
+
+def save(
+    model: onnx.ModelProto, path: str | os.PathLike[str], external: bool | None = None
+) -> list[Path]:
+    """Write `model` to `path` atomically; returns the files written.
+
+    With `external` None, weights go to `<name>.data` beside the model only when the
+    model is too large for one protobuf. The files are first written into a temporary
+    folder in the target folder and then renamed into place (data first, model last).
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise ModelLoadError(f"{path.parent}: output folder does not exist")
+    use_external = needs_external_data(model) if external is None else external
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        data_name = f"{path.name}.data"
+        tmp_model = tmp_dir / path.name
+        if use_external:
+            model = _copy(model)  # save_model rewrites tensors to external references
+            onnx.save_model(
+                model,
+                str(tmp_model),
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=data_name,
+                size_threshold=0,
+            )
+        else:
+            onnx.save_model(model, str(tmp_model))
+        written = []
+        if (tmp_dir / data_name).exists():
+            os.replace(tmp_dir / data_name, path.parent / data_name)
+            written.append(path.parent / data_name)
+        os.replace(tmp_model, path)
+        written.insert(0, path)
+        return written
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def to_model(graph: gs.Graph) -> onnx.ModelProto:
+    """A runnable ModelProto of the graph as it is now (the graph is not modified)."""
+    copy = graph.copy()
+    copy.cleanup(remove_unused_graph_inputs=False).toposort()
+    model = gs.export_onnx(copy, do_type_check=False)
+    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
+    return model

@@ -1,0 +1,213 @@
+"""Uniform affine quantization math, pure numpy (shared by qdq and dfq).
+
+A real value x maps to q = clip(round(x / scale) + zero_point, qmin, qmax) and back to
+x_hat = (q - zero_point) * scale, with round-half-to-even (what ONNX QuantizeLinear
+does). For a range [lo, hi] (always widened to contain 0, so 0 is exact):
+
+- symmetric: scale = max(|lo|, |hi|) / half, zero_point = 0 for signed (narrow
+  range [-(2^(b-1)-1), 2^(b-1)-1], as TensorRT and onnxruntime use for weights) or
+  2^(b-1) for unsigned;
+- asymmetric: scale = (hi - lo) / (qmax - qmin), zero_point = round(qmin - lo / scale);
+- power of two: scale rounded UP to 2^ceil(log2(scale)), so the range still fits.
+
+Inside the representable range [scale (qmin - zp), scale (qmax - zp)] the error is at
+most scale / 2. Per-channel specs take arrays `lo`, `hi` (one entry per channel along
+`axis`) and return arrays. Range estimators for activation samples: `minmax`,
+`percentile` and `mse` (the clipping range that minimises the fake-quant MSE).
+Ref: Jacob et al., CVPR 2018 (arXiv 1712.05877); Nagel et al., "A White Paper on
+Neural Network Quantization", 2021 (arXiv 2106.08295).
+
+Not here: anything about graphs (see passes/qdq*.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from graphcomp.core.errors import ConfigError
+
+BITS = (4, 8, 16)
+MIN_SCALE = 1e-12  # a zero range (constant tensor) still gets a usable scale
+INT32_LIMIT = 2**31 - 1
+MSE_GRID = 64  # clipping ratios tried by `mse`
+MSE_MAX_SAMPLES = 1 << 18  # values used by `mse` (a seeded subsample beyond that)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """How one tensor is quantized."""
+
+    bits: int = 8
+    signed: bool = True
+    symmetric: bool = True
+    per_channel: bool = False
+    axis: int = 0  # channel axis when per_channel
+    pow2: bool = False  # scales are exact powers of two (fixed point)
+
+    def __post_init__(self) -> None:
+        if self.bits not in BITS:
+            raise ConfigError(f"bits must be one of {BITS}, got {self.bits}")
+
+    @property
+    def qmin(self) -> int:
+        """Smallest integer code used."""
+        if self.signed:
+            return -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0)
+        return 1 if self.symmetric else 0
+
+    @property
+    def qmax(self) -> int:
+        """Largest integer code used."""
+        return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
+
+    @property
+    def storage_dtype(self) -> type[np.integer]:
+        """The numpy dtype that holds the codes (int4/uint4 are held in int8/uint8)."""
+        size = {4: 8, 8: 8, 16: 16}[self.bits]
+        return np.dtype(f"{'int' if self.signed else 'uint'}{size}").type
+
+
+def pow2_ceil(scale: np.ndarray | float) -> np.ndarray:
+    """The smallest power of two >= `scale` (elementwise)."""
+    s = np.maximum(np.asarray(scale, dtype=np.float64), MIN_SCALE)
+    return np.exp2(np.ceil(np.log2(s)))
+
+
+def scale_from_fraction_bits(frac_bits: int) -> float:
+    """Fixed-point scale 2^-frac_bits."""
+    return float(2.0 ** (-frac_bits))
+
+
+def compute_scale_zero_point(
+    lo: np.ndarray | float, hi: np.ndarray | float, spec: QuantSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scale float32, zero_point int64) covering [lo, hi]; arrays keep lo's shape."""
+    lo = np.minimum(np.asarray(lo, dtype=np.float64), 0.0)
+    hi = np.maximum(np.asarray(hi, dtype=np.float64), 0.0)
+    if spec.symmetric:
+        half = (spec.qmax - spec.qmin) / 2.0
+        scale = np.maximum(np.maximum(-lo, hi) / half, MIN_SCALE)
+        if spec.pow2:
+            scale = pow2_ceil(scale)
+        zp = np.full(scale.shape, 0 if spec.signed else 2 ** (spec.bits - 1), dtype=np.int64)
+        return scale.astype(np.float32), zp
+    scale = np.maximum((hi - lo) / (spec.qmax - spec.qmin), MIN_SCALE)
+    if spec.pow2:
+        scale = pow2_ceil(scale)
+        # centre the (possibly wider) range on [lo, hi]
+        zp = np.rint((spec.qmin + spec.qmax - (lo + hi) / scale) / 2.0)
+    else:
+        zp = np.rint(spec.qmin - lo / scale)
+    zp = np.clip(zp, spec.qmin, spec.qmax).astype(np.int64)
+    return scale.astype(np.float32), zp
+
+
+def _along(values: np.ndarray, ndim: int, spec: QuantSpec) -> np.ndarray:
+    """Reshape per-channel `values` to broadcast along `spec.axis` of an ndim array."""
+    values = np.asarray(values)
+    if values.ndim == 0 or not spec.per_channel:
+        return values
+    shape = [1] * ndim
+    shape[spec.axis % ndim] = values.size
+    return values.reshape(shape)
+
+
+def quantize(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec
+) -> np.ndarray:
+    """Integer codes of `x` (dtype `spec.storage_dtype`), computed like QuantizeLinear."""
+    x = np.asarray(x, dtype=np.float32)
+    s = _along(np.asarray(scale, dtype=np.float32), x.ndim, spec)
+    z = _along(np.asarray(zero_point, dtype=np.int64), x.ndim, spec)
+    q = np.rint(x / s).astype(np.int64) + z
+    return np.clip(q, spec.qmin, spec.qmax).astype(spec.storage_dtype)
+
+
+def dequantize(
+    q: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec
+) -> np.ndarray:
+    """Float32 values of codes `q`, computed like DequantizeLinear."""
+    q = np.asarray(q, dtype=np.int64)
+    s = _along(np.asarray(scale, dtype=np.float32), q.ndim, spec)
+    z = _along(np.asarray(zero_point, dtype=np.int64), q.ndim, spec)
+    return ((q - z).astype(np.float32) * s).astype(np.float32)
+
+
+def weight_range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(lo, hi) of `w`: whole tensor, or per channel along `spec.axis`."""
+    w = np.asarray(w, dtype=np.float64)
+    if not spec.per_channel:
+        return np.asarray(w.min()), np.asarray(w.max())
+    axis = spec.axis % w.ndim
+    other = tuple(i for i in range(w.ndim) if i != axis)
+    return w.min(axis=other), w.max(axis=other)
+
+
+def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(codes, scale, zero_point) of a weight with min/max ranges."""
+    scale, zp = compute_scale_zero_point(*weight_range(w, spec), spec)
+    return quantize(w, scale, zp, spec), scale, zp
+
+
+def fake_quant(x: np.ndarray, spec: QuantSpec) -> np.ndarray:
+    """Weight `x` quantized and dequantized with min/max ranges (the exact weight quantizer)."""
+    q, scale, zp = quantize_weight(x, spec)
+    return dequantize(q, scale, zp, spec).astype(np.asarray(x).dtype)
+
+
+def quantize_bias(
+    bias: np.ndarray, input_scale: float, weight_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """(int32 codes, scale) with scale = s_input * s_weight, or None if it overflows int32."""
+    scale = np.float32(input_scale) * np.asarray(weight_scale, dtype=np.float32)
+    scale = np.broadcast_to(scale, np.shape(bias)).astype(np.float32)
+    codes = np.rint(np.asarray(bias, dtype=np.float64) / np.maximum(scale, MIN_SCALE))
+    if np.any(np.abs(codes) > INT32_LIMIT):
+        return None
+    return codes.astype(np.int32), scale
+
+
+def minmax(samples: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the samples."""
+    x = np.asarray(samples)
+    return float(x.min()), float(x.max())
+
+
+def percentile(samples: np.ndarray, p: float = 99.99) -> tuple[float, float]:
+    """(lo, hi) = the (100 - p)th and p-th percentiles of the samples."""
+    if not 50.0 < p <= 100.0:
+        raise ConfigError(f"percentile must be in (50, 100], got {p}")
+    x = np.asarray(samples, dtype=np.float64).ravel()
+    lo, hi = np.percentile(x, [100.0 - p, p])
+    return float(lo), float(hi)
+
+
+def mse(samples: np.ndarray, spec: QuantSpec) -> tuple[float, float]:
+    """The clipped range (a * min, a * max), a in (0, 1], minimising fake-quant MSE."""
+    x = np.asarray(samples, dtype=np.float32).ravel()
+    if x.size > MSE_MAX_SAMPLES:
+        x = np.random.default_rng(0).choice(x, MSE_MAX_SAMPLES, replace=False)
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    per_tensor = dataclasses.replace(spec, per_channel=False)
+    best, best_err = (lo, hi), np.inf
+    for ratio in np.linspace(1.0, 1.0 / MSE_GRID, MSE_GRID):
+        scale, zp = compute_scale_zero_point(lo * ratio, hi * ratio, per_tensor)
+        err = float(
+            np.mean(
+                (dequantize(quantize(x, scale, zp, per_tensor), scale, zp, per_tensor) - x) ** 2
+            )
+        )
+        if err < best_err:
+            best, best_err = (lo * ratio, hi * ratio), err
+    return best
+
+
+def representable_range(
+    scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec
+) -> tuple[np.ndarray, np.ndarray]:
+    """[scale (qmin - zp), scale (qmax - zp)]: where the error is at most scale / 2."""
+    s = np.asarray(scale, dtype=np.float64)
+    z = np.asarray(zero_point, dtype=np.float64)
+    return s * (spec.qmin - z), s * (spec.qmax - z)

@@ -1,0 +1,158 @@
+"""Per-channel pre-activation statistics (mean, std) of every Conv/Gemm/MatMul output.
+
+The shared source for the data-free steps (DESIGN.md 5.3-5.6): absorb-bias, bias
+correction, activation ranges, and prune compensation. Sources, in precedence order:
+
+- "bn": BatchNormalization beta / |gamma|, left in `ctx.stats` by fold-bn (Nagel et
+  al., ICCV 2019, section 4.2). Always wins where present.
+- "calibration": the float model run on the user's samples (`ctx.calibration`).
+- "synthetic": the float model run on seeded generated inputs (no data).
+- "analytic": means and variances propagated layer by layer from an input prior
+  (graphcomp.measure.analytic), no onnxruntime run.
+
+`estimate(..., method="auto")` takes "bn" where present, then "calibration" when the
+user gave samples, else `DEFAULT_DATA_FREE`; "data-free" is "auto" that never uses
+the user's samples (for comparisons in one run that has samples). The helpers give
+the moments of a normal N(mu, sigma^2) pushed through an activation: for ReLU
+E[y] = mu Phi(mu/sigma) + sigma phi(mu/sigma); for Clip(a, b) the doubly clipped
+normal; for LeakyRelu/PRelu E[y] = E[relu(x)] + alpha (mu - E[relu(x)]).
+
+Will not estimate: layers whose weight is not a constant, tensors without a channel
+axis; those names are simply absent from the result.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphcomp.core import graph_utils, model_io
+from graphcomp.core.errors import ConfigError
+from graphcomp.core.pass_base import ChannelStats, PassContext
+from graphcomp.measure import analytic, normal, observe
+
+log = logging.getLogger(__name__)
+
+LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+METHODS = ("auto", "data-free", "bn", "analytic", "synthetic", "calibration")
+DEFAULT_DATA_FREE = "synthetic"
+PRIORS = ("normal", "smooth")  # synthetic inputs: white N(0, 1) or 1/f natural-image-like
+DEFAULT_PRIOR = "smooth"
+SYNTHETIC_SAMPLES = 64
+
+
+def layer_outputs(graph: gs.Graph) -> dict[str, int]:
+    """Output tensor name -> channel axis for every Conv/Gemm/MatMul with a constant weight."""
+    out: dict[str, int] = {}
+    for node in graph_utils.nodes_of(graph, LAYER_OPS):
+        if graph_utils.const_input(node, 1) is None or not node.outputs:
+            continue
+        out[node.outputs[0].name] = 1 if node.op != "MatMul" else -1
+    return out
+
+
+def estimate(
+    model: gs.Graph | onnx.ModelProto,
+    ctx: PassContext,
+    method: str = "auto",
+    names: list[str] | None = None,
+    samples: int = SYNTHETIC_SAMPLES,
+    seed: int = 0,
+    prior: str = DEFAULT_PRIOR,
+) -> dict[str, ChannelStats]:
+    """Statistics for the pre-activation tensors `names` (default: every layer output).
+
+    Entries of `ctx.stats` with source "bn" take precedence under "auto" and "bn";
+    entries of the resolved source itself are reused (passes that rescale a layer keep
+    them in step). Tensors that no source can estimate are absent from the result.
+    """
+    if method not in METHODS:
+        raise ConfigError(f"unknown statistics method '{method}'; choose from {METHODS}")
+    graph = model if isinstance(model, gs.Graph) else gs.import_onnx(model)
+    axes = layer_outputs(graph)
+    wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
+    source = "bn" if method == "bn" else _data_source(method, ctx)
+    kept = ("bn", source) if method in ("auto", "data-free", "bn") else (source,)
+    tensors = graph.tensors()
+    out = {
+        n: ctx.stats[n]
+        for n in wanted
+        if n in ctx.stats
+        and ctx.stats[n].source in kept
+        and np.size(ctx.stats[n].mean) == channels(tensors.get(n))
+    }
+    rest = [n for n in wanted if n not in out]
+    if not rest or method == "bn":
+        return out
+    if source == "analytic":
+        out.update(analytic.propagate(graph, ctx, rest))
+    else:
+        out.update(
+            _measure(
+                graph,
+                ctx,
+                rest,
+                axes,
+                source,
+                feeds(model_io.to_model(graph), ctx, source, samples, seed, prior),
+            )
+        )
+    return out
+
+
+def channels(tensor: gs.Tensor | None) -> int | None:
+    """Channel count of a layer output (from its producer's weight), None when unknown."""
+    node = graph_utils.producer(tensor) if tensor is not None else None
+    w = graph_utils.const_input(node, 1) if node is not None else None
+    if w is None:
+        return None
+    if node.op == "Conv":
+        return int(w.shape[0])
+    if node.op == "ConvTranspose":
+        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+    trans = node.op == "Gemm" and graph_utils.attr(node, "transB", 0)
+    return int(w.shape[0] if trans else w.shape[-1])
+
+
+def _data_source(method: str, ctx: PassContext) -> str:
+    if method == "calibration" and ctx.calibration is None:
+        raise ConfigError("statistics method 'calibration' needs --calibration-data")
+    if method == "data-free":
+        return DEFAULT_DATA_FREE
+    if method != "auto":
+        return method
+    return "calibration" if ctx.calibration is not None else DEFAULT_DATA_FREE
+
+
+def feeds(
+    model: onnx.ModelProto, ctx: PassContext, source: str, samples: int, seed: int, prior: str
+) -> list[observe.Feeds]:
+    """Input batches of a measured source: the user's samples or seeded synthetic ones."""
+    if source == "calibration":
+        return observe.calibration_feeds(model, ctx.calibration or {})
+    if prior not in PRIORS:
+        raise ConfigError(f"unknown synthetic prior '{prior}'; choose from {PRIORS}")
+    if prior == "smooth":
+        return observe.smooth_feeds(model, samples, seed, ctx.input_shapes)
+    return observe.synthetic_feeds(model, samples, seed, ctx.input_shapes)
+
+
+def _measure(
+    graph: gs.Graph,
+    ctx: PassContext,
+    names: list[str],
+    axes: dict[str, int],
+    source: str,
+    batches: list[observe.Feeds],
+) -> dict[str, ChannelStats]:
+    """Run the float model (as it is now) on the given batches."""
+    model = model_io.to_model(graph)
+    out: dict[str, ChannelStats] = {}
+    for axis in sorted(set(axes[n] for n in names)):
+        group = [n for n in names if axes[n] == axis]
+        for name, (mean, std) in observe.channel_moments(model, group, batches, axis).items():
+            out[name] = ChannelStats(mean, np.maximum(std, normal.MIN_STD), source)
+    return out

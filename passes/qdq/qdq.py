@@ -1,0 +1,310 @@
+"""QuantizeLinear/DequantizeLinear insertion (DESIGN.md section 6).
+
+x_hat = (clip(round(x / s) + z, qmin, qmax) - z) * s on every quantized tensor:
+weights become integer initializers (int4/int8/int16, per output channel by default)
+behind a DequantizeLinear; activations get QuantizeLinear -> DequantizeLinear on the
+inputs (and, for onnxruntime, outputs) of quantized layers; biases become int32 with
+scale s_input * s_weight. onnxruntime fuses the result into QLinearConv,
+QLinearMatMul, MatMulIntegerToFloat, QGemm, QLinearAdd, ... (placement rules in
+qdq_place.py; per-tensor rules in qdq_config.py; ranges in qdq_ranges.py; scales in
+qdq_scales.py). Ref: Jacob et al., CVPR 2018; onnxruntime "QDQ format" docs;
+TensorRT "explicit quantization" guide.
+
+Will not touch (report lines): ops without an integer kernel in the profile
+(Softmax, LayerNormalization, Sigmoid, ...), layers whose weight is not constant,
+tensors with no usable range (not finite, or mask-like constants above 1e20), graph
+outputs (always float). int4/int16 need opset 21 and per-channel needs 13: the model
+is converted up (onnx.version_converter) or the pass refuses.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from graphcomp.core import graph_utils, simplify
+from graphcomp.core.errors import UnsupportedModelError
+from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.passes.fold_bn import FoldBnPass
+from graphcomp.passes.qdq import clamp as qdq_clamp
+from graphcomp.passes.qdq import emit as qdq_emit
+from graphcomp.passes.qdq import ranges as qdq_ranges
+from graphcomp.passes.qdq import scales as qdq_scales
+from graphcomp.passes.qdq.config import QdqConfig, RuleBook
+from graphcomp.passes.qdq.place import QUANTIZABLE, Act, Layer, Plan, build_plan
+
+__all__ = ["QdqConfig", "QdqPass"]
+log = logging.getLogger(__name__)
+
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, folded at load
+# 11, not 10: onnxruntime's loader quantizes the weight of a float Conv that reads a DQ
+# with a Round (opset 11), and refuses an opset-10 graph; its own quantizer moves to 11
+MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 11, 13, 21
+
+
+class QdqPass(Pass):
+    """Quantize weights and activations in QDQ format (integer kernels in onnxruntime)."""
+
+    name = "qdq"
+    summary = "insert QuantizeLinear/DequantizeLinear (int8 weights/activations, int32 bias)"
+    matches = QUANTIZABLE | {"BatchNormalization", "Pad"} | simplify.SHAPE_MATH
+    creates = CREATES
+    lossless = False
+    config_class = QdqConfig
+
+    def __init__(self, config: QdqConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: QdqConfig
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        """Refuse models that are quantized already; load the rule file early."""
+        if any(n.op in QDQ_OPS for n in graph.nodes):
+            raise UnsupportedModelError(
+                "the model already has QuantizeLinear/DequantizeLinear "
+                "nodes; run qdq on the float model"
+            )
+        RuleBook(self.config)
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Plan, measure ranges, then emit every quantizer; see the module docstring."""
+        result = PassResult(self.name)
+        result.notes["simplify"] = simplify.simplify(graph)
+        if self.config.fold_bn:
+            folded = FoldBnPass().apply(graph, ctx)
+            result.changes += folded.changes
+            result.notes["folded_bn"] = len(folded.changes)
+        book = RuleBook(self.config)
+        plan = build_plan(graph, self.config, book)
+        if ensure_opset(graph, plan, result):
+            ctx.opset = int(graph.opset)
+            plan = build_plan(graph, self.config, book)
+        specs = {
+            n: a.rule.spec(per_channel=False)
+            for n, a in plan.acts.items()
+            if not a.dynamic and a.rule.method == "auto"
+        }
+        spreads: dict[str, float] = {}
+        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, spreads)
+        if error:
+            result.notes["ranges_error"] = error
+        qdq_clamp.cap_ranges(graph, plan, ranges)
+        outliers = _outlier_prone(plan, spreads, self.config.outlier_ratio)
+        for name in outliers:
+            plan.acts.pop(name)
+        params, dropped, notes = qdq_scales.activation_params(
+            plan, ranges, self.config.concat_ratio
+        )
+        dropped.update(outliers)
+        for name in dropped:
+            plan.acts.pop(name, None)
+        inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
+        texts = _layer_texts(plan)
+        with graph_utils.naming(graph):
+            _emit_activations(graph, plan, params)
+            result.notes["clamps"] = qdq_clamp.integer_clamps(graph)
+            details = _emit_layers(graph, plan, inputs)
+        _report(result, graph, plan, texts, details, dropped, notes, ranges)
+        result.notes["profile"] = self.config.profile
+        return result
+
+
+def _outlier_prone(plan: Plan, spreads: dict[str, float], limit: float) -> dict[str, str]:
+    """Guarded tensors with outlier channels: they stay float.
+
+    Outlier channels: one channel's range dwarfs the median channel's, as in the
+    LayerNorm outputs of BERT-like models.
+    """
+    out = {}
+    for name, act in plan.acts.items():
+        spread = spreads.get(name, 1.0)
+        if act.guard and spread > limit:
+            out[name] = f"outlier channels: the largest is {spread:.0f}x the median channel"
+    return out
+
+
+def required_opset(plan: Plan) -> int:
+    """Lowest opset that can hold every quantizer of the plan."""
+    rules = [a.rule for a in plan.acts.values()]
+    rules += [
+        r
+        for layer in plan.layers
+        for role, r in layer.rules.items()
+        if role == "weight" and r.enabled
+    ]
+    need = MIN_OPSET
+    if any(r.bits in (4, 16) for r in rules):
+        need = LOW_BIT_OPSET
+    elif any(r.per_channel for r in rules) or any(a.dynamic for a in plan.acts.values()):
+        need = PER_CHANNEL_OPSET
+    return need
+
+
+def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
+    """Convert the graph up to the plan's opset in place; True when it changed."""
+    need, have = required_opset(plan), int(graph.opset)
+    if have >= need:
+        return False
+    graph.cleanup()  # drop nodes detached by fold-bn before the converter sees them
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
+    try:
+        converted = onnx.version_converter.convert_version(model, need)
+    except Exception as e:  # noqa: BLE001 - any converter failure becomes a user message
+        raise UnsupportedModelError(
+            f"quantizing needs opset {need} (int4/int16: 21, per-channel: 13) but converting "
+            f"the model from opset {have} failed ({e}); use 8-bit or per-tensor rules"
+        ) from e
+    new = gs.import_onnx(converted)
+    graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
+    graph.opset, graph.import_domains = new.opset, new.import_domains
+    graph_utils.name_nodes(graph)  # the converter may add unnamed nodes
+    result.notes["opset"] = f"converted {have} -> {need}"
+    return True
+
+
+def _emit_activations(graph: gs.Graph, plan: Plan, params: dict[str, qdq_scales.Params]) -> None:
+    for name, act in plan.acts.items():
+        if not act.readers and not graph_utils.is_graph_output(graph, act.tensor):
+            continue
+        if act.dynamic:
+            qdq_emit.add_dynamic(graph, act.tensor, act.readers)
+        else:
+            p = params[name]
+            qdq_emit.add_qdq(graph, act.tensor, act.readers, p.scale, p.zero_point, p.spec)
+
+
+def _input_params(
+    layer: Layer, plan: Plan, params: dict[str, qdq_scales.Params]
+) -> qdq_scales.Params | None:
+    name = layer.node.inputs[0].name
+    act = plan.acts.get(name)
+    return params.get(name) if act is not None and layer.node in act.readers else None
+
+
+def _emit_layers(
+    graph: gs.Graph, plan: Plan, inputs: dict[str, qdq_scales.Params | None]
+) -> dict[str, str]:
+    """Integer weights and int32 biases; returns a detail line per layer."""
+    cache: dict[str, gs.Tensor] = {}
+    owners: dict[str, qdq_scales.Params] = {}
+    details = {}
+    for layer in plan.layers:
+        parts = _weight_and_bias(graph, layer, inputs[layer.node.name], cache, owners)
+        details[layer.node.name] = ", ".join(parts)
+    return details
+
+
+def _weight_and_bias(
+    graph: gs.Graph,
+    layer: Layer,
+    in_params: qdq_scales.Params | None,
+    cache: dict[str, gs.Tensor],
+    owners: dict[str, qdq_scales.Params],
+) -> list[str]:
+    node, rule = layer.node, layer.rules["weight"]
+    if not rule.enabled:
+        return []
+    weight_name = node.inputs[1].name
+    weight = np.asarray(graph_utils.const_value(node.inputs[1]))
+    bias = graph_utils.const_input(node, 2) if layer.rules["bias"].enabled else None
+    if bias is not None and node.op == "Gemm":
+        bias = bias.reshape(-1) * float(np.asarray(graph_utils.attr(node, "beta", 1.0)))
+    fit = None if in_params is None or weight_name in owners else in_params.scale
+    wp, codes = qdq_scales.weight_params(
+        rule, weight, layer.weight_axis, rule.per_channel, bias, fit
+    )
+    wp = owners.setdefault(weight_name, wp)
+    qdq_emit.add_const_dq(
+        graph,
+        node,
+        1,
+        codes,
+        wp.scale,
+        wp.zero_point,
+        wp.spec,
+        cache,
+        weight_name,
+        with_zero_point=_needs_zero_point(node, wp),
+    )
+    parts = [f"weight {rule.describe()}"]
+    if bias is None or in_params is None:
+        return parts
+    coded = qdq_scales.bias_codes(bias, in_params.scale, wp.scale)
+    if coded is None:
+        return [*parts, "bias float (int32 overflow)"]
+    codes32, bscale = coded
+    if np.ndim(wp.scale) == 0:
+        bscale = np.asarray(bscale.reshape(-1)[0], dtype=np.float32)
+    if node.op == "Gemm":
+        node.attrs["beta"] = 1.0
+    qdq_emit.add_bias_dq(
+        graph, node, codes32, bscale, _dq_scale(node.inputs[0]), _dq_scale(node.inputs[1])
+    )
+    return [*parts, "bias int32"]
+
+
+def _layer_texts(plan: Plan) -> dict[str, tuple[list[str], str]]:
+    """Input and output descriptions per layer, taken before the edits rename inputs."""
+    texts = {}
+    for layer in plan.layers:
+        node = layer.node
+        ins = [f"input {_act_text(plan.acts.get(node.inputs[i].name))}" for i in layer.acts]
+        texts[node.name] = (ins, f"output {_act_text(plan.acts.get(layer.out.name))}")
+    return texts
+
+
+def _needs_zero_point(node: gs.Node, params: qdq_scales.Params) -> bool:
+    """False for Conv weights whose zero point is 0: it is left out (1 byte per channel).
+
+    onnxruntime's Gemm/MatMul fusion wants the zero point, so those keep it.
+    """
+    return node.op not in ("Conv", "ConvTranspose") or bool(np.any(params.zero_point))
+
+
+def _dq_scale(tensor: gs.Tensor) -> gs.Tensor:
+    """The scale input of the DequantizeLinear that produces `tensor`."""
+    dq = graph_utils.producer(tensor)
+    if dq is None:
+        raise ValueError(f"{tensor.name} has no DequantizeLinear producer")
+    return dq.inputs[1]
+
+
+def _report(
+    result: PassResult,
+    graph: gs.Graph,
+    plan: Plan,
+    texts: dict[str, tuple[list[str], str]],
+    details: dict[str, str],
+    dropped: dict[str, str],
+    notes: list[str],
+    ranges: dict,
+) -> None:
+    for node, reason in plan.skips:
+        result.skip(node, reason)
+    for layer in plan.layers:
+        ins, out = texts[layer.node.name]
+        middle = [details[layer.node.name]] if details.get(layer.node.name) else []
+        result.change(layer.node, "; ".join([*ins, *middle, out]))
+    sources = Counter(r[2] for n, r in ranges.items() if n in plan.acts)
+    float_ops = Counter(n.op for n in graph.nodes if n.op not in QUANTIZABLE | QDQ_OPS)
+    result.notes.update(
+        transformer=plan.transformer,
+        dynamic=sorted(n for n, a in plan.acts.items() if a.dynamic),
+        range_sources=dict(sources),
+        left_float=dict(dropped),
+        groups=notes,
+        float_ops=dict(float_ops),
+    )
+
+
+def _act_text(act: Act | None) -> str:
+    if act is None:
+        return "float"
+    if act.dynamic:
+        return "uint8 dynamic"
+    return act.rule.describe()
