@@ -7,7 +7,9 @@ Exit codes: 0 success, 1 verification failed (report still written), 2 user erro
 from __future__ import annotations
 
 import dataclasses
+import inspect as pyinspect
 import json
+import re
 import sys
 import traceback
 from collections.abc import Callable
@@ -20,7 +22,8 @@ from rich.table import Table
 
 from graphcomp import api
 from graphcomp.core import analysis, model_io
-from graphcomp.core.errors import GraphcompError, PassFailedError
+from graphcomp.core.errors import ConfigError, GraphcompError, PassFailedError
+from graphcomp.core.version import __version__
 from graphcomp.measure.inputs import parse_shapes
 from graphcomp.report import verify_table
 from graphcomp.verify import Thresholds, verify
@@ -34,6 +37,22 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"graphcomp {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Data-free compression of ONNX models, verified with onnxruntime."""
 
 
 def guarded(fn: Callable[[], int | None]) -> None:
@@ -101,7 +120,12 @@ def run(
     """Compress MODEL with the given passes, verify it and write the result."""
 
     def body() -> int:
+        if passes is not None and config is not None:
+            raise ConfigError("give the passes with --passes or with --config, not both")
         target = output or model.with_name(f"{model.stem}.compressed.onnx")
+        failed = target.with_name(f"{target.stem}.failed.onnx")
+        if report is not None:
+            _check_writable(report, "--report")
         thresholds = Thresholds(max_rel_err, min_cosine, min_top1)
         with err.status("loading") as status:
             try:
@@ -121,15 +145,28 @@ def run(
             except api.VerificationFailedError as e:
                 rep, code = e.report, 1
                 if keep_failed:
-                    model_io.save(e.model, target.with_name(f"{target.stem}.failed.onnx"))
+                    model_io.save(e.model, failed)
         if report:
             rep.write_json(report)
         _show(rep, json_out)
         if code:
-            err.print("error: verification failed; output not written", highlight=False)
+            kept = f"; kept the model as {failed}" if keep_failed else ""
+            err.print(
+                f"error: verification failed; {target} not written{kept}",
+                highlight=False,
+                soft_wrap=True,
+            )
         return code
 
     guarded(body)
+
+
+def _check_writable(path: Path, option: str) -> None:
+    """ConfigError unless `path` can be written (checked before any work is done)."""
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: folder {path.parent} does not exist")
 
 
 def _show(rep: Any, json_out: bool) -> None:
@@ -141,24 +178,58 @@ def _show(rep: Any, json_out: bool) -> None:
             out.print(f"wrote {rep.output}")
 
 
-@app.command(name="passes", epilog="Example: graphcomp passes")
-def list_passes() -> None:
-    """List every pass with its config fields and defaults."""
+@app.command(name="passes", epilog="Example: graphcomp passes dfq")
+def list_passes(
+    name: Annotated[
+        str | None, typer.Argument(help="Show this pass's fields, each with what it does.")
+    ] = None,
+) -> None:
+    """List every pass with its config fields and defaults, or describe one pass."""
 
     def body() -> int:
+        registry = api.registry()
+        if name is not None:
+            if name not in registry:
+                raise ConfigError(
+                    f"unknown pass '{name}'; choose from {', '.join(sorted(registry))}"
+                )
+            _describe_pass(name, registry[name])
+            return 0
         table = Table(title="passes")
         for col in ("name", "lossless", "fields (default)", "what it does"):
             table.add_column(col)
-        for name, cls in sorted(api.registry().items()):
+        for key, cls in sorted(registry.items()):
             fields = (
                 ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.config_class))
                 or "-"
             )
-            table.add_row(name, "yes" if cls.lossless else "no", fields, cls.summary)
+            table.add_row(key, "yes" if cls.lossless else "no", fields, cls.summary)
         out.print(table)
         return 0
 
     guarded(body)
+
+
+def _field_notes(config_class: type) -> dict[str, str]:
+    """Field name -> its trailing comment in the config class source (the field's doc)."""
+    try:
+        source = pyinspect.getsource(config_class)
+    except (OSError, TypeError):
+        return {}
+    found = re.finditer(r"^\s+(\w+):[^\n#]*#\s*(.+)$", source, re.M)
+    return {m.group(1): m.group(2).strip() for m in found}
+
+
+def _describe_pass(name: str, cls: Any) -> None:
+    lossless = "lossless" if cls.lossless else "lossy"
+    out.print(f"{name} ({lossless}): {cls.summary}", highlight=False)
+    table = Table(title=f'{name} fields: --passes "{name}(field=value,...)"')
+    for col in ("field", "default", "what it does"):
+        table.add_column(col)
+    notes = _field_notes(cls.config_class)
+    for f in dataclasses.fields(cls.config_class):
+        table.add_row(f.name, repr(f.default), notes.get(f.name, ""))
+    out.print(table)
 
 
 @app.command(epilog="Example: graphcomp inspect models/mobilenetv2_s.onnx --json")

@@ -69,6 +69,17 @@ def _bad_cases(tmp_path, bn_model):
         "output is input": ["run", m, "-p", "cleanup", "-o", m],
         "external escape": ["run", str(tmp_path / "sub" / "ext.onnx"), "-p", "cleanup"],
         "bad shape": ["run", m, "-p", "cleanup", "--input-shape", "x:1xz"],
+        "passes and config": ["run", m, "-p", "cleanup", "-c", str(tmp_path / "c.toml")],
+        "report folder missing": [
+            "run",
+            m,
+            "-p",
+            "cleanup",
+            "--report",
+            str(tmp_path / "no/r.json"),
+        ],
+        "report is a folder": ["run", m, "-p", "cleanup", "--report", str(tmp_path)],
+        "unknown pass name": ["passes", "shrink"],
     }
 
 
@@ -116,7 +127,16 @@ def test_failed_verification_exits_1_and_writes_no_output(tmp_path, bn_model):
     )
     assert result.exit_code == 1
     assert "verification failed" in result.stderr
+    assert f"kept the model as {tmp_path / 'out.failed.onnx'}" in result.stderr
     assert not out.exists() and (tmp_path / "out.failed.onnx").exists()
+
+
+def test_version_and_one_pass_described_field_by_field():
+    version = runner.invoke(app, ["--version"])
+    assert version.exit_code == 0 and version.stdout.startswith("graphcomp 0.")
+    described = runner.invoke(app, ["passes", "prune"])
+    assert described.exit_code == 0
+    assert "ratio" in described.stdout and "what it does" in described.stdout
 
 
 def test_passes_inspect_and_verify_commands(tmp_path, bn_model):
