@@ -2,7 +2,8 @@
 
 - `fold_constants`: nodes in SHAPE_MATH whose inputs are all constant (after folding
   static dims of Shape, e.g. the H and W of a dynamic-batch input) become constants,
-  through onnx-graphsurgeon's folder (onnxruntime evaluates them). Exporters write
+  through onnx-graphsurgeon's folder (onnxruntime evaluates them). Shape's `start` /
+  `end` attributes are honoured (the folder ignores them, so those are folded here). Exporters write
   TensorFlow-style "same" padding as Shape -> Gather -> ... -> Pad; folded, the pads
   are constants. Lossless: the folded values are what the graph computed.
 - `fill_shapes`: tensors without a shape get the one onnx shape inference finds (the
@@ -63,6 +64,7 @@ SHAPE_MATH = frozenset(
     }
 )
 FOLD_LIMIT = 1 << 22  # bytes: a larger folded tensor stays computed
+HIDDEN_SHAPE = "GraphcompShapeSliced"  # op name that keeps a Shape out of the folder
 
 
 def fold_constants(graph: gs.Graph) -> int:
@@ -71,6 +73,7 @@ def fold_constants(graph: gs.Graph) -> int:
     Constant nodes are not counted (the folder turns them into initializers).
     """
     before = sum(n.op != "Constant" for n in graph.nodes)
+    hidden = _fold_sliced_shapes(graph)
     try:
         graph.fold_constants(
             fold_shapes=True,
@@ -82,8 +85,52 @@ def fold_constants(graph: gs.Graph) -> int:
     except Exception as e:  # noqa: BLE001 - folding is an aid, never required
         log.debug("constant folding failed: %r", e)
         return 0
+    finally:
+        for node in hidden:
+            node.op = "Shape"
     graph.cleanup(remove_unused_graph_inputs=False)
     return before - sum(n.op != "Constant" for n in graph.nodes)
+
+
+def _fold_sliced_shapes(graph: gs.Graph) -> list[gs.Node]:
+    """Fold Shape nodes with `start`/`end` ourselves; hide the rest from the folder.
+
+    onnx-graphsurgeon's shape folding (0.6.1) reads Shape as the whole shape whatever
+    its `start`/`end` attributes say. A Shape whose slice of dims is static becomes that
+    constant here (exact); the others are renamed for the duration of the fold, so they
+    are not folded at all. Returns the renamed nodes (the caller restores their op).
+    """
+    hidden = []
+    for node in graph_utils.nodes_of(graph, ("Shape",)):
+        if "start" not in node.attrs and "end" not in node.attrs:
+            continue
+        dims = _shape_slice(node)
+        out = node.outputs[0]
+        if dims is not None and out not in graph.outputs:
+            out.to_constant(np.array(dims, dtype=np.int64))
+            out.inputs.clear()
+        else:
+            node.op = HIDDEN_SHAPE
+            hidden.append(node)
+    return hidden
+
+
+def _shape_slice(node: gs.Node) -> list[int] | None:
+    """The static dims Shape(x, start, end) returns, or None when any is unknown."""
+    shape = node.inputs[0].shape
+    if shape is None:
+        return None
+    rank = len(shape)
+
+    def clamp(value: int) -> int:
+        return min(max(value + rank if value < 0 else value, 0), rank)
+
+    start = clamp(int(node.attrs.get("start", 0)))
+    end = clamp(int(node.attrs.get("end", rank)))
+    dims = list(shape[start:end])
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        return None
+    return [int(d) for d in dims]
 
 
 def fuse_pads(graph: gs.Graph) -> list[str]:

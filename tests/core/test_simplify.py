@@ -83,3 +83,30 @@ g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a) => (float[N, 4, 10, 12] y) {{
     (conv,) = out.graph.node
     assert list(next(a for a in conv.attribute if a.name == "pads").ints) == [2, 3, 1, 2]
     _same(model, out)
+
+
+SLICED_SHAPES = """
+g (float[2, 3, 8, 6] x) => (int64[2] hw, int64[2] tail, int64[1] head, float[2, 3, 8, 6] y) {
+    hw = Shape <start = 2> (x)
+    tail = Shape <start = -2, end = 4> (x)
+    head = Shape <end = 1> (x)
+    s = Shape <start = 1, end = 3> (x)
+    f = Cast <to = 1> (s)
+    n = ReduceSum <keepdims = 0> (f)
+    y = Mul (x, n)
+}
+"""
+
+
+def test_shape_start_and_end_are_honoured_when_folding():
+    model = graphs.build(SLICED_SHAPES, opset=18)
+    graph = gs.import_onnx(model)
+    simplify.fold_constants(graph)
+    out = gs.export_onnx(graph)
+    onnx.checker.check_model(out, full_check=True)
+    feeds = graphs.feeds_for(model, batch=2)
+    for want, got in zip(graphs.run(model, feeds), graphs.run(out, feeds), strict=True):
+        assert want.shape == got.shape
+        np.testing.assert_array_equal(want, got)
+    ops = [n.op_type for n in out.graph.node]
+    assert ops.count("Shape") == 3 and "Cast" not in ops  # graph outputs stay; s folded
