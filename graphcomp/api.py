@@ -111,7 +111,7 @@ def compress(
             progress("verify")
         limits = _limits(thresholds, result.lossless)
         report.verification = verify(proto, result.model, limits, inputs, ctx.input_shapes)
-        if not report.verification.passed:
+        if report.verification.failed:
             raise VerificationFailedError(
                 "verification failed: " + "; ".join(report.verification.failures),
                 result.model,

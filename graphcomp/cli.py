@@ -174,7 +174,7 @@ def _show(rep: Any, json_out: bool) -> None:
         out.print_json(json.dumps(rep.to_dict(), default=str))
     else:
         rep.render(out)
-        if rep.output and (not rep.verification or rep.verification.passed):
+        if rep.output and (not rep.verification or not rep.verification.failed):
             out.print(f"wrote {rep.output}")
 
 
@@ -315,7 +315,7 @@ def verify_cmd(
             out.print_json(json.dumps(result.to_dict(), default=str))
         else:
             out.print(verify_table(result))
-        return 0 if result.passed else 1
+        return 1 if result.failed else 0
 
     guarded(body)
 

@@ -137,10 +137,17 @@ def size_line(before: dict[str, Any], after: dict[str, Any]) -> str:
     return "model: " + ", ".join(parts)
 
 
+VERDICT_STYLE = {
+    "passed": "[green]passed[/]",
+    "failed": "[red]FAILED[/]",
+    "unchecked": "[yellow]unchecked[/] (no threshold)",
+}
+
+
 def verify_table(result: VerifyResult) -> Table:
     """One row per output with the fidelity statistics and the verdict in the title."""
-    verdict = "[green]passed[/]" if result.passed else "[red]FAILED[/]"
-    table = Table(title=f"verification ({result.input_source}): {verdict}")
+    verdict = VERDICT_STYLE[result.verdict]
+    table = Table(title=f"verification on {result.input_source}: {verdict}")
     for col in ("output", "max abs", "rel err", "cosine", "SQNR dB", "top-1 agree"):
         table.add_column(col, justify="left" if col == "output" else "right")
     for o in result.outputs:
@@ -153,6 +160,12 @@ def verify_table(result: VerifyResult) -> Table:
             f"{o.sqnr_db:.1f}",
             top1,
         )
-    for f in result.failures:
-        table.caption = (table.caption + "; " if table.caption else "") + f
+    notes = list(result.failures)
+    if result.verdict == "unchecked":
+        notes.append(
+            "lossy passes and no threshold: give --min-cosine / --min-top1 / --max-rel-err"
+        )
+    if result.synthetic:
+        notes.append("synthetic inputs estimate the error and do not prove it: give --inputs")
+    table.caption = "; ".join(notes) or None
     return table

@@ -80,9 +80,37 @@ class VerifyResult:
     ort_optimization: str = str(ORT_OPT_LEVEL)
 
     @property
+    def checked(self) -> bool:
+        """True when at least one threshold applied to at least one output."""
+        t = self.thresholds
+        top1 = t.min_top1 is not None and any(o.top1_agreement is not None for o in self.outputs)
+        return (
+            bool(self.failures)
+            or top1
+            or (bool(self.outputs) and (t.max_rel_err is not None or t.min_cosine is not None))
+        )
+
+    @property
+    def failed(self) -> bool:
+        """True when a threshold was missed (or an output is missing)."""
+        return bool(self.failures)
+
+    @property
+    def verdict(self) -> str:
+        """One of passed (a threshold was checked and held), failed, unchecked."""
+        if self.failed:
+            return "failed"
+        return "passed" if self.checked else "unchecked"
+
+    @property
     def passed(self) -> bool:
-        """True when no threshold was missed."""
-        return not self.failures
+        """True only when a threshold was checked and held."""
+        return self.verdict == "passed"
+
+    @property
+    def synthetic(self) -> bool:
+        """True when the inputs were generated, not given: the numbers estimate only."""
+        return not self.input_source.startswith("file ")
 
     @property
     def needed_rtol(self) -> float:
@@ -92,6 +120,7 @@ class VerifyResult:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
+            "verdict": self.verdict,
             "passed": self.passed,
             "failures": self.failures,
             "needed_rtol": self.needed_rtol,

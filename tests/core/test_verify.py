@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,3 +81,37 @@ def test_parse_shapes():
         "input": [1, 3, 224, 224],
         "ids": [2, 16],
     }
+
+
+ZOO = Path(__file__).resolve().parents[2] / "models"
+
+
+def test_three_verdicts_on_a_zoo_model():
+    import graphcomp
+    from graphcomp import api
+
+    model = ZOO / "resnet_s.onnx"
+    _, lossless = graphcomp.compress(model, "cleanup")
+    assert lossless.verification.verdict == "passed"  # held to 1e-4 automatically
+    _, lossy = graphcomp.compress(model, "prune(ratio=0.3)")
+    assert lossy.verification.verdict == "unchecked" and not lossy.verification.passed
+    assert lossy.to_dict()["verification"]["verdict"] == "unchecked"
+    with pytest.raises(api.VerificationFailedError) as failed:
+        graphcomp.compress(model, "prune(ratio=0.9)", thresholds=verify.Thresholds(min_cosine=0.99))
+    assert failed.value.report.verification.verdict == "failed"
+
+
+def test_a_wrecked_model_is_never_passed_and_the_summary_names_its_inputs():
+    import io
+
+    from rich.console import Console
+
+    import graphcomp
+
+    _, rep = graphcomp.compress(ZOO / "vgg_s.onnx", "prune(ratio=0.9)")
+    assert rep.verification.verdict != "passed"
+    console = Console(file=io.StringIO(), width=200)
+    rep.render(console)
+    text = console.file.getvalue()
+    assert "verification on seeded" in text and "unchecked" in text
+    assert "synthetic inputs estimate" in text
