@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The dfq ablation table of README.md ("dfq ablation" section), made by graphcomp bench.
+# The dfq ablation tables of docs/dfq_ablation.md, made by graphcomp bench.
 # Every dfq row runs data-free (stats=data-free: BatchNorm statistics where the model
 # has them, else synthetic inputs); only the onnxruntime baselines use the calibration
-# samples. Usage: scripts/dfq_ablation.sh > ablation.md   (~4 minutes on 2 cores)
+# samples. Usage: scripts/dfq_ablation.sh > ablation.md   (~4 minutes on 2 cores), then
+# replace the tables of docs/dfq_ablation.md (everything below its introduction) with it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for model in mobilenetv2_s resnet_s vgg_s densecat_s; do

@@ -17,10 +17,11 @@ exporter, opset 18) and BN folded (legacy exporter, opset 17). Each compile runs
 `graphcomp bench` times its rows (`graphcomp.bench.compile.run_child`: wall time of
 load + passes + save, imports excluded), one compile at a time, in `--repeats` rounds
 that each compile every file once (so load from other processes hits all rows alike);
-the median per file is reported. Prints a Markdown table (params and MACs per sample as
-`graphcomp inspect` counts them), per series and twin the least-squares fit
-seconds = a + b * params with its R^2, and where the time of the largest variant of
-each series goes (cProfile of an in-process compile, best of 3; `--no-profile`: skip).
+the median per file is reported. Prints the Markdown tables of docs/dfq_scaling.md
+(params and MACs per sample as `graphcomp inspect` counts them), per series and twin
+the least-squares fit seconds = a + b * params with its R^2, and where the time of the
+largest variant of each series goes (cProfile of an in-process compile, best of 3;
+`--no-profile`: skip).
 
 Needs torch (`pip install graphcomp[models]`); torch is used only here and in models/.
 Run from the repo root (about 4 minutes on 2 cores with the defaults):

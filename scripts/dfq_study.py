@@ -1,4 +1,4 @@
-"""Measurements behind dfq's defaults (not the README table: that comes from bench).
+"""Measurements behind dfq's defaults (docs/dfq.md; the ablation tables come from bench).
 
 Usage: python scripts/dfq_study.py stats|configs|exact MODEL.onnx [...] [--eval NPZ]
 

@@ -4,7 +4,8 @@ For each zoo CNN: top-1 of the float model, of onnxruntime's per-tensor int8 cal
 on models/data/glyphs_calib.npz and of graphcomp's dfq with no data
 (`dfq(stats=data-free)`), the images only one of the two quantized models gets right,
 and the exact two-sided McNemar p-value of that split (is the difference more than
-chance?). Prints a markdown table. Usage, from the repo root:
+chance?). Prints the markdown table of docs/dfq.md ("Against onnxruntime"). Usage, from
+the repo root:
 `python scripts/dfq_vs_ort.py` (about 2 minutes on 2 cores).
 """
 

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Regenerate the tables of README.md's "## Results" section.
+# Regenerate the tables of docs/results.md (the zoo results; the README links to it).
 #
 # Each line of COMMANDS is run exactly as written (from the repository root) and its
 # `--markdown` output, with the command above it, replaces everything between the
-# results markers in README.md (the section is appended when the markers are missing).
+# results markers in docs/results.md (the section is appended when the markers are missing).
 # Edit COMMANDS when a pass lands or changes what it reports, then rerun this script.
-# Usage: scripts/results.sh [README path]   (takes ~10 minutes on 2 cores)
+# Usage: scripts/results.sh [results page, default docs/results.md]   (~10 minutes on 2 cores)
+# The README's short results table copies a few numbers from it: update those by hand.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-readme="${1:-README.md}"
+readme="${1:-docs/results.md}"
 [ -f "$readme" ] || { echo "no such file: $readme" >&2; exit 2; }
 
 COMMANDS=(
@@ -45,7 +46,7 @@ if start in text and end in text:
     head, rest = text.split(start, 1)
     tail = rest.split(end, 1)[1]
 else:
-    head, tail = text.rstrip("\n") + "\n\n## Results\n\n", "\n"
+    head, tail = text.rstrip("\n") + "\n\n## Tables\n\n", "\n"
 readme.write_text(f"{head}{start}\n{block}\n{end}{tail}")
 EOF
-echo "updated the Results section of $readme" >&2
+echo "updated the results tables of $readme" >&2

@@ -1,4 +1,4 @@
-"""The README's `svd,dfq` table: top-1 of int8 (dfq, per-tensor, no data) after svd.
+"""The `svd,dfq` table of docs/svd.md: top-1 of int8 (dfq, per-tensor, no data) after svd.
 
 For each zoo model: top-1 on models/data/glyphs_eval.npz of the original, of `dfq`
 and of `svd(...),dfq` at three budgets, with the MACs relative to the original in
