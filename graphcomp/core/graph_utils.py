@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -76,6 +77,64 @@ def is_shared(tensor: gs.Tensor) -> bool:
 def attr(node: gs.Node, key: str, default: object = None) -> object:
     """An attribute of `node`, or `default` when it is not set."""
     return node.attrs.get(key, default)
+
+
+@overload
+def attr_int(node: gs.Node, key: str, default: int) -> int: ...
+@overload
+def attr_int(node: gs.Node, key: str, default: None = None) -> int | None: ...
+def attr_int(node: gs.Node, key: str, default: int | None = None) -> int | None:
+    """An int attribute of `node` (flags such as transB too), or `default` when not set."""
+    value = node.attrs.get(key)
+    return default if value is None else int(value)
+
+
+@overload
+def attr_float(node: gs.Node, key: str, default: float) -> float: ...
+@overload
+def attr_float(node: gs.Node, key: str, default: None = None) -> float | None: ...
+def attr_float(node: gs.Node, key: str, default: float | None = None) -> float | None:
+    """A float attribute of `node`, or `default` when not set."""
+    value = node.attrs.get(key)
+    return default if value is None else float(value)
+
+
+@overload
+def attr_ints(node: gs.Node, key: str, default: Sequence[int]) -> list[int]: ...
+@overload
+def attr_ints(node: gs.Node, key: str, default: None = None) -> list[int] | None: ...
+def attr_ints(node: gs.Node, key: str, default: Sequence[int] | None = None) -> list[int] | None:
+    """An ints attribute of `node` as a list, or `default` (copied) when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return None if default is None else list(default)
+    return [int(v) for v in value]
+
+
+@overload
+def attr_floats(node: gs.Node, key: str, default: Sequence[float]) -> list[float]: ...
+@overload
+def attr_floats(node: gs.Node, key: str, default: None = None) -> list[float] | None: ...
+def attr_floats(
+    node: gs.Node, key: str, default: Sequence[float] | None = None
+) -> list[float] | None:
+    """A floats attribute of `node` as a list, or `default` (copied) when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return None if default is None else list(default)
+    return [float(v) for v in value]
+
+
+@overload
+def attr_str(node: gs.Node, key: str, default: str) -> str: ...
+@overload
+def attr_str(node: gs.Node, key: str, default: None = None) -> str | None: ...
+def attr_str(node: gs.Node, key: str, default: str | None = None) -> str | None:
+    """A string attribute of `node` (bytes decoded as UTF-8), or `default` when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def used_names(graph: gs.Graph) -> set[str]:
@@ -181,12 +240,12 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
     names stay stable.
     """
     src, dst = node.inputs[0], node.outputs[0]
+    prod = producer(src)
     if (
         is_graph_output(graph, dst)
-        and producer(src) is not None
+        and prod is not None
         and not _is_used_elsewhere(graph, src, node)
     ):
-        prod = producer(src)
         prod.outputs = [dst if t is src else t for t in prod.outputs]
         node.inputs.clear()
         node.outputs.clear()
