@@ -44,6 +44,11 @@ def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
     return tensor.outputs[0]
 
 
+def is_only_consumer(node: gs.Node, tensor: gs.Tensor, graph: gs.Graph) -> bool:
+    """True when `node` alone reads `tensor` and `tensor` is no graph output."""
+    return only_consumer(tensor, graph) is node
+
+
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     """True when `tensor` is one of the graph's outputs."""
     return any(out is tensor for out in graph.outputs)
@@ -67,6 +72,19 @@ def const_input(node: gs.Node, index: int) -> np.ndarray | None:
     if index >= len(node.inputs) or node.inputs[index].name == "":
         return None
     return const_value(node.inputs[index])
+
+
+def checked_const_input(node: gs.Node, index: int) -> np.ndarray:
+    """const_input for an input the caller's skip check has already found constant.
+
+    Raises:
+        LookupError: it is not constant after all, a bug in the caller (never a user error:
+            node-level problems are skips with a reason, found before this is called).
+    """
+    value = const_input(node, index)
+    if value is None:
+        raise LookupError(f"input {index} of {node.name} ({node.op}) is not a constant")
+    return value
 
 
 def is_shared(tensor: gs.Tensor) -> bool:
