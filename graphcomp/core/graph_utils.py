@@ -80,6 +80,7 @@ def checked_const_input(node: gs.Node, index: int) -> np.ndarray:
     Raises:
         LookupError: it is not constant after all, a bug in the caller (never a user error:
             node-level problems are skips with a reason, found before this is called).
+
     """
     value = const_input(node, index)
     if value is None:
