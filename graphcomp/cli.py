@@ -10,7 +10,6 @@ import dataclasses
 import inspect as pyinspect
 import json
 import re
-import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -445,4 +444,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -30,7 +30,7 @@ from graphcomp.measure.inputs import ORT_OPT_LEVEL, load_inputs, make_inputs, se
 LOSSLESS_RTOL = 1e-4
 T = TypeVar("T")
 # onnxruntime's own exception classes derive from Exception directly.
-ORT_ERRORS = (
+ORT_ERRORS: tuple[type[Exception], ...] = (
     RuntimeError,
     ValueError,
     *(

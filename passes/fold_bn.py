@@ -38,10 +38,10 @@ class FoldBnPass(Pass):
         """Fold every foldable BN; record its statistics under the output tensor name."""
         result = PassResult(self.name)
         for bn in graph_utils.nodes_of(graph, {"BatchNormalization"}):
-            if reason := _skip_reason(graph, bn):
-                result.skip(bn, reason)
-                continue
             layer = graph_utils.producer(bn.inputs[0])
+            if (reason := _skip_reason(graph, bn)) or layer is None:
+                result.skip(bn, reason or "input comes from a graph input")
+                continue
             scale, shift, beta, std = _affine(bn)
             _fold_into(graph, layer, scale, shift)
             layer.outputs = [bn.outputs[0]]
@@ -55,9 +55,9 @@ class FoldBnPass(Pass):
 def _affine(bn: gs.Node) -> tuple[np.ndarray, ...]:
     """(scale, shift, beta, output std) with y = scale * x + shift, in float64."""
     gamma, beta, mean, var = (
-        graph_utils.const_input(bn, i).astype(np.float64) for i in range(1, 5)
+        graph_utils.checked_const_input(bn, i).astype(np.float64) for i in range(1, 5)
     )
-    eps = float(graph_utils.attr(bn, "epsilon", 1e-5))
+    eps = graph_utils.attr_float(bn, "epsilon", 1e-5)
     scale = gamma / np.sqrt(var + eps)
     return scale, beta - scale * mean, beta, np.abs(scale) * np.sqrt(np.maximum(var, 0.0))
 
@@ -66,7 +66,7 @@ def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
     if (
         len(bn.outputs) > 1
         and any(t.outputs for t in bn.outputs[1:])
-        or graph_utils.attr(bn, "training_mode", 0)
+        or graph_utils.attr_int(bn, "training_mode", 0)
     ):
         return "training-mode BatchNormalization"
     if any(graph_utils.const_input(bn, i) is None for i in range(1, 5)):
@@ -95,7 +95,7 @@ def _skip_reason(graph: gs.Graph, bn: gs.Node) -> str | None:
 
 
 def _gemm_reason(gemm: gs.Node) -> str | None:
-    if graph_utils.attr(gemm, "transA", 0):
+    if graph_utils.attr_int(gemm, "transA", 0):
         return "Gemm with transA"
     bias = graph_utils.const_input(gemm, 2)
     if bias is not None and bias.ndim == 2 and bias.shape[0] != 1:
@@ -104,18 +104,18 @@ def _gemm_reason(gemm: gs.Node) -> str | None:
 
 
 def _fold_into(graph: gs.Graph, layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> None:
-    weight = graph_utils.const_input(layer, 1)
+    weight = graph_utils.checked_const_input(layer, 1)
     dtype = weight.dtype
     w = weight.astype(np.float64)
     if layer.op == "Conv":
         w = w * scale.reshape(-1, *([1] * (w.ndim - 1)))
     elif layer.op == "ConvTranspose":
-        group = int(graph_utils.attr(layer, "group", 1))
+        group = graph_utils.attr_int(layer, "group", 1)
         grouped = w.reshape(group, w.shape[0] // group, w.shape[1], *w.shape[2:])
         per_group = scale.reshape(group, 1, w.shape[1], *([1] * (w.ndim - 2)))
         w = (grouped * per_group).reshape(w.shape)
     else:  # Gemm: output columns are rows of B when transB
-        w = w * (scale[:, None] if graph_utils.attr(layer, "transB", 0) else scale[None, :])
+        w = w * (scale[:, None] if graph_utils.attr_int(layer, "transB", 0) else scale[None, :])
     graph_utils.set_const_input(graph, layer, 1, w.astype(dtype))
     graph_utils.set_const_input(graph, layer, 2, _new_bias(layer, scale, shift).astype(dtype))
 
@@ -124,7 +124,7 @@ def _new_bias(layer: gs.Node, scale: np.ndarray, shift: np.ndarray) -> np.ndarra
     bias = graph_utils.const_input(layer, 2)
     b = np.zeros_like(scale) if bias is None else bias.astype(np.float64).reshape(-1)
     if layer.op == "Gemm":
-        b = b * float(graph_utils.attr(layer, "beta", 1.0))
+        b = b * graph_utils.attr_float(layer, "beta", 1.0)
         layer.attrs["beta"] = 1.0
         b = np.broadcast_to(b, scale.shape)
     return scale * b + shift

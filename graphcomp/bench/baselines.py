@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -154,16 +155,12 @@ def run(
     return f"{base.summary}, calibrated on {reader.count} samples; {pre_note}"
 
 
-def _pre_process(q: object, source: Path, target: Path) -> tuple[Path, str]:
+def _pre_process(q: ModuleType, source: Path, target: Path) -> tuple[Path, str]:
     """quant_pre_process into `target`; the source itself when it fails (noted)."""
     try:
         # symbolic shape inference needs sympy, which graphcomp does not depend on
         symbolic = importlib.util.find_spec("sympy") is not None
-        q.quant_pre_process(
-            str(source),
-            str(target),  # type: ignore[attr-defined]
-            skip_symbolic_shape=not symbolic,
-        )
+        q.quant_pre_process(str(source), str(target), skip_symbolic_shape=not symbolic)
     except Exception as e:  # noqa: BLE001 - the baseline still runs, and says so
         log.warning("quant_pre_process failed on %s: %s", source, e)
         return source, f"quant_pre_process failed ({type(e).__name__}), quantized as is"

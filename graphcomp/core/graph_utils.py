@@ -9,7 +9,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import operator
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import overload
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -43,6 +44,11 @@ def only_consumer(tensor: gs.Tensor, graph: gs.Graph) -> gs.Node | None:
     return tensor.outputs[0]
 
 
+def is_only_consumer(node: gs.Node, tensor: gs.Tensor, graph: gs.Graph) -> bool:
+    """True when `node` alone reads `tensor` and `tensor` is no graph output."""
+    return only_consumer(tensor, graph) is node
+
+
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     """True when `tensor` is one of the graph's outputs."""
     return any(out is tensor for out in graph.outputs)
@@ -68,6 +74,20 @@ def const_input(node: gs.Node, index: int) -> np.ndarray | None:
     return const_value(node.inputs[index])
 
 
+def checked_const_input(node: gs.Node, index: int) -> np.ndarray:
+    """const_input for an input the caller's skip check has already found constant.
+
+    Raises:
+        LookupError: it is not constant after all, a bug in the caller (never a user error:
+            node-level problems are skips with a reason, found before this is called).
+
+    """
+    value = const_input(node, index)
+    if value is None:
+        raise LookupError(f"input {index} of {node.name} ({node.op}) is not a constant")
+    return value
+
+
 def is_shared(tensor: gs.Tensor) -> bool:
     """True when more than one node reads `tensor` (e.g. a tied weight)."""
     return len(tensor.outputs) > 1
@@ -76,6 +96,64 @@ def is_shared(tensor: gs.Tensor) -> bool:
 def attr(node: gs.Node, key: str, default: object = None) -> object:
     """An attribute of `node`, or `default` when it is not set."""
     return node.attrs.get(key, default)
+
+
+@overload
+def attr_int(node: gs.Node, key: str, default: int) -> int: ...
+@overload
+def attr_int(node: gs.Node, key: str, default: None = None) -> int | None: ...
+def attr_int(node: gs.Node, key: str, default: int | None = None) -> int | None:
+    """An int attribute of `node` (flags such as transB too), or `default` when not set."""
+    value = node.attrs.get(key)
+    return default if value is None else int(value)
+
+
+@overload
+def attr_float(node: gs.Node, key: str, default: float) -> float: ...
+@overload
+def attr_float(node: gs.Node, key: str, default: None = None) -> float | None: ...
+def attr_float(node: gs.Node, key: str, default: float | None = None) -> float | None:
+    """A float attribute of `node`, or `default` when not set."""
+    value = node.attrs.get(key)
+    return default if value is None else float(value)
+
+
+@overload
+def attr_ints(node: gs.Node, key: str, default: Sequence[int]) -> list[int]: ...
+@overload
+def attr_ints(node: gs.Node, key: str, default: None = None) -> list[int] | None: ...
+def attr_ints(node: gs.Node, key: str, default: Sequence[int] | None = None) -> list[int] | None:
+    """An ints attribute of `node` as a list, or `default` (copied) when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return None if default is None else list(default)
+    return [int(v) for v in value]
+
+
+@overload
+def attr_floats(node: gs.Node, key: str, default: Sequence[float]) -> list[float]: ...
+@overload
+def attr_floats(node: gs.Node, key: str, default: None = None) -> list[float] | None: ...
+def attr_floats(
+    node: gs.Node, key: str, default: Sequence[float] | None = None
+) -> list[float] | None:
+    """A floats attribute of `node` as a list, or `default` (copied) when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return None if default is None else list(default)
+    return [float(v) for v in value]
+
+
+@overload
+def attr_str(node: gs.Node, key: str, default: str) -> str: ...
+@overload
+def attr_str(node: gs.Node, key: str, default: None = None) -> str | None: ...
+def attr_str(node: gs.Node, key: str, default: str | None = None) -> str | None:
+    """A string attribute of `node` (bytes decoded as UTF-8), or `default` when not set."""
+    value = node.attrs.get(key)
+    if value is None:
+        return default
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def used_names(graph: gs.Graph) -> set[str]:
@@ -181,12 +259,12 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
     names stay stable.
     """
     src, dst = node.inputs[0], node.outputs[0]
+    prod = producer(src)
     if (
         is_graph_output(graph, dst)
-        and producer(src) is not None
+        and prod is not None
         and not _is_used_elsewhere(graph, src, node)
     ):
-        prod = producer(src)
         prod.outputs = [dst if t is src else t for t in prod.outputs]
         node.inputs.clear()
         node.outputs.clear()

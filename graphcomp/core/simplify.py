@@ -156,14 +156,17 @@ def _spatial_pads(pad: gs.Node, graph: gs.Graph) -> np.ndarray | None:
     """Conv-layout pads (begins then ends of the axes after N, C), or None if not fusable."""
     if graph_utils.is_graph_output(graph, pad.outputs[0]):
         return None
-    mode = graph_utils.attr(pad, "mode", "constant")
-    if (mode.decode() if isinstance(mode, bytes) else mode) != "constant":
+    if graph_utils.attr_str(pad, "mode", "constant") != "constant":
         return None
-    pads = graph_utils.attr(pad, "pads") if len(pad.inputs) < 2 else graph_utils.const_input(pad, 1)
+    pads = (
+        graph_utils.attr_ints(pad, "pads")
+        if len(pad.inputs) < 2
+        else graph_utils.const_input(pad, 1)
+    )
     value = (
         graph_utils.const_input(pad, 2)
         if len(pad.inputs) > 2 and pad.inputs[2].name
-        else np.asarray(graph_utils.attr(pad, "value", 0.0))
+        else np.asarray(graph_utils.attr_float(pad, "value", 0.0))
     )
     if pads is None or value is None or float(np.max(np.abs(value), initial=0.0)) != 0.0:
         return None
@@ -184,13 +187,12 @@ def _spatial_pads(pad: gs.Node, graph: gs.Graph) -> np.ndarray | None:
 
 
 def _takes_pads(node: gs.Node, spatial: np.ndarray) -> bool:
-    auto = graph_utils.attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    own = graph_utils.attr(node, "pads")
+    auto = graph_utils.attr_str(node, "auto_pad", "NOTSET")
+    own = graph_utils.attr_ints(node, "pads")
     return (
         node.op == "Conv"
         and auto in ("NOTSET", "VALID")
-        and (own is None or np.size(own) == spatial.size)
+        and (own is None or len(own) == spatial.size)
     )
 
 

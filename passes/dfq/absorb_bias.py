@@ -81,8 +81,8 @@ class AbsorbBiasPass(Pass):
             result.skip(node, reason)
         todo = []
         for link in links:
-            if reason := _link_reason(link, self.config.padded):
-                result.skip(link.first, reason)
+            if why := _link_reason(link, self.config.padded):
+                result.skip(link.first, why)
             else:
                 todo.append(link)
         cfg = self.config
@@ -147,14 +147,13 @@ def _zero_padded(node: gs.Node) -> bool:
     """True when a Conv/AveragePool pads its input with zeros that enter the result."""
     if node.op not in ("Conv", "AveragePool"):
         return False
-    auto = graph_utils.attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto = graph_utils.attr_str(node, "auto_pad", "NOTSET")
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         return True
-    pads = graph_utils.attr(node, "pads", None)
-    if node.op == "AveragePool" and not graph_utils.attr(node, "count_include_pad", 0):
+    pads = graph_utils.attr_ints(node, "pads")
+    if node.op == "AveragePool" and not graph_utils.attr_int(node, "count_include_pad", 0):
         return False
-    return bool(pads) and any(int(p) != 0 for p in pads)
+    return pads is not None and any(p != 0 for p in pads)
 
 
 def _scalar_clip(link: Link) -> float | None:
@@ -162,16 +161,17 @@ def _scalar_clip(link: Link) -> float | None:
     if not link.bounds or any(n.op != "Clip" for n in link.bounds):
         return None
     bounds = [bound_of(n) for n in link.bounds]
-    if any(b is None for b in bounds):
+    highs = [b[1] for b in bounds if b is not None]
+    if len(highs) < len(bounds):
         return None
-    return float(min(np.min(b[1]) for b in bounds))
+    return float(min(np.min(hi) for hi in highs))
 
 
 def _absorb(graph: gs.Graph, link: Link, c: np.ndarray, keep_clip: bool) -> None:
     first, second = link.first, link.second
-    dtype = graph_utils.const_input(first, 1).dtype
+    dtype = graph_utils.checked_const_input(first, 1).dtype
     layers.set_bias(graph, first, layers.bias_of(first, link.channels) - c, dtype)
-    w2 = graph_utils.const_input(second, 1).astype(np.float64) * layers.alpha(second)
+    w2 = graph_utils.checked_const_input(second, 1).astype(np.float64) * layers.alpha(second)
     shift = layers.input_sums(second, w2, link.channels, link.block) @ c
     outs = layers.out_channels_of(second)
     layers.set_bias(graph, second, layers.bias_of(second, outs) + shift, dtype)

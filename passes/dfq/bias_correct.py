@@ -61,7 +61,7 @@ class BiasCorrectConfig:
 
     def spec(self, node: gs.Node) -> quant.QuantSpec:
         """The qdq weight quantizer of `node` (output-channel axis when per-channel)."""
-        axis = 0 if node.op == "Conv" or graph_utils.attr(node, "transB", 0) else 1
+        axis = 0 if node.op == "Conv" or graph_utils.attr_int(node, "transB", 0) else 1
         return quant.QuantSpec(self.bits, True, True, self.per_channel, axis, self.pow2)
 
 
@@ -116,16 +116,10 @@ def _reason(node: gs.Node) -> str | None:
         and (graph_utils.const_input(node, 2) is None or graph_utils.is_shared(node.inputs[2]))
     ):
         return "bias is not a constant used by this node alone"
-    if node.op == "Gemm" and graph_utils.attr(node, "transA", 0):
+    if node.op == "Gemm" and graph_utils.attr_int(node, "transA", 0):
         return "Gemm with transA"
-    if (
-        node.op == "Gemm"
-        and graph_utils.const_input(node, 2) is not None
-        and (
-            graph_utils.const_input(node, 2).ndim == 2
-            and graph_utils.const_input(node, 2).shape[0] != 1
-        )
-    ):
+    bias = graph_utils.const_input(node, 2) if node.op == "Gemm" else None
+    if bias is not None and bias.ndim == 2 and bias.shape[0] != 1:
         return "Gemm bias varies over rows"
     return None
 
@@ -142,7 +136,7 @@ def correct(
     With weight_range="mse" the weight is first clipped to the range that minimises
     its quantization MSE (so qdq's min/max lands there) and eps includes the clipping.
     """
-    weight = graph_utils.const_input(node, 1)
+    weight = graph_utils.checked_const_input(node, 1)  # _reason skipped the others
     features = layers.in_features_of(node, weight)
     mean = np.asarray(mean, np.float64).reshape(-1)
     if mean.size != features:

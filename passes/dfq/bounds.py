@@ -28,7 +28,7 @@ def write_bounds(
     shift = np.zeros(link.channels) if shift is None else shift
     if np.all(np.abs(total - 1.0) < UNIT_TOL) and not np.any(shift):
         return
-    rank = graph_utils.const_input(link.first, 1).ndim if link.first.op == "Conv" else 2
+    rank = graph_utils.checked_const_input(link.first, 1).ndim if link.first.op == "Conv" else 2
     shape = (link.channels,) + (1,) * (rank - 2)
     for node in link.bounds:
         lo_hi = bound_of(node)

@@ -105,13 +105,15 @@ def _flatten_shapes(graph: gs.Graph) -> dict[str, list]:
     if all(t.shape is not None for t in tensors):
         return {t.name: list(t.shape) for t in tensors}
     inferred = analysis.infer_shapes(model_io.to_model(graph), {})
-    return {t.name: inferred.get(t.name) for t in tensors}
+    return {t.name: inferred[t.name] for t in tensors if t.name in inferred}
 
 
 def _link_from(graph: gs.Graph, first: gs.Node, shapes: dict[str, list]) -> Link | str:
     if reason := _layer_reason(first):
         return reason
-    tensor, path, bounds = first.outputs[0], [], []
+    tensor = first.outputs[0]
+    path: list[gs.Node] = []
+    bounds: list[gs.Node] = []
     for _ in range(MAX_PATH):
         node = graph_utils.only_consumer(tensor, graph)
         if node is None or node.op == "Concat":
@@ -171,10 +173,10 @@ def _fan_step(
     A reader, the next tensor with the channels' new offset, or why the link stops.
     """
     if node.op in SECOND_OPS and node.inputs[0] is t:
-        if node.op == "MatMul" and graph_utils.const_input(node, 1) is None:
-            return f"{node.name} (MatMul without a constant weight)"
+        if graph_utils.const_input(node, 1) is None:
+            return f"{node.name} ({node.op} without a constant weight)"
         return Reader(node, offset, in_features(node))
-    if node.op == "Concat" and int(np.asarray(graph_utils.attr(node, "axis", 1))) == 1:
+    if node.op == "Concat" and graph_utils.attr_int(node, "axis", 1) == 1:
         if sum(other is t for other in node.inputs) > 1:
             return f"{node.name} (Concat reads {t.name} twice)"
         before = 0
@@ -207,7 +209,7 @@ def _finish(
         return f"{flat[0].name}: channel blocks unknown (need static C x H x W)"
     if in_features(second) != out_channels(first) * block:
         return f"{second.name} reads {in_features(second)} features, not {out_channels(first)}"
-    if second.op == "MatMul" and graph_utils.const_input(second, 1).ndim != 2:
+    if second.op == "MatMul" and graph_utils.checked_const_input(second, 1).ndim != 2:
         return f"{second.name}: MatMul weight is not 2-D"
     return Link(first, second, path, block, bounds)
 
@@ -221,7 +223,7 @@ def _layer_reason(node: gs.Node) -> str | None:
     bias = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2].name else None
     if bias is not None and (graph_utils.const_value(bias) is None or graph_utils.is_shared(bias)):
         return "bias is not a constant used by this node alone"
-    if node.op == "Gemm" and graph_utils.attr(node, "transA", 0):
+    if node.op == "Gemm" and graph_utils.attr_int(node, "transA", 0):
         return "Gemm with transA"
     if node.op == "Gemm" and not _gemm_bias_per_column(node):
         return "Gemm bias varies over rows"
@@ -244,8 +246,7 @@ def _path_reason(node: gs.Node, tensor: gs.Tensor) -> str | None:
         return None
     if node.op == "Pad":
         value = graph_utils.const_input(node, 2)
-        mode = graph_utils.attr(node, "mode", "constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        mode = graph_utils.attr_str(node, "mode", "constant")
         ok = mode == "constant" and (value is None or float(np.max(np.abs(value))) == 0.0)
         return None if ok else f"{node.name}: Pad is not zero-constant"
     if node.op in ("Clip", "Min"):
@@ -280,7 +281,7 @@ def _block(flat: gs.Node, shapes: dict[str, list]) -> int | None:
     dims = shape[1:]
     if any(not isinstance(d, int) or d <= 0 for d in dims):
         return None
-    if flat.op == "Flatten" and int(graph_utils.attr(flat, "axis", 1)) != 1:
+    if flat.op == "Flatten" and graph_utils.attr_int(flat, "axis", 1) != 1:
         return None
     block = math.prod(dims[1:])
     return block if flat.op == "Flatten" or out[1] == dims[0] * block else None
@@ -288,17 +289,17 @@ def _block(flat: gs.Node, shapes: dict[str, list]) -> int | None:
 
 def out_channels(node: gs.Node) -> int:
     """Output channels of a Conv/Gemm (its weight's output axis)."""
-    w = graph_utils.const_input(node, 1)
+    w = graph_utils.checked_const_input(node, 1)
     if node.op == "Conv":
         return int(w.shape[0])
-    return int(w.shape[0] if graph_utils.attr(node, "transB", 0) else w.shape[1])
+    return int(w.shape[0] if graph_utils.attr_int(node, "transB", 0) else w.shape[1])
 
 
 def in_features(node: gs.Node) -> int:
     """Input channels/features a Conv/Gemm/MatMul reads."""
-    w = graph_utils.const_input(node, 1)
+    w = graph_utils.checked_const_input(node, 1)
     if node.op == "Conv":
-        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
-    if node.op == "Gemm" and graph_utils.attr(node, "transB", 0):
+        return int(w.shape[1]) * graph_utils.attr_int(node, "group", 1)
+    if node.op == "Gemm" and graph_utils.attr_int(node, "transB", 0):
         return int(w.shape[1])
     return int(w.shape[0])

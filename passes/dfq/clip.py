@@ -50,7 +50,11 @@ def clip_rule(link: Link, weight: np.ndarray, bias: np.ndarray, mode: str) -> Cl
     """The rule of `link` under `mode`; None when the link is unconstrained."""
     if mode in ("per-channel", "range") or not link.bounds:
         return None
-    hi_all = [np.broadcast_to(bound_of(n)[1].reshape(-1), (link.channels,)) for n in link.bounds]
+    hi_all = [
+        np.broadcast_to(b[1].reshape(-1), (link.channels,))
+        for n in link.bounds
+        if (b := bound_of(n)) is not None  # every path bound has one (chains checked)
+    ]
     hi = float(np.min(hi_all))
     if not np.isfinite(hi):
         return None  # Clip(0, inf) is a Relu: nothing to keep

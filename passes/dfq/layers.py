@@ -18,7 +18,7 @@ from graphcomp.core import graph_utils
 
 def _kn(node: gs.Node, w: np.ndarray) -> np.ndarray:
     """Gemm/MatMul weight as K x N (input features x outputs)."""
-    return w.T if node.op == "Gemm" and graph_utils.attr(node, "transB", 0) else w
+    return w.T if node.op == "Gemm" and graph_utils.attr_int(node, "transB", 0) else w
 
 
 def out_rows(node: gs.Node, w: np.ndarray) -> np.ndarray:
@@ -37,7 +37,7 @@ def scale_out(node: gs.Node, w: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """Weight with output channel c multiplied by factor[c]."""
     if node.op == "Conv":
         return w * factor.reshape(-1, *([1] * (w.ndim - 1)))
-    if graph_utils.attr(node, "transB", 0):
+    if graph_utils.attr_int(node, "transB", 0):
         return w * factor[:, None]
     return w * factor[None, :]
 
@@ -46,7 +46,7 @@ def in_groups(node: gs.Node, w: np.ndarray, channels: int, block: int) -> np.nda
     """|w| arranged as (input channel, everything that channel touches)."""
     a = np.abs(w)
     if node.op == "Conv":
-        group = int(graph_utils.attr(node, "group", 1))
+        group = graph_utils.attr_int(node, "group", 1)
         cin_g = w.shape[1]
         per = a.reshape(group, w.shape[0] // group, cin_g, -1)  # g, out_g, in_g, k
         return per.transpose(0, 2, 1, 3).reshape(channels, -1)
@@ -61,13 +61,13 @@ def in_ranges(node: gs.Node, w: np.ndarray, channels: int, block: int) -> np.nda
 def scale_in(node: gs.Node, w: np.ndarray, factor: np.ndarray, block: int) -> np.ndarray:
     """Weight with input channel c (its `block` features) multiplied by factor[c]."""
     if node.op == "Conv":
-        group = int(graph_utils.attr(node, "group", 1))
+        group = graph_utils.attr_int(node, "group", 1)
         cin_g = w.shape[1]
         f = factor.reshape(group, 1, cin_g)  # per group: the columns of its rows
         grouped = w.reshape(group, w.shape[0] // group, cin_g, -1) * f[..., None]
         return grouped.reshape(w.shape)
     per_feature = np.repeat(factor, block)
-    if node.op == "Gemm" and graph_utils.attr(node, "transB", 0):
+    if node.op == "Gemm" and graph_utils.attr_int(node, "transB", 0):
         return w * per_feature[None, :]
     return w * per_feature[:, None]
 
@@ -79,7 +79,7 @@ def input_sums(node: gs.Node, w: np.ndarray, channels: int, block: int) -> np.nd
     constant input shift causes (ignoring zero padding at the borders).
     """
     if node.op == "Conv":
-        group = int(graph_utils.attr(node, "group", 1))
+        group = graph_utils.attr_int(node, "group", 1)
         cout, cin_g = w.shape[0], w.shape[1]
         sums = w.reshape(cout, cin_g, -1).sum(axis=2)  # out, in_g
         full = np.zeros((cout, channels))
@@ -95,7 +95,7 @@ def input_sums(node: gs.Node, w: np.ndarray, channels: int, block: int) -> np.nd
 
 def alpha(node: gs.Node) -> float:
     """Gemm's alpha (1 for other ops): the weight's effective multiplier."""
-    return float(graph_utils.attr(node, "alpha", 1.0)) if node.op == "Gemm" else 1.0
+    return graph_utils.attr_float(node, "alpha", 1.0) if node.op == "Gemm" else 1.0
 
 
 def bias_of(node: gs.Node, channels: int) -> np.ndarray:
@@ -105,7 +105,7 @@ def bias_of(node: gs.Node, channels: int) -> np.ndarray:
         return np.zeros(channels)
     b = bias.astype(np.float64).reshape(-1)
     if node.op == "Gemm":
-        b = b * float(graph_utils.attr(node, "beta", 1.0))
+        b = b * graph_utils.attr_float(node, "beta", 1.0)
     return np.broadcast_to(b, (channels,)).copy()
 
 
@@ -118,7 +118,7 @@ def set_bias(graph: gs.Graph, node: gs.Node, bias: np.ndarray, dtype: np.dtype) 
 
 def out_channels_of(node: gs.Node) -> int:
     """Output channels of a Conv/Gemm/MatMul from its weight."""
-    w = graph_utils.const_input(node, 1)
+    w = graph_utils.checked_const_input(node, 1)
     if node.op == "Conv":
         return int(w.shape[0])
     return int(_kn(node, w).shape[1])
@@ -127,5 +127,5 @@ def out_channels_of(node: gs.Node) -> int:
 def in_features_of(node: gs.Node, w: np.ndarray) -> int:
     """Input features (channels) a Conv/Gemm/MatMul reads."""
     if node.op == "Conv":
-        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+        return int(w.shape[1]) * graph_utils.attr_int(node, "group", 1)
     return int(_kn(node, w).shape[0])

@@ -65,6 +65,13 @@ def _mask(keep: Keep, name: str | None, size: int) -> np.ndarray:
     return keep[name] if name is not None else np.ones(size, dtype=bool)
 
 
+def _kept(keep: Keep, name: str | None) -> np.ndarray:
+    """keep[name] of a space the binding always names (KeyError, a bug, if it names none)."""
+    if name is None:
+        raise KeyError(name)
+    return keep[name]
+
+
 def _slice_bias(graph: gs.Graph, node: gs.Node, index: int, out: np.ndarray) -> None:
     bias = graph_utils.const_input(node, index)
     if bias is None or bias.size != out.size:
@@ -75,11 +82,11 @@ def _slice_bias(graph: gs.Graph, node: gs.Node, index: int, out: np.ndarray) -> 
 
 def _conv(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
-    node, w = b.node, cg.input_value(b.node, 1)
+    node, w = b.node, cg.checked_input_value(b.node, 1)
     out = _mask(keep, b.out, w.shape[0])
     new = w[out]
     if b.extra.get("depthwise"):
-        node.attrs["group"] = int(keep[b.inp].sum())
+        node.attrs["group"] = int(_kept(keep, b.inp).sum())
     elif b.inp is not None:
         new = new[:, keep[b.inp]]
     graph_utils.set_const_input(graph, node, 1, new)
@@ -88,7 +95,7 @@ def _conv(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
 
 def _conv_transpose(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
-    node, w = b.node, cg.input_value(b.node, 1)
+    node, w = b.node, cg.checked_input_value(b.node, 1)
     out = _mask(keep, b.out, w.shape[1])
     new = w[_mask(keep, b.inp, w.shape[0])][:, out]
     graph_utils.set_const_input(graph, node, 1, new)
@@ -97,8 +104,8 @@ def _conv_transpose(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
 
 def _gemm(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
-    node, w = b.node, cg.input_value(b.node, 1)
-    trans = bool(graph_utils.attr(node, "transB", 0)) and b.kind == "gemm"
+    node, w = b.node, cg.checked_input_value(b.node, 1)
+    trans = bool(graph_utils.attr_int(node, "transB", 0)) and b.kind == "gemm"
     rows, cols = (w.shape[1], w.shape[0]) if trans else w.shape
     inp, out = _mask(keep, b.inp, rows), _mask(keep, b.out, cols)
     new = w[out][:, inp] if trans else w[inp][:, out]
@@ -111,7 +118,7 @@ def _const(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
     index, axis = b.extra["index"], b.extra["axis"]
     value = cg.input_value(b.node, index)
-    mask = keep[b.out]
+    mask = _kept(keep, b.out)
     if value is not None and value.shape[axis] == mask.size:
         graph_utils.set_const_input(graph, b.node, index, np.compress(mask, value, axis=axis))
 
@@ -129,7 +136,7 @@ def _split(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
 
 def _slice(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
-    node, mask, pos = b.node, keep[b.inp], b.extra["pos"]
+    node, mask, pos = b.node, _kept(keep, b.inp), b.extra["pos"]
     begin = int(mask[: b.extra["begin"]].sum())
     end = begin + int(mask[b.extra["begin"] : b.extra["end"]].sum())
     for slot, value in ((1, begin), (2, end)):
@@ -139,9 +146,9 @@ def _slice(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
             entries[pos] = value
             node.attrs[key] = entries
         else:
-            entries = cg.input_value(node, slot).copy()
-            entries[pos] = value
-            graph_utils.set_const_input(graph, node, slot, entries)
+            values = cg.checked_input_value(node, slot).copy()
+            values[pos] = value
+            graph_utils.set_const_input(graph, node, slot, values)
 
 
 def _reshape(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
@@ -150,15 +157,15 @@ def _reshape(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     axis = b.extra["axis"]
     if target is not None and target[axis] > 0:
         target = target.copy()
-        target[axis] = int(keep[b.out].sum())
+        target[axis] = int(_kept(keep, b.out).sum())
         graph_utils.set_const_input(graph, b.node, 1, target)
 
 
 def _resize(cg: ChannelGraph, b: Binding, keep: Keep) -> None:
     graph = cg.graph
     index, pos = b.extra["index"], b.extra["pos"]
-    sizes = cg.input_value(b.node, index).copy()
-    sizes[pos] = int(keep[b.out].sum())
+    sizes = cg.checked_input_value(b.node, index).copy()
+    sizes[pos] = int(_kept(keep, b.out).sum())
     graph_utils.set_const_input(graph, b.node, index, sizes)
 
 

@@ -111,6 +111,18 @@ class ChannelGraph:
             return None
         return self.value(node.inputs[index])
 
+    def checked_input_value(self, node: gs.Node, index: int) -> np.ndarray:
+        """input_value for an input the rule that bound `node` found constant.
+
+        Raises:
+            LookupError: it is not constant after all (a bug in a rule, not a user error).
+
+        """
+        value = self.input_value(node, index)
+        if value is None:
+            raise LookupError(f"input {index} of {node.name} ({node.op}) is not a constant")
+        return value
+
     # -- building -------------------------------------------------------------
     def space(self, tensor: gs.Tensor | None) -> Space | None:
         """The space of `tensor`, or None when it carries no tracked channels."""
@@ -200,8 +212,8 @@ def _make_groups(cg: ChannelGraph, reasons: dict[int, str]) -> list[Group]:
         by_signature.setdefault(tuple(sorted(names)), []).append(root)
     makers = _producer_spaces(cg)
     groups = []
-    for signature, roots in by_signature.items():
-        units = np.array(sorted(roots), dtype=np.int64)
+    for signature, members in by_signature.items():
+        units = np.array(sorted(members), dtype=np.int64)
         producers = sorted(makers[s] for s in signature if s in makers)
         reason = next((reasons[r] for r in units.tolist() if r in reasons), None)
         if reason is None and not producers:

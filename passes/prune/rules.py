@@ -99,7 +99,7 @@ def apply_rule(cg: ChannelGraph, node: gs.Node) -> None:
         )
 
 
-def _rule_for(node: gs.Node) -> Callable[[ChannelGraph, gs.Node], None] | None:
+def _rule_for(node: gs.Node) -> Callable[[ChannelGraph, gs.Node], object] | None:
     if node.domain not in (None, "", "ai.onnx"):
         return None
     if node.op in UNARY:
@@ -136,24 +136,25 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> None:
         1,
         graph_utils.channel_count(node.outputs[0]) or (w.shape[0] if w is not None else None),
     )
-    group = int(graph_utils.attr(node, "group", 1))
+    group = graph_utils.attr_int(node, "group", 1)
     reason = _weight_reason(cg, node)
     if reason is None and y is None:
         reason = f"{node.name}: output channel count unknown"
-    if reason is None and group == 1:
-        cg.bind("conv", node, x, y)
-        return
-    if reason is None and w.shape[1] == 1 and x is not None and x.size == group:
-        mult = w.shape[0] // group
-        cg.union(y.ids(), x.ids(np.repeat(np.arange(group), mult)))
-        cg.bind("conv", node, x, y, depthwise=mult)
-        return
-    if reason is None:
+    if reason is None and w is not None and y is not None:  # no reason: both are known
+        if group == 1:
+            cg.bind("conv", node, x, y)
+            return
+        if w.shape[1] == 1 and x is not None and x.size == group:
+            mult = w.shape[0] // group
+            cg.union(y.ids(), x.ids(np.repeat(np.arange(group), mult)))
+            cg.bind("conv", node, x, y, depthwise=mult)
+            return
         reason = (
             f"{node.name}: depthwise conv on channels prune does not track"
             if w.shape[1] == 1
             else f"{node.name}: grouped conv (group={group})"
         )
+    reason = reason or f"{node.name}: weight is not a constant"
     cg.block(x, reason)
     cg.block(y, reason)
 
@@ -161,7 +162,7 @@ def _conv(cg: ChannelGraph, node: gs.Node) -> None:
 def _conv_transpose(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     _dynamic_weights(cg, node)
-    group = int(graph_utils.attr(node, "group", 1))
+    group = graph_utils.attr_int(node, "group", 1)
     size = graph_utils.channel_count(node.outputs[0])
     y = cg.add_space(node.outputs[0], 1, size)
     reason = _weight_reason(cg, node)
@@ -177,7 +178,7 @@ def _conv_transpose(cg: ChannelGraph, node: gs.Node) -> None:
 def _gemm(cg: ChannelGraph, node: gs.Node) -> None:
     a, b = cg.space(node.inputs[0]), cg.input_value(node, 1)
     _dynamic_weights(cg, node)
-    trans_b = int(graph_utils.attr(node, "transB", 0))
+    trans_b = graph_utils.attr_int(node, "transB", 0)
     size = b.shape[0 if trans_b else 1] if b is not None and b.ndim == 2 else None
     y = cg.add_space(node.outputs[0], 1, size)
     reason = _weight_reason(cg, node) or _gemm_bias_reason(cg, node, size)
@@ -187,7 +188,7 @@ def _gemm(cg: ChannelGraph, node: gs.Node) -> None:
         cg.block(a, reason)
         cg.block(y, reason)
         return
-    if a is not None and (graph_utils.attr(node, "transA", 0) or a.axis != 1):
+    if a is not None and (graph_utils.attr_int(node, "transA", 0) or a.axis != 1):
         cg.block(a, f"{node.name}: Gemm reads its input transposed")
         a = None
     cg.bind("gemm", node, a, y)
@@ -203,10 +204,10 @@ def _gemm_bias_reason(cg: ChannelGraph, node: gs.Node, size: int | None) -> str 
 def _matmul(cg: ChannelGraph, node: gs.Node) -> None:
     a, b = cg.space(node.inputs[0]), cg.input_value(node, 1)
     reason = _weight_reason(cg, node)
-    if reason is None and b.ndim != 2:
+    if reason is None and b is not None and b.ndim != 2:
         reason = f"{node.name}: MatMul weight is not 2-D"
     out_rank = rank(node.outputs[0])
-    if reason is not None or out_rank is None:
+    if reason is not None or out_rank is None or b is None:  # b is None only with a reason
         reason = reason or f"{node.name}: output rank unknown"
         cg.block(a, reason)
         cg.block(cg.space(node.inputs[1]), reason)
@@ -241,7 +242,7 @@ def couple(cg: ChannelGraph, node: gs.Node, inputs: list[int]) -> None:
     """Elementwise (broadcasting) op: spaces on the same output axis share channels."""
     out = node.outputs[0]
     r_out = rank(out)
-    spaced = [(i, cg.space(node.inputs[i])) for i in inputs if cg.space(node.inputs[i])]
+    spaced = [(i, s) for i in inputs if (s := cg.space(node.inputs[i]))]
     if not spaced:
         return
     axes = {s.axis + r_out - s.rank for _, s in spaced} if r_out is not None else set()
@@ -295,12 +296,12 @@ def _concat(cg: ChannelGraph, node: gs.Node) -> None:
         for s in spaced:
             cg.block(s, f"{node.name}: output rank unknown")
         return
-    axis = norm_axis(int(graph_utils.attr(node, "axis", 0)), r_out)
+    axis = norm_axis(graph_utils.attr_int(node, "axis", 0), r_out)
     if all(s.axis != axis for s in spaced):
         couple(cg, node, list(range(len(node.inputs))))
         return
-    dims = [dim(t, axis) for t in node.inputs]
-    y = cg.add_space(out, axis, sum(dims)) if None not in dims else None
+    dims = [d for t in node.inputs if (d := dim(t, axis)) is not None]
+    y = cg.add_space(out, axis, sum(dims)) if len(dims) == len(node.inputs) else None
     if y is None or any(s.axis != axis for s in spaced):
         for s in spaced:
             cg.block(s, f"{node.name}: Concat sizes unknown or channel axes differ")
@@ -319,16 +320,17 @@ def _split(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    if norm_axis(int(graph_utils.attr(node, "axis", 0)), x.rank) != x.axis:
+    if norm_axis(graph_utils.attr_int(node, "axis", 0), x.rank) != x.axis:
         for out in node.outputs:
             y = cg.add_space(out, x.axis, x.size)
             cg.same(x, y) if y is not None else cg.block(x, f"{node.name}: output unknown")
         return
-    dims = [dim(out, x.axis) for out in node.outputs]
-    if None in dims or sum(dims) != x.size:
+    dims = [d for out in node.outputs if (d := dim(out, x.axis)) is not None]
+    if len(dims) < len(node.outputs) or sum(dims) != x.size:
         cg.block(x, f"{node.name}: Split sizes unknown")
         return
-    offset, names = 0, []
+    offset = 0
+    names: list[str] = []
     for out, d in zip(node.outputs, dims, strict=True):
         y = cg.add_space(out, x.axis, d)
         if y is None:

@@ -74,7 +74,7 @@ def identity(cg: ChannelGraph, node: gs.Node, out_axis: int | None = None) -> Sp
 
 def _axes(cg: ChannelGraph, node: gs.Node, r: int) -> list[int] | None:
     """The `axes` of a node from its attribute or input 1, non-negative; None if absent."""
-    value = graph_utils.attr(node, "axes", None)
+    value: list[int] | np.ndarray | None = graph_utils.attr_ints(node, "axes")
     if value is None and len(node.inputs) > 1 and node.inputs[1].name:
         value = cg.input_value(node, 1)
         if value is None:
@@ -94,7 +94,7 @@ def _transpose(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    perm = list(graph_utils.attr(node, "perm", range(x.rank - 1, -1, -1)))
+    perm = graph_utils.attr_ints(node, "perm", range(x.rank - 1, -1, -1))
     identity(cg, node, perm.index(x.axis))
 
 
@@ -120,7 +120,7 @@ def _unsqueeze(cg: ChannelGraph, node: gs.Node) -> None:
         return
     out_rank = rank(node.outputs[0])
     axes = _axes(cg, node, out_rank) if out_rank is not None else None
-    if axes is None:
+    if axes is None or out_rank is None:
         cg.block(x, f"{node.name}: Unsqueeze axes unknown")
         return
     kept = [p for p in range(out_rank) if p not in axes]
@@ -132,12 +132,12 @@ def _reduce(cg: ChannelGraph, node: gs.Node) -> None:
     if x is None:
         return
     axes = _axes(cg, node, x.rank)
-    if not axes and not graph_utils.attr(node, "noop_with_empty_axes", 0):
+    if not axes and not graph_utils.attr_int(node, "noop_with_empty_axes", 0):
         axes = list(range(x.rank))
     if x.axis in (axes or []):
         cg.block(x, f"{node.name}: {node.op} reduces over the channels")
         return
-    keep = graph_utils.attr(node, "keepdims", 1)
+    keep = graph_utils.attr_int(node, "keepdims", 1)
     identity(cg, node, x.axis if keep else x.axis - sum(a < x.axis for a in axes or []))
 
 
@@ -146,7 +146,7 @@ def _softmax(cg: ChannelGraph, node: gs.Node) -> None:
     if x is None:
         return
     old = (cg.graph.opset or 13) < 13
-    axis = norm_axis(int(graph_utils.attr(node, "axis", 1 if old else -1)), x.rank)
+    axis = norm_axis(graph_utils.attr_int(node, "axis", 1 if old else -1), x.rank)
     if (
         x.axis == axis
         or (old and x.axis > axis)
@@ -161,7 +161,7 @@ def _gather(cg: ChannelGraph, node: gs.Node) -> None:
     x, idx = cg.space(node.inputs[0]), cg.input_value(node, 1)
     if x is None:
         return
-    axis = norm_axis(int(graph_utils.attr(node, "axis", 0)), x.rank)
+    axis = norm_axis(graph_utils.attr_int(node, "axis", 0), x.rank)
     if axis == x.axis or idx is None:
         cg.block(x, f"{node.name}: Gather picks channels or has run-time indices")
         return
@@ -172,7 +172,7 @@ def _pad(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    pads = graph_utils.attr(node, "pads", None)
+    pads: list[int] | np.ndarray | None = graph_utils.attr_ints(node, "pads")
     if pads is None:
         pads = cg.input_value(node, 1)
     axes = (
@@ -183,10 +183,10 @@ def _pad(cg: ChannelGraph, node: gs.Node) -> None:
     if pads is None or axes is None:
         cg.block(x, f"{node.name}: Pad amounts computed at run time")
         return
-    pads, axes = np.ravel(pads), [norm_axis(int(a), x.rank) for a in np.ravel(axes)]
-    if x.axis in axes:
-        j = axes.index(x.axis)
-        if pads[j] != 0 or pads[j + len(axes)] != 0:
+    amounts, padded = np.ravel(pads), [norm_axis(int(a), x.rank) for a in np.ravel(axes)]
+    if x.axis in padded:
+        j = padded.index(x.axis)
+        if amounts[j] != 0 or amounts[j + len(padded)] != 0:
             cg.block(x, f"{node.name}: pads the channel axis")
             return
     identity(cg, node)
@@ -199,13 +199,18 @@ def _resize(cg: ChannelGraph, node: gs.Node) -> None:
     pos = _resize_position(node, x)
     scale_at = 1 if node.op == "Upsample" else 2
     sizes_given = len(node.inputs) > 3 and node.inputs[3].name
-    values = cg.input_value(node, 3 if sizes_given else scale_at)
+    values: np.ndarray | list[float] | None = cg.input_value(node, 3 if sizes_given else scale_at)
     if values is None and node.op == "Upsample":
-        values = graph_utils.attr(node, "scales", None)
+        values = graph_utils.attr_floats(node, "scales")
     if pos is not None and values is None:
         cg.block(x, f"{node.name}: resize scales or sizes computed at run time")
         return
-    if pos is not None and not sizes_given and float(np.ravel(values)[pos]) != 1.0:
+    if (
+        pos is not None
+        and not sizes_given
+        and values is not None  # always, given pos (checked above)
+        and float(np.ravel(values)[pos]) != 1.0
+    ):
         cg.block(x, f"{node.name}: resizes the channel axis")
         return
     y = identity(cg, node)
@@ -215,10 +220,10 @@ def _resize(cg: ChannelGraph, node: gs.Node) -> None:
 
 def _resize_position(node: gs.Node, x: Space) -> int | None:
     """Index of the channel axis in Resize's scales/sizes (None: the op leaves it alone)."""
-    axes = graph_utils.attr(node, "axes", None)
+    axes = graph_utils.attr_ints(node, "axes")
     if axes is None:
         return x.axis
-    axes = [norm_axis(int(a), x.rank) for a in axes]
+    axes = [norm_axis(a, x.rank) for a in axes]
     return axes.index(x.axis) if x.axis in axes else None
 
 
@@ -226,9 +231,9 @@ def _shape(cg: ChannelGraph, node: gs.Node) -> None:
     x = cg.space(node.inputs[0])
     if x is None:
         return
-    start = norm_axis(int(graph_utils.attr(node, "start", 0)), x.rank)
-    end = graph_utils.attr(node, "end", None)
-    end = x.rank if end is None else min(norm_axis(int(end), x.rank), x.rank)
+    start = norm_axis(graph_utils.attr_int(node, "start", 0), x.rank)
+    end = graph_utils.attr_int(node, "end")
+    end = x.rank if end is None else min(norm_axis(end, x.rank), x.rank)
     if not start <= x.axis < end:
         return
     out = node.outputs[0]
@@ -241,7 +246,7 @@ def _shape(cg: ChannelGraph, node: gs.Node) -> None:
 
 def _skips_position(cg: ChannelGraph, reader: gs.Node, pos: int, length: int) -> bool:
     """True when `reader` of a shape vector provably ignores entry `pos`."""
-    if reader.op == "Gather" and int(graph_utils.attr(reader, "axis", 0)) == 0:
+    if reader.op == "Gather" and graph_utils.attr_int(reader, "axis", 0) == 0:
         idx = cg.input_value(reader, 1)
         return idx is not None and pos not in [norm_axis(int(i), length) for i in np.ravel(idx)]
     if reader.op == "Slice":
@@ -271,11 +276,11 @@ def slice_params(cg: ChannelGraph, node: gs.Node, r: int) -> tuple[list[int], ..
             return None
         starts, ends = values[0].tolist(), values[1].tolist()
         axes, steps = values[2], values[3]
-    axes = (
+    axis_list = (
         list(range(len(starts))) if axes is None else [norm_axis(int(a), r) for a in np.ravel(axes)]
     )
-    steps = [1] * len(starts) if steps is None else [int(s) for s in np.ravel(steps)]
-    return [int(s) for s in starts], [int(e) for e in ends], axes, steps
+    step_list = [1] * len(starts) if steps is None else [int(s) for s in np.ravel(steps)]
+    return [int(s) for s in starts], [int(e) for e in ends], axis_list, step_list
 
 
 def clamp_range(start: int, end: int, size: int) -> tuple[int, int]:

@@ -10,7 +10,8 @@ channel shuffle) or merges it into earlier axes blocks the group.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -18,6 +19,8 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils
 from graphcomp.passes.prune.groups import ChannelGraph, Space
 from graphcomp.passes.prune.rules_layout import clamp_range, identity, norm_axis, slice_params
+
+Dims = Sequence[Any]  # a tensor's dims: ints, or str / None where dynamic
 
 
 def _slice(cg: ChannelGraph, node: gs.Node) -> None:
@@ -45,7 +48,7 @@ def _slice(cg: ChannelGraph, node: gs.Node) -> None:
     cg.bind("slice", node, x, y, pos=j, begin=begin, end=end)
 
 
-def _static(dims: list[object]) -> bool:
+def _static(dims: Sequence[object]) -> bool:
     return all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims)
 
 
@@ -54,7 +57,7 @@ def _flatten(cg: ChannelGraph, node: gs.Node) -> None:
     if x is None:
         return
     shape = list(node.inputs[0].shape)
-    axis = norm_axis(int(graph_utils.attr(node, "axis", 1)), x.rank)
+    axis = norm_axis(graph_utils.attr_int(node, "axis", 1), x.rank)
     if x.axis < axis or not _static(shape[axis:]):
         cg.block(x, f"{node.name}: Flatten merges the channels into rows or H, W unknown")
         return
@@ -98,7 +101,7 @@ def _reshape(cg: ChannelGraph, node: gs.Node) -> None:
     if (
         zeros
         and (
-            graph_utils.attr(node, "allowzero", 0)
+            graph_utils.attr_int(node, "allowzero", 0)
             or x.axis in zeros
             and (x.axis != k or per_channel != 1)
             or k in zeros
@@ -116,7 +119,7 @@ def _reshape(cg: ChannelGraph, node: gs.Node) -> None:
     _fold(cg, node, x, k, 1, per_channel)
 
 
-def _batch_view(cg: ChannelGraph, node: gs.Node) -> tuple[np.ndarray | None, object]:
+def _batch_view(cg: ChannelGraph, node: gs.Node) -> tuple[np.ndarray | None, Dims | None]:
     """Target and output dims of `x.view(x.size(0), ...)`, else (None, None).
 
     The target is a Concat of constants and the input's own dynamic batch size
@@ -155,16 +158,19 @@ def _is_batch_size(cg: ChannelGraph, part: gs.Tensor, data: gs.Tensor) -> bool:
     node = graph_utils.producer(part)
     if node is not None and node.op == "Unsqueeze":
         node = graph_utils.producer(node.inputs[0])
-    if node is None or node.op != "Gather" or np.ravel(cg.input_value(node, 1)).tolist() != [0]:
+    if node is None or node.op != "Gather":
+        return False
+    index = cg.input_value(node, 1)
+    if index is None or np.ravel(index).tolist() != [0]:
         return False
     shape = graph_utils.producer(node.inputs[0])
-    if shape is None or shape.op != "Shape" or int(graph_utils.attr(shape, "start", 0)) != 0:
+    if shape is None or shape.op != "Shape" or graph_utils.attr_int(shape, "start", 0) != 0:
         return False
     source = shape.inputs[0].shape  # `data` itself, or the graph input (the same batch)
     return shape.inputs[0] is data or bool(source) and not _static(source[:1])
 
 
-def _reshape_map(src: object, dst: object, axis: int, size: int) -> tuple[int, int] | str:
+def _reshape_map(src: Dims | None, dst: Dims | None, axis: int, size: int) -> tuple[int, int] | str:
     """(output axis k, features per channel q) of a Reshape, or why it cannot be mapped."""
     if src is None or dst is None:
         return "Reshape shapes unknown"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from graphcomp.core import graph_utils
+from graphcomp.core.pass_base import ChannelStats
 from graphcomp.passes.prune.groups import Binding, ChannelGraph, Group
 
 IMPORTANCE = ("energy", "l1", "l2", "bn")
@@ -73,30 +74,30 @@ _LAYER = ("conv", "convT", "gemm", "matmul")
 
 def output_rows(b: Binding) -> np.ndarray:
     """Weights of each output channel of layer `b`, one row per channel (float64)."""
-    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    w = graph_utils.checked_const_input(b.node, 1).astype(np.float64)
     if b.kind == "conv":
         return w.reshape(w.shape[0], -1)
     if b.kind == "convT":
         return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
-    if b.kind == "gemm" and graph_utils.attr(b.node, "transB", 0):
+    if b.kind == "gemm" and graph_utils.attr_int(b.node, "transB", 0):
         return w
     return w.T
 
 
 def input_rows(b: Binding) -> np.ndarray | None:
     """Weights reading each input channel of layer `b`, one row per channel (float64)."""
-    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    w = graph_utils.checked_const_input(b.node, 1).astype(np.float64)
     if b.kind == "conv":
         return np.moveaxis(w, 1, 0).reshape(w.shape[1], -1)
     if b.kind == "convT":
         return w.reshape(w.shape[0], -1)
-    alpha = float(graph_utils.attr(b.node, "alpha", 1.0)) if b.kind == "gemm" else 1.0
-    if b.kind == "gemm" and graph_utils.attr(b.node, "transB", 0):
+    alpha = graph_utils.attr_float(b.node, "alpha", 1.0) if b.kind == "gemm" else 1.0
+    if b.kind == "gemm" and graph_utils.attr_int(b.node, "transB", 0):
         return alpha * w.T
     return alpha * w
 
 
-def bn_scales(cg: ChannelGraph, stats: dict[str, object]) -> dict[str, np.ndarray]:
+def bn_scales(cg: ChannelGraph, stats: dict[str, ChannelStats]) -> dict[str, np.ndarray]:
     """|gamma| per layer output space.
 
     From a BatchNormalization right after the layer, else from fold-bn's statistics
@@ -112,6 +113,6 @@ def bn_scales(cg: ChannelGraph, stats: dict[str, object]) -> dict[str, np.ndarra
         found = stats.get(b.out)
         if gamma is not None and gamma.size == cg.spaces[b.out].size:
             out[b.out] = np.abs(gamma.astype(np.float64))
-        elif found is not None and getattr(found, "source", "") == "bn":
+        elif found is not None and found.source == "bn":
             out[b.out] = np.abs(np.asarray(found.std, dtype=np.float64))
     return out

@@ -122,7 +122,14 @@ def select_macs(
     budget: Budget,
     macs: MacModel,
 ) -> np.ndarray:
-    """Greedy removal until the model's MACs reach `budget.target` of the start."""
+    """Greedy removal until the model's MACs reach `budget.target` of the start.
+
+    Raises:
+        ValueError: `budget` has no MAC target (the caller picks select_ratio then).
+
+    """
+    if budget.target is None:
+        raise ValueError("select_macs needs a budget with a MAC target")
     goal = budget.target * macs.total()
     state = {g.index: _GroupState(cg, g, scores[g.index], budget) for g in groups}
     for g in groups:

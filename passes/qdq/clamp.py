@@ -34,9 +34,8 @@ MIN_OPSET = 12  # Min/Max on 8-bit integers
 def cap_ranges(graph: gs.Graph, plan: Plan, ranges: dict[str, Range]) -> None:
     """Narrow each planned clamp input's range to the clamp's output range (in place)."""
     for node in graph.nodes:
-        if (
-            not graph_utils.is_clamp(node)
-            or graph_utils.only_consumer(node.inputs[0], graph) is not node
+        if not graph_utils.is_clamp(node) or not graph_utils.is_only_consumer(
+            node, node.inputs[0], graph
         ):
             continue
         src, dst = node.inputs[0].name, node.outputs[0].name

@@ -165,7 +165,7 @@ def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, s
             return "", "first input is a constant"
         if node.op != "MatMul" and not consts[1]:
             return "", "weight is not a constant"
-        if node.op == "Gemm" and graph_utils.attr(node, "transA", 0):
+        if node.op == "Gemm" and graph_utils.attr_int(node, "transA", 0):
             return "", "Gemm with transA"
         return "compute", None
     if transformer:
@@ -209,8 +209,10 @@ def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
     if nxt is None or nxt.op not in FUSED:
         return out
     if nxt.op == "Clip":
-        lo: object = graph_utils.const_input(nxt, 1) if len(nxt.inputs) > 1 else None
-        lo = graph_utils.attr(nxt, "min", None) if lo is None else lo
+        lo: np.ndarray | float | None = (
+            graph_utils.const_input(nxt, 1) if len(nxt.inputs) > 1 else None
+        )
+        lo = graph_utils.attr_float(nxt, "min") if lo is None else lo
         if lo is None or float(np.asarray(lo)) != 0.0:
             return out
     return nxt.outputs[0]
@@ -221,7 +223,7 @@ def _weight_axis(node: gs.Node) -> int:
     if node.op == "ConvTranspose":
         return 1
     if node.op == "Gemm":
-        return 0 if graph_utils.attr(node, "transB", 0) else 1
+        return 0 if graph_utils.attr_int(node, "transB", 0) else 1
     if node.op == "MatMul":
         shape = graph_utils.const_value(node.inputs[1])
         return (shape.ndim - 1) if shape is not None else 1

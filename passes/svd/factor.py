@@ -81,6 +81,8 @@ class Factorization:
     def basis(self) -> np.ndarray:
         """Singular vectors of `side`, descending (eigh of the Gram matrix, on demand)."""
         if self.vectors is None:
+            if self.gram is None:  # svd_factor always gives one of the two
+                raise ValueError("Factorization has neither singular vectors nor a Gram matrix")
             vals, vecs = np.linalg.eigh(self.gram)
             self.vectors = vecs[:, np.argsort(vals)[::-1]]
             self.gram = None

@@ -111,7 +111,7 @@ def _matmul_layer(node: gs.Node, macs: dict[str, int]) -> tuple[Layer | None, st
     index = 1 if right is not None else 0
     if graph_utils.const_value(node.inputs[1 - index]) is not None:
         return None, "both operands are constants (constant-fold the model first)"
-    weight = graph_utils.const_input(node, index)
+    weight = graph_utils.checked_const_input(node, index)
     if weight.ndim != 2:
         return None, f"constant operand is {weight.ndim}-D, only 2-D weights are split"
     kind = "matmul" if index == 1 else "matmul_left"
@@ -127,8 +127,8 @@ def _gemm_layer(node: gs.Node, macs: dict[str, int]) -> tuple[Layer | None, str 
         return None, "Gemm's B operand is not a constant"
     if reason:
         return None, reason
-    weight = graph_utils.const_input(node, 1)
-    matrix = weight.T if graph_utils.attr(node, "transB", 0) else weight
+    weight = graph_utils.checked_const_input(node, 1)
+    matrix = weight.T if graph_utils.attr_int(node, "transB", 0) else weight
     layer = Layer(node, "gemm", weight, node.inputs[0].name, int(matrix.shape[0]))
     layer.forms["linear"] = _linear_form(matrix, macs.get(node.name, 0))
     return layer, None
@@ -148,8 +148,8 @@ def _conv_layer(
         return None, "Conv weight is not a constant"
     if reason:
         return None, reason
-    weight = graph_utils.const_input(node, 1)
-    group = int(graph_utils.attr(node, "group", 1))
+    weight = graph_utils.checked_const_input(node, 1)
+    group = graph_utils.attr_int(node, "group", 1)
     if group != 1:
         kind = "depthwise" if group == weight.shape[0] else "grouped"
         return None, f"{kind} Conv (group={group}) has no channel mixing worth factoring"
@@ -179,8 +179,7 @@ def _spatial_form(
     out_shape = shapes.get(node.outputs[0].name)
     if not in_shape or not out_shape or len(in_shape) != 4 or len(out_shape) != 4:
         return None
-    auto = graph_utils.attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto = graph_utils.attr_str(node, "auto_pad", "NOTSET")
     if auto.startswith("SAME") and not _static_spatial(node.inputs[0]):
         return None  # pads depend on a dynamic input size
     o, i, kh, kw = w64.shape
@@ -196,7 +195,7 @@ def matrix_to_weight(layer: Layer, mode: str, matrix: np.ndarray) -> np.ndarray:
     w = layer.weight
     if layer.kind in ("matmul", "matmul_left", "gemm"):
         trans = layer.kind == "matmul_left" or (
-            layer.kind == "gemm" and graph_utils.attr(layer.node, "transB", 0)
+            layer.kind == "gemm" and graph_utils.attr_int(layer.node, "transB", 0)
         )
         out = matrix.T if trans else matrix
     elif mode == "channel":

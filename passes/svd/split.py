@@ -40,6 +40,8 @@ def split(
     dtype = layer.weight.dtype
     p, q = p.astype(dtype), q.astype(dtype)
     node = layer.node
+    first: Part
+    second: Part
     if layer.kind == "matmul":
         first, second = ("MatMul", [node.inputs[0], p], {}), ("MatMul", [q], {})
     elif layer.kind == "matmul_left":
@@ -99,12 +101,10 @@ def _shifted(graph: gs.Graph, layer: Layer, second: gs.Node, shift: np.ndarray |
         second.attrs["beta"] = 1.0
         graph_utils.set_const_input(graph, second, 2, shift)
         return
-    if second.op == "Gemm" and graph_utils.const_input(second, 2) is not None:
-        beta = float(graph_utils.attr(second, "beta", 1.0))
+    if second.op == "Gemm" and (bias := graph_utils.const_input(second, 2)) is not None:
+        beta = graph_utils.attr_float(second, "beta", 1.0)
         if beta != 0.0:
-            graph_utils.set_const_input(
-                graph, second, 2, graph_utils.const_input(second, 2) + shift / beta
-            )
+            graph_utils.set_const_input(graph, second, 2, bias + shift / beta)
             return
     if layer.kind == "matmul_left":
         shift = shift[:, None]
@@ -134,13 +134,13 @@ def _tensor(graph: gs.Graph, node: gs.Node, value: object, tag: str) -> gs.Tenso
 
 
 def _gemm_parts(node: gs.Node, p: np.ndarray, q: np.ndarray) -> tuple[Part, Part]:
-    trans_b = int(graph_utils.attr(node, "transB", 0))
+    trans_b = graph_utils.attr_int(node, "transB", 0)
     first_attrs = {
-        "alpha": float(graph_utils.attr(node, "alpha", 1.0)),
-        "transA": int(graph_utils.attr(node, "transA", 0)),
+        "alpha": graph_utils.attr_float(node, "alpha", 1.0),
+        "transA": graph_utils.attr_int(node, "transA", 0),
         "transB": trans_b,
     }
-    second_attrs = {"beta": float(graph_utils.attr(node, "beta", 1.0)), "transB": trans_b}
+    second_attrs = {"beta": graph_utils.attr_float(node, "beta", 1.0), "transB": trans_b}
     w1, w2 = (p.T, q.T) if trans_b else (p, q)
     return ("Gemm", [node.inputs[0], w1], first_attrs), ("Gemm", [w2, *_bias(node)], second_attrs)
 
@@ -167,8 +167,8 @@ def _spatial_parts(
     o, i, kh, kw = shape
     rank = p.shape[1]
     top, left, bottom, right = explicit_pads(node, (kh, kw))
-    sh, sw = list(graph_utils.attr(node, "strides", None) or [1, 1])
-    dh, dw = list(graph_utils.attr(node, "dilations", None) or [1, 1])
+    sh, sw = graph_utils.attr_ints(node, "strides") or [1, 1]
+    dh, dw = graph_utils.attr_ints(node, "dilations") or [1, 1]
     w1 = p.T.reshape(rank, i, kh, 1)
     w2 = q.reshape(rank, o, kw).transpose(1, 0, 2)[:, :, None, :]
     attrs1 = {
@@ -191,14 +191,13 @@ def explicit_pads(node: gs.Node, kernel: tuple[int, int]) -> tuple[int, int, int
 
     auto_pad SAME_* is resolved from the static input shape (the caller checks it).
     """
-    auto = graph_utils.attr(node, "auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    auto = graph_utils.attr_str(node, "auto_pad", "NOTSET")
     if auto == "VALID":
         return 0, 0, 0, 0
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         size = [int(d) for d in node.inputs[0].shape[2:]]
-        strides = list(graph_utils.attr(node, "strides", None) or [1, 1])
-        dilations = list(graph_utils.attr(node, "dilations", None) or [1, 1])
+        strides = graph_utils.attr_ints(node, "strides") or [1, 1]
+        dilations = graph_utils.attr_ints(node, "dilations") or [1, 1]
         begins, ends = [], []
         for n, k, s, d in zip(size, kernel, strides, dilations, strict=True):
             total = max((math.ceil(n / s) - 1) * s + (k - 1) * d + 1 - n, 0)
@@ -206,5 +205,5 @@ def explicit_pads(node: gs.Node, kernel: tuple[int, int]) -> tuple[int, int, int
             begins.append(small if auto == "SAME_UPPER" else total - small)
             ends.append(total - begins[-1])
         return begins[0], begins[1], ends[0], ends[1]
-    pads = list(graph_utils.attr(node, "pads", None) or [0, 0, 0, 0])
+    pads = graph_utils.attr_ints(node, "pads") or [0, 0, 0, 0]
     return pads[0], pads[1], pads[2], pads[3]

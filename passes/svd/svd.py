@@ -66,7 +66,9 @@ class SvdPass(Pass):
             methods[method] = methods.get(method, 0) + 1
             p, q = fact.factors(choice.rank)
             shift = mean_shift(cand, choice.mode, p, q)
-            detail = _detail(cand, choice) + (", mean shift in bias" if shift is not None else "")
+            detail = _detail(cand, choice, choice.mode) + (
+                ", mean shift in bias" if shift is not None else ""
+            )
             before = cand.layer.params
             svd_split.split(graph, cand.layer, choice.mode, p, q, shift)
             result.change(node, detail, before, choice.params)
@@ -74,9 +76,10 @@ class SvdPass(Pass):
         return result
 
 
-def _detail(cand: Candidate, choice: Choice) -> str:
-    form, fact = cand.layer.forms[choice.mode], cand.facts[choice.mode]
-    spectrum = cand.spectra.get(choice.mode, fact)
+def _detail(cand: Candidate, choice: Choice, mode: str) -> str:
+    """The change detail of a split in `mode` (choice.mode, known not None here)."""
+    form, fact = cand.layer.forms[mode], cand.facts[mode]
+    spectrum = cand.spectra.get(mode, fact)
     kept = 1.0 - spectrum.tail(choice.rank) / spectrum.total if spectrum.total > 0 else 1.0
     white = (
         ""
@@ -84,7 +87,7 @@ def _detail(cand: Candidate, choice: Choice) -> str:
         else (", output-weighted" if spectrum is fact else " of the weights, whitened fit")
     )
     return (
-        f"{choice.mode} split at rank {choice.rank}/{form.max_rank} (energy kept "
+        f"{mode} split at rank {choice.rank}/{form.max_rank} (energy kept "
         f"{kept:.4f}{white}), MACs {_short(cand.layer.dense_macs)} -> "
         f"{_short(choice.macs)}, svd {fact.method}"
     )

@@ -63,3 +63,40 @@ def test_naming_scope_hands_out_the_same_kind_of_names_once():
     )
     assert not graph_utils.used_names(graph) & set(names)  # nothing was attached
     assert graph_utils.fresh_name(graph, "new") == "new"  # outside: the graph decides again
+
+
+def _attr_node() -> gs.Node:
+    attrs = {"group": np.int64(2), "alpha": 0.5, "pads": [1, 0], "scales": (1.0, 2.0)}
+    return gs.Node("Conv", "n", attrs={**attrs, "auto_pad": b"SAME_UPPER", "mode": "edge"})
+
+
+def test_typed_attrs_convert_set_values():
+    node = _attr_node()
+    assert graph_utils.attr_int(node, "group", 1) == 2
+    assert type(graph_utils.attr_int(node, "group", 1)) is int
+    assert graph_utils.attr_float(node, "alpha", 1.0) == 0.5
+    assert graph_utils.attr_ints(node, "pads") == [1, 0]
+    assert graph_utils.attr_floats(node, "scales") == [1.0, 2.0]
+    assert graph_utils.attr_str(node, "auto_pad", "NOTSET") == "SAME_UPPER"  # bytes decoded
+    assert graph_utils.attr_str(node, "mode", "constant") == "edge"
+
+
+def test_typed_attrs_give_the_default_when_unset():
+    node = _attr_node()
+    assert graph_utils.attr_int(node, "transB", 0) == 0
+    assert graph_utils.attr_int(node, "end") is None
+    assert graph_utils.attr_float(node, "beta", 1.0) == 1.0
+    default = (1, 1)
+    strides = graph_utils.attr_ints(node, "strides", default)
+    assert strides == [1, 1] and isinstance(strides, list)  # a list copy of the default
+    assert graph_utils.attr_ints(node, "dilations") is None
+    assert graph_utils.attr_floats(node, "weights") is None
+    assert graph_utils.attr_str(node, "direction", "forward") == "forward"
+
+
+def test_checked_const_input_returns_a_constant_and_raises_on_a_variable():
+    w = gs.Constant("w", np.ones((2, 2), np.float32))
+    node = gs.Node("MatMul", "m", inputs=[gs.Variable("x"), w], outputs=[gs.Variable("y")])
+    np.testing.assert_array_equal(graph_utils.checked_const_input(node, 1), np.ones((2, 2)))
+    with pytest.raises(LookupError, match="input 0 of m"):
+        graph_utils.checked_const_input(node, 0)
