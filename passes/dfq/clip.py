@@ -13,7 +13,7 @@ Dividing channel i by s_i moves its clip point to hi / s_i. Two answers:
   hi_i / s_i lies at or past the tensor's activation range max_j u_j / s_j (u_j: the
   channel's upper value, mean + clip_k std capped at hi, from the statistics). The
   quantizer then saturates before any bound, the Min on the codes is a no-op, and qdq
-  drops it (passes/qdq_clamp.py): the int8 model runs as fast as one without
+  drops it (passes/qdq/clamp.py): the int8 model runs as fast as one without
   equalization, and equals the exact-ReLU6 model quantized with that range.
 
 A third answer was measured and dropped: channels that reach the clip (by their

@@ -58,7 +58,7 @@ MAX_STEP = 1e4  # largest scale one step may apply
 class EqualizeConfig:
     """How equalization runs."""
 
-    clip: str = "per-channel"  # clipping activations, see passes/equalize_clip.py
+    clip: str = "per-channel"  # clipping activations, see passes/dfq/clip.py
     max_iter: int = 100  # sweeps over all links at most
     tol: float = 1e-4  # stop when every |log s| of a sweep is below this
     clip_k: float = 4.0  # act_aware: a channel's activation reaches mean + clip_k std

@@ -14,7 +14,7 @@ and moments (mean_c, var_c):
 - Concat along the channel axis of carried tensors: the channels' intervals and moments
   are concatenated (dense blocks).
 A tensor's range is the union over its channels (qdq caps a Relu output read only by
-a per-channel Min at the Min's range, passes/qdq_clamp.py).
+a per-channel Min at the Min's range, passes/qdq/clamp.py).
 
 Tensors the flow does not reach (graph inputs, global pooling outputs, ...)
 are measured on the same inputs the statistics came from (`measured_ranges`, a

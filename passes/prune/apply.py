@@ -1,6 +1,6 @@
 """Remove channels: slice every weight, constant and attribute a removal touches.
 
-Given a keep mask per space (passes/prune_groups.py), each binding is edited:
+Given a keep mask per space (passes/prune/groups.py), each binding is edited:
 Conv weight axis 0 (outputs) and 1 (inputs; a depthwise conv gets group = channels
 kept), ConvTranspose axes 1 and 0, Gemm/MatMul weight rows and columns and bias,
 per-channel constants of BatchNormalization, InstanceNormalization, PRelu and

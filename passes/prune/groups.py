@@ -2,7 +2,7 @@
 
 The ONNX counterpart of a dependency graph (DESIGN.md 3). Every channel-carrying
 tensor axis is a *space*; every channel of a space is an element. One walk over the
-graph in topological order applies a rule per op (passes/prune_rules.py) that joins
+graph in topological order applies a rule per op (passes/prune/rules.py) that joins
 elements which must share a fate: identity for pass-through ops and Add/Mul coupling,
 offsets for Concat/Split/Slice, blocks of H*W features for Flatten/Reshape into a
 Gemm, input and output channels of a depthwise conv. Elements are joined in a
@@ -13,7 +13,7 @@ a graph output, a run-time shape, a subgraph) is blocked, and so is its whole gr
 with the reason.
 
 Each rule also records *bindings*: the edits a removal needs (weight axes, per-channel
-constants, Split sizes, Slice bounds, Reshape targets); passes/prune_apply.py makes them.
+constants, Split sizes, Slice bounds, Reshape targets); passes/prune/apply.py makes them.
 """
 
 from __future__ import annotations

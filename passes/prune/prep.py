@@ -1,4 +1,4 @@
-"""Graph preparation for the channel-group walk (passes/prune_groups.py).
+"""Graph preparation for the channel-group walk (passes/prune/groups.py).
 
 Parameters computed from constants are folded into constants (lossless), missing
 intermediate shapes are filled in from onnx shape inference, and tensors read inside

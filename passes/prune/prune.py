@@ -1,15 +1,15 @@
 """prune: structured channel removal over channel groups (DESIGN.md 3).
 
 Channels are removed whole: a unit is every tensor channel that must go together
-(passes/prune_groups.py: residual Add/Mul coupling, depthwise in/out, Concat offsets,
+(passes/prune/groups.py: residual Add/Mul coupling, depthwise in/out, Concat offsets,
 Split/Slice, Flatten/Reshape blocks into Gemm, per-channel constants). Which units go
-is decided data-free (passes/prune_select.py): by default the output energy a unit
+is decided data-free (passes/prune/select.py): by default the output energy a unit
 feeds its consumers, ||W2[:, u]||^2 Var[x_u]; or L1/L2 filter norms or BN |gamma|.
 `ratio` removes that share of every group; `macs` (fraction of MACs to keep) lets a
 greedy schedule choose per-group ratios where the relative loss per MAC saved is
 smallest. Kept counts are multiples of `round_to` (odd channel counts made onnxruntime
 2-3x slower in our measurements; multiples of 8 run at par). With `compensate` the mean
-of each removed channel is folded into its consumers' biases (passes/prune_comp.py).
+of each removed channel is folded into its consumers' biases (passes/prune/compensate.py).
 
 Will not touch (each blocked group is a skip with its reason): groups reaching a graph
 output, an op without a rule, a run-time shape, a grouped (not depthwise) conv, a

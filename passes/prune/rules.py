@@ -1,9 +1,9 @@
-"""Per-op rules of the channel-group walk (passes/prune_groups.py), part 1.
+"""Per-op rules of the channel-group walk (passes/prune/walk.py): layers, joins, offsets.
 
 Layers (Conv, ConvTranspose, Gemm, MatMul with a constant weight) start a new space
 on their output and bind their weights; pass-through ops continue a space; Add, Mul,
 Max, ... couple spaces; Concat, Split and Slice map channel offsets. Layout and
-reduction ops are in passes/prune_rules_shape.py. An op with no rule blocks every
+reduction ops are in passes/prune/rules_layout.py. An op with no rule blocks every
 space it reads (fail closed).
 """
 

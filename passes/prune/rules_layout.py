@@ -1,4 +1,4 @@
-"""Per-op rules of the channel-group walk, part 2: layout, reduction and indexing ops.
+"""Per-op rules of the channel-group walk: layout, reduction and indexing ops.
 
 Each rule follows the channel axis through the op (Transpose moves it, Squeeze and
 Reduce with keepdims=0 shift it, Flatten/Reshape fold it into blocks of features)

@@ -1,4 +1,4 @@
-"""Per-op rules of the channel-group walk, part 3: Slice, Flatten and Reshape.
+"""Per-op rules of the channel-group walk: Slice, Flatten and Reshape (channel to feature maps).
 
 Slice on the channel axis (step 1) maps output channel i to input channel start + i.
 Flatten and Reshape that fold C x H x W into features map channel c to the H*W

@@ -1,4 +1,4 @@
-"""Importance of each unit of a channel group (see passes/prune_select.py for the formulas).
+"""Importance of each unit of a channel group (see passes/prune/select.py for the formulas).
 
 Scores are summed per unit over the unit's elements: a unit of a residual trunk
 gets the filters of every producer and the input columns of every consumer it

@@ -6,7 +6,7 @@ Importance of unit u (data-free):
   Liu et al. 2017), from the graph or from fold-bn's statistics; l2 where absent;
 - "energy" (default): the output energy the unit feeds the next layers,
   sum over consumers of ||W2[:, u]||^2 * E[x_u^2] (Var[x_u] when its mean is
-  compensated), with x_u the consumer's input channel (moments from passes/prune_stats.py).
+  compensated), with x_u the consumer's input channel (moments from passes/prune/compensate.py).
 A uniform `ratio` removes the lowest-scoring units of every group. A `macs` budget
 runs a greedy schedule: repeatedly remove the chunk (round_to units) whose relative
 loss (its share of the group's score) per MAC saved is smallest, with MACs recomputed

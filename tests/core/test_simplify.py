@@ -1,4 +1,4 @@
-"""graphcomp/simplify.py: constant shape math folds, zero Pads move into Convs, exactly."""
+"""graphcomp/core/simplify.py: constant shape math folds, zero Pads move into Convs, exactly."""
 
 import numpy as np
 import onnx

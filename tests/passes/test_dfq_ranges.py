@@ -1,4 +1,4 @@
-"""passes/dfq_ranges.py: activation ranges carried from per-channel statistics."""
+"""passes/dfq/ranges.py: activation ranges carried from per-channel statistics."""
 
 import numpy as np
 import onnx_graphsurgeon as gs

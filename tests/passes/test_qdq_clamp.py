@@ -1,4 +1,4 @@
-"""Clamps on integer codes (passes/qdq_clamp.py) and the quantized graph output."""
+"""Clamps on integer codes (passes/qdq/clamp.py) and the quantized graph output."""
 
 import numpy as np
 import onnx
