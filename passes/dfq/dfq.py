@@ -106,8 +106,11 @@ class DfqPass(Pass):
             QdqCorePass(self._qdq_config()).requires(graph, ctx)
 
     def steps(self) -> list[Pass]:
-        """simplify, fold-bn, stats, [equalize], [absorb-bias], [bias-correct], ranges,
-        [measure-ranges, qdq-core]."""
+        """The steps, in order; the bracketed ones by config.
+
+        simplify, fold-bn, stats, [equalize], [absorb-bias], [bias-correct], ranges,
+        [measure-ranges, qdq-core].
+        """
         cfg = self.config
         steps: list[Pass] = [SimplifyStep(), FoldBnPass(), _StatsStep(cfg)]
         steps += self._data_free_steps()

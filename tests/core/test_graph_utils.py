@@ -63,3 +63,16 @@ def test_naming_scope_hands_out_the_same_kind_of_names_once():
     )
     assert not graph_utils.used_names(graph) & set(names)  # nothing was attached
     assert graph_utils.fresh_name(graph, "new") == "new"  # outside: the graph decides again
+
+
+def test_fresh_name_is_the_first_free_suffix_and_depends_only_on_the_graph():
+    graph = _graph()
+    graph.inputs.append(gs.Variable("x_1", dtype=np.float32, shape=[1]))
+    assert graph_utils.fresh_name(graph, "x") == "x_2"  # x and x_1 are taken
+    assert graph_utils.fresh_name(_graph(), "x") == "x_1"  # a fresh graph: the same rule
+    names = []
+    for _ in range(2):  # the same graph and calls give the same names, run after run
+        g = _graph()
+        with graph_utils.naming(g):
+            names.append([graph_utils.fresh_name(g, b) for b in ["x", "x", "y", "x", "q"]])
+    assert names[0] == names[1] == ["x_1", "x_2", "y_1", "x_3", "q"]
