@@ -165,6 +165,8 @@ class Pass:
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Edit `graph` in place and return what was done."""
+        if self.steps() is not None:
+            raise NotImplementedError(f"'{self.name}' is composite: run it with pipeline.run")
         raise NotImplementedError
 
     def steps(self) -> list[Pass] | None:

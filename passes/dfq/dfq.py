@@ -1,12 +1,16 @@
 """Data-free quantization: int8 without a single sample (Nagel et al., ICCV 2019).
 
-Steps, on one graph: fold-bn (BatchNorm statistics kept) -> per-channel statistics of
+Steps, each a pass the pipeline runs, checks and records as `dfq/<step>`: simplify
+-> fold-bn (BatchNorm statistics kept) -> `stats`: per-channel statistics of
 every layer output (graphcomp.measure.stats: "bn" where BN was folded, else the data-free
 default, or the user's samples) -> equalize (CLE, exact; ReLU6 kept) -> absorb-bias
 -> bias-correct for the weight quantizer qdq will use -> activation ranges from the
-statistics (mean +- range_k std per channel through each activation, dfq_ranges) ->
-qdq (per-tensor int8 weights and activations by default). The statistics are measured
-once and rescaled/shifted in ctx.stats as equalize and absorb-bias edit the layers.
+statistics (`ranges`: mean +- range_k std per channel through each activation,
+dfq_ranges) -> `measure-ranges` for the other quantized tensors -> qdq-core (qdq
+without its own simplify/fold-bn; per-tensor int8 weights and activations by
+default). The statistics are measured once and rescaled/shifted in ctx.stats as
+equalize and absorb-bias edit the layers; `summarize` adds the run-level notes
+(equalize coverage, weight SQNR before/after, ReLU6 bounds, charts) to the steps.
 Each step can be switched off (the ablation rows of the README). Defaults measured on
 an ImageNet EfficientNet-Lite0 (ReLU6, depthwise; top-1 agreement with float on 512
 photo crops, per-tensor int8, no data): equalize at strength 0.75 (s^0.75 of the
