@@ -45,7 +45,7 @@ def resolve_passes(
 ) -> list[Pass]:
     """Pass objects from a spec string, a list of names/Pass objects, or a config file."""
     if config_file is not None:
-        parsed = specs.load_spec_file(config_file)
+        parsed = specs.load_spec_file(Path(config_file))
     elif isinstance(passes, str):
         parsed = specs.parse_specs(passes)
     elif passes:
@@ -110,7 +110,8 @@ def compress(
         if progress:
             progress("verify")
         limits = _limits(thresholds, result.lossless)
-        report.verification = verify(proto, result.model, limits, inputs, ctx.input_shapes)
+        feeds = Path(inputs) if inputs is not None else None
+        report.verification = verify(proto, result.model, limits, feeds, ctx.input_shapes)
         if report.verification.failed:
             raise VerificationFailedError(
                 "verification failed: " + "; ".join(report.verification.failures),

@@ -5,6 +5,13 @@ the graph is cleaned (dead nodes, unused initializers), sorted, exported, its
 intermediate shapes re-inferred (so a pass that changes channel counts only has to
 get the weights right), checked with `onnx.checker` and for unique names, and
 re-imported for the next pass.
+
+A composite pass (`steps()` is a list) is expanded: each step runs like a top-level
+pass and gets its own record, named `<composite>/<step>` (e.g. `dfq/equalize`).
+The context is checked after every step: a pass that used or wrote a `STATE_KEYS`
+field it did not declare (`reads`/`writes`), or wrote a run input, is a bug
+(`PassFailedError`); after a pass that changed something, the entries of its
+`invalidates` keys written before it are dropped, so no later pass reads them stale.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from onnx import shape_inference
 
 from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.errors import GraphcompError, PassFailedError
-from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.core.pass_base import INPUT_KEYS, STATE_KEYS, Pass, PassContext, PassResult
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
@@ -61,6 +68,13 @@ class PipelineResult:
     records: list[PassRecord] = field(default_factory=list)
     passes: list[Pass] = field(default_factory=list)
 
+    def record(self, name: str) -> PassRecord:
+        """The last record named `name` (a step: `dfq/equalize`); KeyError when none."""
+        for r in reversed(self.records):
+            if r.result.name == name:
+                return r
+        raise KeyError(f"no record '{name}'; have {[r.result.name for r in self.records]}")
+
     @property
     def lossless(self) -> bool:
         """True when every pass run is lossless (verification then holds to 1e-4)."""
@@ -73,54 +87,158 @@ def run(
     ctx: PassContext | None = None,
     progress: Progress | None = None,
 ) -> PipelineResult:
-    """Apply `passes` in order to a copy of `model`."""
+    """Apply `passes` in order to a copy of `model`; composites run step by step."""
     ctx = ctx or PassContext(opset=model_io.default_opset(model))
     graph = gs.import_onnx(model)
     graph_utils.name_nodes(graph)
-    out = PipelineResult(model=model, passes=list(passes))
-    done: list[str] = []
+    state = _Run(model, ctx, PipelineResult(model=model, passes=list(passes)), progress)
     for p in passes:
-        if progress:
-            progress(p.name)
-        start = time.perf_counter()
-        result = _apply_one(p, graph, ctx, done)
-        current = finish_graph(graph, model, label=p.name, done=done)
-        seconds = time.perf_counter() - start
-        out.records.append(_record(p, result, out.model, current, seconds, ctx))
-        out.model = current
-        done.append(p.name)
-        graph = gs.import_onnx(current)
-    return out
+        graph = _run_pass(p, p.name, graph, state)
+    return state.out
 
 
-def _apply_one(p: Pass, graph: gs.Graph, ctx: PassContext, done: list[str]) -> PassResult:
+@dataclass
+class _Run:
+    """One pipeline run: the input model, the context, the records so far."""
+
+    original: onnx.ModelProto
+    ctx: PassContext
+    out: PipelineResult
+    progress: Progress | None
+    done: list[str] = field(default_factory=list)
+    size: tuple[int, int, int] | None = None  # params, MACs, bytes of out.model
+
+
+def _run_pass(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
+    """Run a pass (a composite as its steps, each labelled `<label>/<step>`)."""
+    steps = p.steps()
+    if steps is None:
+        return _run_step(p, label, graph, run)
+    _guarded(label, run.done, lambda: p.requires(graph, run.ctx))  # fail before any step
+    results: dict[str, PassResult] = {}
+    for step in steps:
+        graph = _run_pass(step, f"{label}/{step.name}", graph, run)
+        results[step.name] = run.out.records[-1].result
+    _guarded(label, run.done, lambda: p.summarize(results))
+    return graph
+
+
+def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
+    """requires, apply, context checks, finish (cleanup ... check), record."""
+    if run.progress:
+        run.progress(label)
+    ctx = run.ctx
+    _check_declarations(p, label)
+    start = time.perf_counter()
+    before = _snapshot(ctx)
+    with ctx.tracking() as touched:
+        result = _apply_one(p, label, graph, ctx, run.done)
+    _check_context(p, label, before, touched, ctx, run.done)
+    if result.changes:
+        _invalidate(p, before, ctx)
+    result.name = label
+    current = finish_graph(graph, run.original, label=label, done=run.done)
+    seconds = time.perf_counter() - start
+    run.out.records.append(_record(p, result, run, current, seconds))
+    run.out.model = current
+    run.done.append(label)
+    return gs.import_onnx(current)
+
+
+def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:
     try:
-        p.requires(graph, ctx)
-        return p.apply(graph, ctx)
+        call()
     except GraphcompError as e:
-        raise type(e)(f"pass '{p.name}': {e}{_after(done)}") from e
+        raise type(e)(f"pass '{label}': {e}{_after(done)}") from e
     except Exception as e:
-        raise PassFailedError(f"pass '{p.name}' failed: {e!r}{_after(done)}") from e
+        raise PassFailedError(f"pass '{label}' failed: {e!r}{_after(done)}") from e
+
+
+def _apply_one(
+    p: Pass, label: str, graph: gs.Graph, ctx: PassContext, done: list[str]
+) -> PassResult:
+    results: list[PassResult] = []
+
+    def call() -> None:
+        p.requires(graph, ctx)
+        results.append(p.apply(graph, ctx))
+
+    _guarded(label, done, call)
+    return results[0]
 
 
 def _after(done: list[str]) -> str:
     return f" (after {', '.join(done)})" if done else ""
 
 
-def _record(
-    p: Pass,
-    result: PassResult,
-    before: onnx.ModelProto,
-    after: onnx.ModelProto,
-    seconds: float,
-    ctx: PassContext,
-) -> PassRecord:
-    def size(m: onnx.ModelProto) -> tuple[int, int, int]:
-        shapes = analysis.infer_shapes(m, ctx.input_shapes)
-        macs = sum(analysis.node_macs(n, shapes) for n in m.graph.node)
-        return analysis.count_params(m), int(macs), model_io.model_size(m)
+def _check_declarations(p: Pass, label: str) -> None:
+    """Declared context keys exist; only dict entries can be invalidated."""
+    unknown = (p.reads | p.writes | p.invalidates) - STATE_KEYS
+    if unknown:
+        raise PassFailedError(f"pass '{label}' declares unknown context keys {sorted(unknown)}")
+    if p.invalidates & {"opset"}:
+        raise PassFailedError(f"pass '{label}' cannot invalidate ctx.opset")
 
-    b, a = size(before), size(after)
+
+def _snapshot(ctx: PassContext) -> dict[str, Any]:
+    """Shallow copies of every context field (entries are replaced, never mutated)."""
+    snap = {}
+    for key in sorted(STATE_KEYS | INPUT_KEYS):
+        value = getattr(ctx, key)
+        snap[key] = dict(value) if isinstance(value, dict) else value
+    return snap
+
+
+def _changed(before: Any, after: Any) -> bool:
+    """True when a context field was set, or an entry was added, replaced or dropped."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return before.keys() != after.keys() or any(after[k] is not v for k, v in before.items())
+    return before is not after and before != after
+
+
+def _check_context(
+    p: Pass,
+    label: str,
+    before: dict[str, Any],
+    touched: set[str],
+    ctx: PassContext,
+    done: list[str],
+) -> None:
+    """PassFailedError when the pass used or wrote context it did not declare."""
+    written = {k for k, v in before.items() if _changed(v, getattr(ctx, k))}
+    if written & INPUT_KEYS:
+        keys = ", ".join(f"ctx.{k}" for k in sorted(written & INPUT_KEYS))
+        raise PassFailedError(f"pass '{label}' wrote {keys}, the run's input{_after(done)}")
+    undeclared = (written - p.writes) | (touched - p.reads - p.writes)
+    if undeclared:
+        keys = ", ".join(f"ctx.{k}" for k in sorted(undeclared))
+        raise PassFailedError(
+            f"pass '{label}' used {keys} without declaring it in `reads`/`writes`{_after(done)}"
+        )
+
+
+def _invalidate(p: Pass, before: dict[str, Any], ctx: PassContext) -> None:
+    """Drop the entries of `p.invalidates` written before `p` (in place)."""
+    for key in p.invalidates:
+        entries, old = getattr(ctx, key), before[key]
+        stale = [k for k, v in entries.items() if k in old and old[k] is v]
+        for k in stale:
+            del entries[k]
+        if stale:
+            log.debug("%s: dropped %d stale ctx.%s entries", p.name, len(stale), key)
+
+
+def _size(m: onnx.ModelProto, ctx: PassContext) -> tuple[int, int, int]:
+    shapes = analysis.infer_shapes(m, ctx.input_shapes)
+    macs = sum(analysis.node_macs(n, shapes) for n in m.graph.node)
+    return analysis.count_params(m), int(macs), model_io.model_size(m)
+
+
+def _record(
+    p: Pass, result: PassResult, run: _Run, after: onnx.ModelProto, seconds: float
+) -> PassRecord:
+    b = run.size or _size(run.out.model, run.ctx)
+    a = run.size = _size(after, run.ctx)
     config = {k: _jsonable(v) for k, v in vars(p.config).items()}
     return PassRecord(result, config, (b[0], a[0]), (b[1], a[1]), (b[2], a[2]), seconds)
 

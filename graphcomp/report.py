@@ -82,18 +82,23 @@ def human(n: float, unit: str = "") -> str:
 
 
 def pass_table(records: list[PassRecord]) -> Table:
-    """One row per pass: changes, skips, params/MACs/bytes after (ratio), time."""
+    """One row per pass (a composite: per step, `dfq/equalize`).
+
+    Columns: changes, skips, params/MACs/bytes after (ratio to before it on a second
+    line), time.
+    """
     table = Table(title="passes")
-    for col in ("pass", "changed", "skipped", "params", "MACs", "bytes", "time"):
-        table.add_column(col, justify="left" if col == "pass" else "right")
+    table.add_column("pass", no_wrap=True)
+    for col in ("changed", "skipped", "params", "MACs", "bytes", "time"):
+        table.add_column(col, justify="right", no_wrap=True)
     for r in records:
         table.add_row(
             r.result.name,
             str(len(r.result.changes)),
             str(len(r.result.skipped)),
-            f"{human(r.params[1])} ({_ratio(*r.params)})",
-            f"{human(r.macs[1])} ({_ratio(*r.macs)})",
-            f"{human(r.bytes[1], 'B')} ({_ratio(*r.bytes)})",
+            f"{human(r.params[1])}\n{_ratio(*r.params)}",
+            f"{human(r.macs[1])}\n{_ratio(*r.macs)}",
+            f"{human(r.bytes[1], 'B')}\n{_ratio(*r.bytes)}",
             f"{r.seconds:.2f}s",
         )
     return table
@@ -102,7 +107,7 @@ def pass_table(records: list[PassRecord]) -> Table:
 def details_table(records: list[PassRecord], most: int = 4) -> Table:
     """Per pass: its scalar notes and its commonest skip reasons with counts."""
     table = Table(title="details (every skip reason is in the JSON report)")
-    table.add_column("pass")
+    table.add_column("pass", no_wrap=True)
     table.add_column("what")
     table.add_column("count / value", justify="right")
     for r in records:

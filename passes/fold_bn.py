@@ -33,6 +33,7 @@ class FoldBnPass(Pass):
     matches = frozenset({"BatchNormalization", "Conv", "ConvTranspose", "Gemm"})
     creates = frozenset()
     lossless = True
+    writes = frozenset({"stats"})  # BN beta/std of each folded layer's output
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Fold every foldable BN; record its statistics under the output tensor name."""

@@ -15,8 +15,7 @@ from typing import overload
 import numpy as np
 import onnx_graphsurgeon as gs
 
-_name_counter = itertools.count()
-_scopes: dict[int, set[str]] = {}  # graph id -> used names, inside naming(graph)
+_scopes: dict[int, _Scope] = {}  # graph id -> used names, inside naming(graph)
 _NAME, _INPUTS, _OUTPUTS = (operator.attrgetter(a) for a in ("name", "inputs", "outputs"))
 MAX_WALK = 10_000  # nodes visited by a graph walk at most
 
@@ -180,20 +179,36 @@ def used_names(graph: gs.Graph) -> set[str]:
     return taken
 
 
+class _Scope:
+    """Names taken in a graph, and per base the next suffix worth trying."""
+
+    def __init__(self, taken: set[str]) -> None:
+        self.taken = taken
+        self.next_k: dict[str, int] = {}
+
+    def pick(self, base: str) -> str:
+        """`base` when free, else the first free `<base>_<k>` (k = 1, 2, ...); taken then."""
+        name, k = base, self.next_k.get(base, 1)
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        if name != base:
+            self.next_k[base] = k
+        self.taken.add(name)
+        return name
+
+
 def fresh_name(graph: gs.Graph, base: str) -> str:
     """A tensor/node name not used in `graph`, derived from `base`.
 
-    Inside `naming(graph)` the used names are collected once and every name handed out
-    is added to them (linear in the graph, not quadratic, for a pass adding many).
+    `base` itself when free, else the first free `<base>_<k>` (k = 1, 2, ...): the name
+    depends only on the graph's used names (no process-wide counter), so the same passes
+    on the same model give the same names. Outside a `naming` scope a name counts as
+    used once it is attached to the graph. Inside `naming(graph)` the used names are
+    collected once and every name handed out is added to them (linear in the graph,
+    not quadratic, for a pass adding many).
     """
     scope = _scopes.get(id(graph))
-    taken = scope if scope is not None else used_names(graph)
-    name = base
-    while name in taken:
-        name = f"{base}_{next(_name_counter)}"
-    if scope is not None:
-        scope.add(name)
-    return name
+    return (scope or _Scope(used_names(graph))).pick(base)
 
 
 @contextlib.contextmanager
@@ -205,7 +220,7 @@ def naming(graph: gs.Graph) -> Iterator[None]:
     if id(graph) in _scopes:  # nested: the outer scope stays in charge
         yield
         return
-    _scopes[id(graph)] = used_names(graph)
+    _scopes[id(graph)] = _Scope(used_names(graph))
     try:
         yield
     finally:

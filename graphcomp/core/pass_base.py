@@ -4,11 +4,23 @@ A pass declares `name`, `matches` (op types it edits), `creates` (op types it ma
 add) and `lossless`; it takes a frozen config dataclass. `requires` raises
 `UnsupportedModelError` for model-level problems; `apply` edits the graph in place and
 returns a `PassResult` listing every change and every skip with its reason.
+
+Context: a pass declares the `PassContext` keys it `reads` and `writes` (of
+`STATE_KEYS`; the run's inputs, `INPUT_KEYS`, every pass may read and none may write),
+and those it `invalidates`: entries written before it that its edits make stale
+(prune and svd change channel counts and layers, so statistics and ranges measured
+before them are dropped). The pipeline checks the declarations after every pass.
+
+Composite: a pass whose `steps()` returns a list is a declared sequence; the pipeline
+runs each step like a top-level pass (checked and recorded as `<name>/<step>`) and
+then calls the composite's `summarize` with the steps' results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -30,6 +42,11 @@ class ChannelStats:
     source: str
 
 
+# Keys a pass must declare to read or write; the run's inputs are read-only for all.
+STATE_KEYS = frozenset({"opset", "stats", "ranges"})
+INPUT_KEYS = frozenset({"calibration", "input_shapes"})
+
+
 @dataclass
 class PassContext:
     """What a pipeline run knows beside the graph; shared by all its passes.
@@ -39,6 +56,9 @@ class PassContext:
     the user's samples (input name -> array) when `--calibration-data` was given.
     `ranges` maps a tensor name to an activation range (lo, hi, source) that a
     quantizing pass should use (set by dfq from statistics, or by calibration).
+    `opset` is the model's opset (qdq raises it when it converts the model).
+    Inside `tracking()`, every access to a `STATE_KEYS` field is recorded, so the
+    pipeline can check a pass against its `reads`/`writes` declarations.
     """
 
     opset: int = 17
@@ -46,6 +66,28 @@ class PassContext:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)
     stats: dict[str, ChannelStats] = field(default_factory=dict)
     ranges: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+    _touched: set[str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __getattribute__(self, key: str) -> Any:
+        """Attribute access, recording `STATE_KEYS` reads inside `tracking()`."""
+        if key in STATE_KEYS:
+            touched = object.__getattribute__(self, "_touched")
+            if touched is not None:
+                touched.add(key)
+        return object.__getattribute__(self, key)
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[set[str]]:
+        """Yield the set of `STATE_KEYS` accessed (read or written) inside the block."""
+        touched: set[str] = set()
+        outer = self._touched
+        self._touched = touched
+        try:
+            yield touched
+        finally:
+            self._touched = outer
+            if outer is not None:
+                outer.update(touched)
 
 
 @dataclass(frozen=True)
@@ -111,6 +153,9 @@ class Pass:
     creates: ClassVar[frozenset[str]] = frozenset()
     lossless: ClassVar[bool] = False
     config_class: ClassVar[type] = NoConfig
+    reads: ClassVar[frozenset[str]] = frozenset()  # STATE_KEYS read from the context
+    writes: ClassVar[frozenset[str]] = frozenset()  # STATE_KEYS written (set, replaced, dropped)
+    invalidates: ClassVar[frozenset[str]] = frozenset()  # entries written before go stale
 
     def __init__(self, config: Any = None) -> None:
         self.config = config if config is not None else self.config_class()
@@ -120,4 +165,13 @@ class Pass:
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Edit `graph` in place and return what was done."""
+        if self.steps() is not None:
+            raise NotImplementedError(f"'{self.name}' is composite: run it with pipeline.run")
         raise NotImplementedError
+
+    def steps(self) -> list[Pass] | None:
+        """The steps of a composite pass, in order; None for a pass that is one step."""
+        return None
+
+    def summarize(self, results: dict[str, PassResult]) -> None:
+        """Composite only: add its notes to the steps' results (by step name), once all ran."""

@@ -76,14 +76,7 @@ def estimate(
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
     source = "bn" if method == "bn" else _data_source(method, ctx)
     kept = ("bn", source) if method in ("auto", "data-free", "bn") else (source,)
-    tensors = graph.tensors()
-    out = {
-        n: ctx.stats[n]
-        for n in wanted
-        if n in ctx.stats
-        and ctx.stats[n].source in kept
-        and np.size(ctx.stats[n].mean) == channels(tensors.get(n))
-    }
+    out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source in kept}
     rest = [n for n in wanted if n not in out]
     if not rest or method == "bn":
         return out

@@ -72,6 +72,9 @@ class AbsorbBiasPass(Pass):
     creates = frozenset({"Relu", "Min"})
     lossless = False
     config_class = AbsorbBiasConfig
+    reads = frozenset({"stats"})
+    writes = frozenset({"stats"})  # means shifted by the absorbed c
+    invalidates = frozenset({"ranges"})  # activations are shifted per channel
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Absorb every link with a ReLU-type activation and a known pre-activation."""

@@ -74,6 +74,7 @@ class BiasCorrectPass(Pass):
     creates = frozenset()
     lossless = False
     config_class = BiasCorrectConfig
+    reads = frozenset({"stats"})  # input means from BN statistics
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Correct every Conv/Gemm whose input mean is known."""

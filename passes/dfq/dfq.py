@@ -1,12 +1,16 @@
 """Data-free quantization: int8 without a single sample (Nagel et al., ICCV 2019).
 
-Steps, on one graph: fold-bn (BatchNorm statistics kept) -> per-channel statistics of
+Steps, each a pass the pipeline runs, checks and records as `dfq/<step>`: simplify
+-> fold-bn (BatchNorm statistics kept) -> `stats`: per-channel statistics of
 every layer output (graphcomp.measure.stats: "bn" where BN was folded, else the data-free
 default, or the user's samples) -> equalize (CLE, exact; ReLU6 kept) -> absorb-bias
 -> bias-correct for the weight quantizer qdq will use -> activation ranges from the
-statistics (mean +- range_k std per channel through each activation, dfq_ranges) ->
-qdq (per-tensor int8 weights and activations by default). The statistics are measured
-once and rescaled/shifted in ctx.stats as equalize and absorb-bias edit the layers.
+statistics (`ranges`: mean +- range_k std per channel through each activation,
+dfq_ranges) -> `measure-ranges` for the other quantized tensors -> qdq-core (qdq
+without its own simplify/fold-bn; per-tensor int8 weights and activations by
+default). The statistics are measured once and rescaled/shifted in ctx.stats as
+equalize and absorb-bias edit the layers; `summarize` adds the run-level notes
+(equalize coverage, weight SQNR before/after, ReLU6 bounds, charts) to the steps.
 Each step can be switched off (the ablation rows of the README). Defaults measured on
 an ImageNet EfficientNet-Lite0 (ReLU6, depthwise; top-1 agreement with float on 512
 photo crops, per-tensor int8, no data): equalize at strength 0.75 (s^0.75 of the
@@ -28,7 +32,7 @@ from collections import Counter
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import graph_utils, model_io, quant, simplify
+from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
 from graphcomp.measure import stats as channel_stats
@@ -39,7 +43,7 @@ from graphcomp.passes.dfq.layers import out_rows
 from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.qdq.place import build_plan
-from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifyStep
 
 RANGE_MODES = ("stats", "measure")
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
@@ -85,7 +89,11 @@ class DfqConfig:
 
 
 class DfqPass(Pass):
-    """fold-bn, equalize, absorb-bias, bias-correct, ranges from statistics, qdq."""
+    """fold-bn, equalize, absorb-bias, bias-correct, ranges from statistics, qdq.
+
+    Composite: the pipeline runs and records each step (`dfq/simplify`, `dfq/fold-bn`,
+    `dfq/stats`, `dfq/equalize`, ...); `summarize` adds the run-level notes.
+    """
 
     name = "dfq"
     summary = "data-free int8: fold-bn, equalize, absorb-bias, bias-correct, stat ranges, qdq"
@@ -97,74 +105,51 @@ class DfqPass(Pass):
     config_class = DfqConfig
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
-        """The qdq step's preconditions (not quantized already, opset)."""
+        """The qdq step's preconditions (not quantized already, opset), before any step."""
         if self.config.quantize:
-            QdqPass(self._qdq_config()).requires(graph, ctx)
+            QdqCorePass(self._qdq_config()).requires(graph, ctx)
 
-    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        """Run the steps in order on `graph`; one merged result with per-step notes."""
-        cfg, result = self.config, PassResult(self.name)
-        result.notes["simplify"] = simplify.simplify(graph)
-        _merge(result, FoldBnPass().apply(graph, ctx), graph)
-        naive = _weight_sqnr(graph, cfg)
-        known = channel_stats.estimate(
-            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior
-        )
-        ctx.stats.update(known)
-        result.notes["stat_sources"] = dict(Counter(s.source for s in known.values()))
-        for step in self._steps():
-            _merge(result, step.apply(graph, ctx), graph)
-        if not result.notes.get("equalize", {}).get("links"):
-            result.notes["equalize_summary"] = "nothing to equalize (no provable layer pair)"
-        elif "equalize" in result.notes:
-            eq = result.notes["equalize"]
-            result.notes["equalize_coverage"] = (
-                f"{eq['layers_covered']} layers, {eq['params_covered']:.0%} of weights"
-            )
-        now = _weight_sqnr(graph, cfg)
-        result.notes["weight_sqnr_db"] = {n: [naive[n], now[n]] for n in now if n in naive}
-        if cfg.ranges == "stats":
-            known = channel_stats.estimate(
-                graph, ctx, cfg.stats, list(known), cfg.samples, cfg.seed, cfg.prior
-            )
-            fresh = activation_ranges(graph, known, cfg.range_k)
-            ctx.ranges.update({n: r for n, r in fresh.items() if n not in ctx.ranges})
-            result.notes["ranges_from_stats"] = len(fresh)
+    def steps(self) -> list[Pass]:
+        """The steps, in order; the bracketed ones by config.
+
+        simplify, fold-bn, stats, [equalize], [absorb-bias], [bias-correct], ranges,
+        [measure-ranges, qdq-core].
+        """
+        cfg = self.config
+        steps: list[Pass] = [SimplifyStep(), FoldBnPass(), _StatsStep(cfg)]
+        steps += self._data_free_steps()
+        steps.append(_RangesStep(cfg))
         if cfg.quantize:
-            result.notes["ranges_measured"] = self._measure_rest(graph, ctx)
+            steps += [_MeasureRestStep(cfg), QdqCorePass(self._qdq_config())]
+        return steps
+
+    def summarize(self, results: dict[str, PassResult]) -> None:
+        """Equalize coverage, weight SQNR before/after, ReLU6 bounds, charts."""
+        cfg = self.config
+        eq = results.get("equalize")
+        if eq is not None and not eq.notes.get("links"):
+            eq.notes["equalize_summary"] = "nothing to equalize (no provable layer pair)"
+        elif eq is not None:
+            eq.notes["equalize_coverage"] = (
+                f"{eq.notes['layers_covered']} layers, {eq.notes['params_covered']:.0%} of weights"
+            )
+        naive = results["stats"].notes.pop("weight_sqnr_db", {})
+        ranges = results["ranges"].notes
+        now = ranges.get("weight_sqnr_db", {})
+        ranges["weight_sqnr_db"] = {n: [naive[n], now[n]] for n in now if n in naive}
+        core = results.get("qdq-core")
+        clamps = Counter(core.notes.get("clamps", {}).values()) if core is not None else {}
+        if core is not None and clamps:
+            core.notes["relu6_bounds"] = ", ".join(
+                f"{n} {how}" for how, n in sorted(clamps.items())
+            )
         if cfg.plot:
             from graphcomp.passes.dfq import plot
 
-            result.notes["plots"] = plot.dfq_charts(cfg.plot, result.notes)
-        if cfg.quantize:
-            _merge(result, QdqPass(self._qdq_config()).apply(graph, ctx), graph)
-            clamps = Counter(result.notes["qdq"].get("clamps", {}).values())
-            if clamps:
-                result.notes["relu6_bounds"] = ", ".join(
-                    f"{n} {how}" for how, n in sorted(clamps.items())
-                )
-        return result
+            notes = {"equalize": eq.notes if eq is not None else {}, **ranges}
+            ranges["plots"] = plot.dfq_charts(cfg.plot, notes)
 
-    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:
-        """Ranges of the other tensors qdq quantizes, measured on the statistics' inputs."""
-        cfg, qcfg = self.config, self._qdq_config()
-        plan = build_plan(graph, qcfg)
-        names = [
-            n
-            for n, a in plan.acts.items()
-            if not a.dynamic and a.rule.method == "auto" and n not in ctx.ranges
-        ]
-        if not names:
-            return 0
-        use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
-        source = "calibration" if use_data else "synthetic"
-        model = model_io.to_model(graph)
-        batches = channel_stats.feeds(model, ctx, source, cfg.samples, cfg.seed, cfg.prior)
-        label = source if use_data else f"synthetic-{cfg.prior}"
-        ctx.ranges.update(measured_ranges(model, names, batches, qcfg.percentile, label))
-        return len(names)
-
-    def _steps(self) -> list[Pass]:
+    def _data_free_steps(self) -> list[Pass]:
         cfg, steps = self.config, list[Pass]()
         if cfg.equalize:
             # clip="range" must fit the scales to the ranges qdq will get: range_k
@@ -215,20 +200,95 @@ class DfqPass(Pass):
         return steps
 
     def _qdq_config(self) -> QdqConfig:
-        cfg = self.config
-        return QdqConfig(
-            bits=cfg.bits, per_channel=cfg.per_channel, samples=cfg.samples, seed=cfg.seed
+        return _qdq_config(self.config)
+
+
+def _qdq_config(cfg: DfqConfig) -> QdqConfig:
+    return QdqConfig(bits=cfg.bits, per_channel=cfg.per_channel, samples=cfg.samples, seed=cfg.seed)
+
+
+class _StatsStep(Pass):
+    """Per-channel statistics of every layer output into ctx.stats (graphcomp.measure.stats).
+
+    Also notes the naive weight quantizer's SQNR (before equalization) per layer.
+    """
+
+    name = "stats"
+    lossless = True
+    config_class = DfqConfig
+    reads = frozenset({"stats"})  # "bn" entries left by fold-bn win
+    writes = frozenset({"stats"})
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Estimate and store; notes: sources and naive weight SQNR."""
+        cfg, result = self.config, PassResult(self.name)
+        result.notes["weight_sqnr_db"] = _weight_sqnr(graph, cfg)
+        known = channel_stats.estimate(
+            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior
         )
+        ctx.stats.update(known)
+        result.notes["stat_sources"] = dict(Counter(s.source for s in known.values()))
+        return result
 
 
-def _merge(result: PassResult, step: PassResult, graph: gs.Graph) -> None:
-    """Copy a step's changes and skips (prefixed by its name) and notes; tidy the graph."""
-    for c in step.changes:
-        result.changes.append(dataclasses.replace(c, detail=f"[{step.name}] {c.detail}"))
-    for s in step.skipped:
-        result.skipped.append(dataclasses.replace(s, reason=f"[{step.name}] {s.reason}"))
-    result.notes[step.name] = step.notes
-    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+class _RangesStep(Pass):
+    """Activation ranges from the statistics (mean +- range_k std through each activation).
+
+    Only with `ranges="stats"`; always notes the SQNR of the weights handed to qdq.
+    """
+
+    name = "ranges"
+    lossless = True
+    config_class = DfqConfig
+    reads = frozenset({"stats", "ranges"})
+    writes = frozenset({"ranges"})
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Estimate the statistics as the layers are now, then their ranges."""
+        cfg, result = self.config, PassResult(self.name)
+        result.notes["weight_sqnr_db"] = _weight_sqnr(graph, cfg)
+        if cfg.ranges == "stats":
+            known = channel_stats.estimate(
+                graph, ctx, cfg.stats, None, cfg.samples, cfg.seed, cfg.prior
+            )
+            fresh = activation_ranges(graph, known, cfg.range_k)
+            ctx.ranges.update({n: r for n, r in fresh.items() if n not in ctx.ranges})
+            result.notes["ranges_from_stats"] = len(fresh)
+        return result
+
+
+class _MeasureRestStep(Pass):
+    """Ranges of the other tensors qdq quantizes, measured on the statistics' inputs."""
+
+    name = "measure-ranges"
+    lossless = True
+    config_class = DfqConfig
+    reads = frozenset({"ranges"})
+    writes = frozenset({"ranges"})
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Measure what has no range yet; the count is the note."""
+        result = PassResult(self.name)
+        result.notes["ranges_measured"] = self._measure_rest(graph, ctx)
+        return result
+
+    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:
+        cfg, qcfg = self.config, _qdq_config(self.config)
+        plan = build_plan(graph, qcfg)
+        names = [
+            n
+            for n, a in plan.acts.items()
+            if not a.dynamic and a.rule.method == "auto" and n not in ctx.ranges
+        ]
+        if not names:
+            return 0
+        use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
+        source = "calibration" if use_data else "synthetic"
+        model = model_io.to_model(graph)
+        batches = channel_stats.feeds(model, ctx, source, cfg.samples, cfg.seed, cfg.prior)
+        label = source if use_data else f"synthetic-{cfg.prior}"
+        ctx.ranges.update(measured_ranges(model, names, batches, qcfg.percentile, label))
+        return len(names)
 
 
 def _weight_sqnr(graph: gs.Graph, cfg: DfqConfig) -> dict[str, float]:

@@ -105,6 +105,9 @@ class EqualizePass(Pass):
     creates = frozenset({"Relu", "Min"})
     lossless = True
     config_class = EqualizeConfig
+    reads = frozenset({"stats"})  # act_aware: the activations' statistics
+    writes = frozenset({"stats"})  # kept in step with the scaled channels
+    invalidates = frozenset({"ranges"})  # activations are rescaled per channel
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Equalize every provable link; report per-layer ranges and coverage."""

@@ -130,6 +130,8 @@ class PrunePass(Pass):
     creates = frozenset()
     lossless = False
     config_class = PruneConfig
+    reads = frozenset({"stats"})  # BN scales / moments for importance and compensation
+    invalidates = frozenset({"stats", "ranges"})  # channel counts and next layers change
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Find the groups, choose the units, refit or compensate, slice; report each group.

@@ -37,7 +37,7 @@ from graphcomp.passes.qdq import scales as qdq_scales
 from graphcomp.passes.qdq.config import QdqConfig, RuleBook
 from graphcomp.passes.qdq.place import QUANTIZABLE, Act, Layer, Plan, build_plan
 
-__all__ = ["QdqConfig", "QdqPass"]
+__all__ = ["QdqConfig", "QdqCorePass", "QdqPass", "SimplifyStep"]
 log = logging.getLogger(__name__)
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
@@ -47,15 +47,32 @@ CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, fol
 MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 11, 13, 21
 
 
-class QdqPass(Pass):
-    """Quantize weights and activations in QDQ format (integer kernels in onnxruntime)."""
+class SimplifyStep(Pass):
+    """Constant folding and Pad-into-Conv fusion (graphcomp.core.simplify) as a step."""
 
-    name = "qdq"
-    summary = "insert QuantizeLinear/DequantizeLinear (int8 weights/activations, int32 bias)"
-    matches = QUANTIZABLE | {"BatchNormalization", "Pad"} | simplify.SHAPE_MATH
+    name = "simplify"
+    summary = "fold constant subgraphs and fuse Pad into Conv"
+    matches = frozenset({"Pad"}) | simplify.SHAPE_MATH
+    lossless = True
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Simplify in place; the counts are the notes."""
+        result = PassResult(self.name)
+        result.notes.update(simplify.simplify(graph))
+        return result
+
+
+class QdqCorePass(Pass):
+    """Plan, measure ranges, emit the quantizers: qdq without its fold-bn/simplify steps."""
+
+    name = "qdq-core"
+    summary = "insert QuantizeLinear/DequantizeLinear on a simplified, BN-folded graph"
+    matches = QUANTIZABLE | simplify.SHAPE_MATH  # the opset converter may rewrite these
     creates = CREATES
     lossless = False
     config_class = QdqConfig
+    reads = frozenset({"ranges"})  # ranges set by an earlier pass (dfq) win
+    writes = frozenset({"opset"})  # when the model is converted up
 
     def __init__(self, config: QdqConfig | None = None) -> None:
         super().__init__(config)
@@ -73,11 +90,6 @@ class QdqPass(Pass):
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Plan, measure ranges, then emit every quantizer; see the module docstring."""
         result = PassResult(self.name)
-        result.notes["simplify"] = simplify.simplify(graph)
-        if self.config.fold_bn:
-            folded = FoldBnPass().apply(graph, ctx)
-            result.changes += folded.changes
-            result.notes["folded_bn"] = len(folded.changes)
         book = RuleBook(self.config)
         plan = build_plan(graph, self.config, book)
         if ensure_opset(graph, plan, result):
@@ -111,6 +123,34 @@ class QdqPass(Pass):
         _report(result, graph, plan, texts, details, dropped, notes, ranges)
         result.notes["profile"] = self.config.profile
         return result
+
+
+class QdqPass(Pass):
+    """Quantize weights and activations in QDQ format (integer kernels in onnxruntime).
+
+    Composite: simplify, fold-bn (unless `fold_bn=False`), then qdq-core; dfq runs
+    qdq-core alone after its own simplify and fold-bn.
+    """
+
+    name = "qdq"
+    summary = "insert QuantizeLinear/DequantizeLinear (int8 weights/activations, int32 bias)"
+    matches = QdqCorePass.matches | {"BatchNormalization", "Pad"}
+    creates = CREATES
+    lossless = False
+    config_class = QdqConfig
+
+    def __init__(self, config: QdqConfig | None = None) -> None:
+        super().__init__(config)
+        self.config: QdqConfig
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        """qdq-core's preconditions, checked before any step runs."""
+        QdqCorePass(self.config).requires(graph, ctx)
+
+    def steps(self) -> list[Pass]:
+        """simplify, fold-bn (when `fold_bn`), qdq-core."""
+        folds: list[Pass] = [FoldBnPass()] if self.config.fold_bn else []
+        return [SimplifyStep(), *folds, QdqCorePass(self.config)]
 
 
 def _outlier_prone(plan: Plan, spreads: dict[str, float], limit: float) -> dict[str, str]:

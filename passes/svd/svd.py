@@ -48,6 +48,7 @@ class SvdPass(Pass):
     creates = frozenset({"Gemm", "MatMul", "Conv", "Add"})  # Add: mean shift with no bias
     lossless = False
     config_class = SvdConfig
+    invalidates = frozenset({"stats", "ranges"})  # layers are split and refitted
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         """Plan every split (see svd_plan), then rewrite the chosen layers."""

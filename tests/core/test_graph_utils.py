@@ -100,3 +100,16 @@ def test_checked_const_input_returns_a_constant_and_raises_on_a_variable():
     np.testing.assert_array_equal(graph_utils.checked_const_input(node, 1), np.ones((2, 2)))
     with pytest.raises(LookupError, match="input 0 of m"):
         graph_utils.checked_const_input(node, 0)
+
+
+def test_fresh_name_is_the_first_free_suffix_and_depends_only_on_the_graph():
+    graph = _graph()
+    graph.inputs.append(gs.Variable("x_1", dtype=np.float32, shape=[1]))
+    assert graph_utils.fresh_name(graph, "x") == "x_2"  # x and x_1 are taken
+    assert graph_utils.fresh_name(_graph(), "x") == "x_1"  # a fresh graph: the same rule
+    names = []
+    for _ in range(2):  # the same graph and calls give the same names, run after run
+        g = _graph()
+        with graph_utils.naming(g):
+            names.append([graph_utils.fresh_name(g, b) for b in ["x", "x", "y", "x", "q"]])
+    assert names[0] == names[1] == ["x_1", "x_2", "y_1", "x_3", "q"]

@@ -8,7 +8,7 @@ import pytest
 
 from graphcomp import pipeline
 from graphcomp.core.errors import PassFailedError, UnsupportedModelError
-from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.core.pass_base import ChannelStats, Pass, PassContext, PassResult
 from graphcomp.passes.cleanup import CleanupPass
 from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
@@ -94,3 +94,132 @@ def test_shapes_are_reinferred_after_each_pass():
     np.testing.assert_allclose(
         graphs.run(result.model, feeds)[0], graphs.run(model, feeds)[0], rtol=1e-5, atol=1e-5
     )
+
+
+class _Writes(Pass):
+    """Writes ctx.stats[key]; declares it only when `declared`."""
+
+    name = "writes"
+
+    def __init__(self, key="c", declared=True, change=False):
+        super().__init__()
+        self.key, self.change = key, change
+        if declared:
+            self.writes = frozenset({"stats"})
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        ctx.stats[self.key] = ChannelStats(np.zeros(4), np.ones(4), "test")
+        result = PassResult(self.name)
+        if self.change:
+            result.change(graph.nodes[0], "touched")
+        return result
+
+
+class _Reads(Pass):
+    name = "reads"
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        result = PassResult(self.name)
+        result.notes["seen"] = sorted(ctx.stats)
+        return result
+
+
+class _DeclaredReads(_Reads):
+    reads = frozenset({"stats"})
+
+
+class _SetsShapes(Pass):
+    name = "shapes"
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        ctx.input_shapes["x"] = [1, 3, 8, 8]
+        return PassResult(self.name)
+
+
+class _Reshapes(_Writes):
+    """Changes the layers (a node is edited) and so invalidates what was written before."""
+
+    name = "reshape"
+    invalidates = frozenset({"stats", "ranges"})
+
+
+class _Composite(Pass):
+    name = "combo"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
+        self.calls.append("requires")
+
+    def steps(self) -> list[Pass]:
+        return [FoldBnPass(), _Writes("n2"), _DeclaredReads(), CleanupPass()]
+
+    def summarize(self, results: dict[str, PassResult]) -> None:
+        self.calls.append("summarize")
+        results["reads"].notes["summary"] = sorted(results)
+
+
+def test_composite_runs_and_records_each_step_by_name():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    combo = _Composite()
+    result = pipeline.run(model, [combo, CleanupPass()])
+    names = [r.result.name for r in result.records]
+    assert names == ["combo/fold-bn", "combo/writes", "combo/reads", "combo/cleanup", "cleanup"]
+    assert combo.calls == ["requires", "summarize"]
+    fold, _, reads = result.records[:3]
+    assert fold.params == (128, 112) and reads.params == (112, 112)
+    assert reads.result.notes["seen"] == ["n", "n2"]  # fold-bn's stats, then the step's
+    assert reads.result.notes["summary"] == ["cleanup", "fold-bn", "reads", "writes"]
+    assert result.record("combo/writes").to_dict()["name"] == "combo/writes"
+
+
+def test_composite_step_failure_names_the_step_and_those_run():
+    model = graphs.build(graphs.CONV_BN_RELU)
+
+    class _Breaks(_Composite):
+        def steps(self) -> list[Pass]:
+            return [FoldBnPass(), _Crash()]
+
+    with pytest.raises(PassFailedError) as info:
+        pipeline.run(model, [CleanupPass(), _Breaks()])
+    assert "pass 'combo/crash' failed" in str(info.value)
+    assert str(info.value).endswith("(after cleanup, combo/fold-bn)")
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        (_Writes(declared=False), "pass 'writes' used ctx.stats without declaring it"),
+        (_Reads(), "pass 'reads' used ctx.stats without declaring it"),
+        (_SetsShapes(), "pass 'shapes' wrote ctx.input_shapes, the run's input"),
+    ],
+)
+def test_undeclared_context_use_is_a_bug(bad, message):
+    model = graphs.build(graphs.CONV_BN_RELU)
+    with pytest.raises(PassFailedError, match=message):
+        pipeline.run(model, [bad])
+
+
+def test_declared_context_use_passes():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    ctx = PassContext()
+    result = pipeline.run(model, [FoldBnPass(), _Writes(), _DeclaredReads()], ctx)
+    assert result.records[-1].result.notes["seen"] == ["c", "n"]
+
+
+def test_invalidating_pass_drops_entries_written_before_it():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    ctx = PassContext()
+    ctx.ranges["y"] = (0.0, 1.0, "test")
+    passes = [FoldBnPass(), _Reshapes("own", change=True), _DeclaredReads()]
+    result = pipeline.run(model, passes, ctx)
+    assert result.records[-1].result.notes["seen"] == ["own"]  # fold-bn's "n" is gone
+    assert ctx.ranges == {}
+
+
+def test_invalidating_pass_that_changed_nothing_keeps_the_entries():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    result = pipeline.run(model, [FoldBnPass(), _Reshapes("own"), _DeclaredReads()])
+    assert result.records[-1].result.notes["seen"] == ["n", "own"]

@@ -7,8 +7,9 @@ import json
 from rich.console import Console
 
 from graphcomp import pipeline
+from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
 from graphcomp.passes.fold_bn import FoldBnPass
-from graphcomp.report import Report, _reason_kind
+from graphcomp.report import Report, _reason_kind, pass_table
 from tests import graphs
 
 
@@ -46,3 +47,21 @@ def test_terminal_summary_groups_reasons_and_shows_ratios():
 
 def test_reason_kind_blanks_names_and_numbers():
     assert _reason_kind("weight of /layer1/conv.0 is shared") == "weight of * is shared"
+
+
+def test_a_composite_shows_one_row_per_step_in_table_and_json():
+    model = graphs.build(graphs.CONV_BN_RELU_CONV)
+    result = pipeline.run(model, [DfqPass(DfqConfig(prior="normal"))])
+    report = Report("m.onnx", None, result.records, {}, {})
+    console = Console(record=True, width=80)
+    console.print(pass_table(report.passes))
+    lines = console.export_text().splitlines()
+    steps = ["simplify", "fold-bn", "stats", "equalize", "bias-correct", "ranges"]
+    steps += ["measure-ranges", "qdq-core"]
+    for step in steps:
+        assert sum(line.startswith(f"│ dfq/{step} ") for line in lines) == 1, step
+    data = report.to_dict()
+    assert [p["name"] for p in data["passes"]] == [f"dfq/{s}" for s in steps]
+    ranges = next(p for p in data["passes"] if p["name"] == "dfq/ranges")
+    assert set(ranges["notes"]["weight_sqnr_db"]) == {"Conv_0", "Conv_3"}
+    assert all(len(v) == 2 for v in ranges["notes"]["weight_sqnr_db"].values())

@@ -5,6 +5,8 @@ import pytest
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
+from graphcomp.passes.fold_bn import FoldBnPass
+from graphcomp.passes.prune.prune import PruneConfig, PrunePass
 from tests import graphs
 
 SINGLE_GEMM = """
@@ -12,6 +14,15 @@ g (float[N, 6] x, float[4, 6] w_a, float[4] b_a) => (float[N, 4] y) {
     y = Gemm <transB = 1> (x, w_a, b_a)
 }
 """
+
+
+def _notes(res):
+    """The notes of every dfq step, merged (the step names are unique in one dfq run)."""
+    notes = {}
+    for r in res.records:
+        assert r.result.name.startswith("dfq/")
+        notes.update(r.result.notes)
+    return notes
 
 
 def _sqnr(ref, new):
@@ -35,7 +46,7 @@ def test_dfq_beats_naive_per_tensor_on_spread_channels():
         ref = graphs.run(model, feeds)[0]
         ours, theirs = graphs.run(full, feeds)[0], graphs.run(naive, feeds)[0]
         gains.append(_sqnr(ref, ours) - _sqnr(ref, theirs))
-        notes = res.records[0].result.notes
+        notes = _notes(res)
         assert notes["stat_sources"] == {"synthetic": 3}
         before, after = np.array(list(notes["weight_sqnr_db"].values())).T
         assert np.mean(after) > np.mean(before)
@@ -46,7 +57,7 @@ def test_bn_statistics_are_used_and_reported():
     text = graphs.CONV_BN_RELU_CONV
     ctx = PassContext()
     out, res = graphs.apply(graphs.build(text), DfqPass(), ctx=ctx)
-    notes = res.records[0].result.notes
+    notes = _notes(res)
     assert notes["stat_sources"] == {"bn": 1, "synthetic": 1}
     assert graphs.op_count(out, "BatchNormalization") == 0
     assert ctx.ranges["n"][2] == "bn" and ctx.ranges["y"][0] == 0.0
@@ -55,7 +66,7 @@ def test_bn_statistics_are_used_and_reported():
 def test_nothing_to_equalize_still_quantizes_and_says_so():
     model = graphs.build(SINGLE_GEMM)
     out, res = graphs.apply(model, DfqPass())
-    notes = res.records[0].result.notes
+    notes = _notes(res)
     assert "nothing to equalize" in notes["equalize_summary"]
     assert graphs.op_count(out, "DequantizeLinear") >= 2
     feeds = graphs.feeds_for(model, batch=16)
@@ -78,7 +89,7 @@ def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
     out, res = graphs.apply(model, DfqPass(DfqConfig(quantize=False, plot=str(tmp_path))))
     assert graphs.op_count(out, "QuantizeLinear") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_ranges.png", "weight_sqnr.png"]
-    assert len(res.records[0].result.notes["plots"]) == 2
+    assert len(res.record("dfq/ranges").result.notes["plots"]) == 2
 
 
 def test_bad_config_is_rejected():
@@ -96,15 +107,15 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     assert np.abs(graphs.run(exact, feeds)[0] - ref).max() < 1e-4 * np.abs(ref).max()
     assert graphs.op_count(exact, "Min") == 2  # the float model keeps ReLU6 exact
     fast, res = graphs.apply(model, DfqPass(DfqConfig(clip="range", prior="normal")))
-    assert set(res.records[0].result.notes["qdq"]["clamps"].values()) == {
+    assert set(res.record("dfq/qdq-core").result.notes["clamps"].values()) == {
         "dropped (bound past the quantizer's range)"
     }
     ops = graphs.optimized_ops(fast, str(tmp_path / "fast.onnx"))
     assert "Min" not in ops and ops.count("QLinearConv") == 3
     default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
-    clamps = res.records[0].result.notes["qdq"]["clamps"]
+    clamps = res.record("dfq/qdq-core").result.notes["clamps"]
     assert len(clamps) == 2  # per-channel: on the codes, or dropped where the range allows
-    notes = res.records[0].result.notes
+    notes = _notes(res)
     assert notes["equalize_coverage"] == "3/3 layers, 100% of weights"
     assert sum(int(part.split()[0]) for part in notes["relu6_bounds"].split(", ")) == 2
     assert graphs.optimized_ops(default, str(tmp_path / "d.onnx")).count("QLinearConv") == 3
@@ -112,3 +123,41 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     ref = graphs.run(model, feeds)[0]
     for out in (fast, default):
         assert _sqnr(ref, graphs.run(out, feeds)[0]) > 15
+
+
+def test_dfq_runs_as_checked_steps_and_simplifies_once():
+    model = graphs.build(graphs.CONV_BN_RELU_CONV)
+    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True)))
+    assert [r.result.name for r in res.records] == [
+        "dfq/simplify",
+        "dfq/fold-bn",
+        "dfq/stats",
+        "dfq/equalize",
+        "dfq/absorb-bias",
+        "dfq/bias-correct",
+        "dfq/ranges",
+        "dfq/measure-ranges",
+        "dfq/qdq-core",
+    ]
+    assert len(res.record("dfq/fold-bn").result.changes) == 1
+    assert res.record("dfq/qdq-core").result.changes  # qdq's own fold-bn/simplify not rerun
+    _, res = graphs.apply(model, DfqPass(DfqConfig(equalize=False, correct=False, quantize=False)))
+    assert [r.result.name for r in res.records] == [
+        "dfq/simplify",
+        "dfq/fold-bn",
+        "dfq/stats",
+        "dfq/ranges",
+    ]
+
+
+def test_prune_then_dfq_does_not_read_statistics_from_before_the_prune():
+    model = graphs.build(graphs.CONV_BN_RELU_CONV)
+    ctx = PassContext()
+    prune = PrunePass(PruneConfig(ratio=0.5, round_to=1))
+    _, res = graphs.apply(model, FoldBnPass(), prune, DfqPass(), ctx=ctx)
+    assert res.record("prune").result.changes
+    # fold-bn left "bn" statistics of 4 channels; the prune kept 2 and dropped them
+    assert res.record("dfq/stats").result.notes["stat_sources"] == {"synthetic": 2}
+    assert ctx.stats["n"].source == "synthetic" and np.size(ctx.stats["n"].mean) == 2
+    _, res = graphs.apply(model, FoldBnPass(), DfqPass())  # no prune: BN statistics kept
+    assert res.record("dfq/stats").result.notes["stat_sources"] == {"bn": 1, "synthetic": 1}

@@ -27,7 +27,7 @@ def _cosine(a, b):
 
 def _qdq(model, ctx=None, **fields):
     out, res = graphs.apply(model, QdqPass(QdqConfig(**fields)), ctx=ctx)
-    return out, res.records[0].result
+    return out, res.record("qdq/qdq-core").result
 
 
 def _inits(model):
@@ -380,11 +380,14 @@ def test_static_transformer_leaves_outlier_prone_matmul_inputs_float(profile):
 
 def test_batchnorm_is_folded_first_so_the_conv_fuses(tmp_path):
     model = graphs.build(graphs.CONV_BN_POOL_FC)
-    out, result = _qdq(model)
-    assert result.notes["folded_bn"] == 1 and graphs.op_count(out, "BatchNormalization") == 0
+    out, res = graphs.apply(model, QdqPass())
+    assert [r.result.name for r in res.records] == ["qdq/simplify", "qdq/fold-bn", "qdq/qdq-core"]
+    assert len(res.record("qdq/fold-bn").result.changes) == 1
+    assert graphs.op_count(out, "BatchNormalization") == 0
     assert graphs.optimized_ops(out, str(tmp_path / "o.onnx")).count("QLinearConv") == 1
-    kept, _ = _qdq(model, fold_bn=False)
+    kept, res = graphs.apply(model, QdqPass(QdqConfig(fold_bn=False)))
     assert graphs.op_count(kept, "BatchNormalization") == 1
+    assert "qdq/fold-bn" not in [r.result.name for r in res.records]
     feeds = graphs.feeds_for(model)
     assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
 

@@ -45,7 +45,7 @@ def _cosine(a, b):
 
 def _qdq(model, **fields):
     out, res = graphs.apply(model, QdqPass(QdqConfig(**fields)))
-    return out, res.records[0].result
+    return out, res.record("qdq/qdq-core").result
 
 
 def _relu_min(bound):

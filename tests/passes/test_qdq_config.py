@@ -49,7 +49,7 @@ def _write(tmp_path, text, name="q.toml"):
 
 def _quantize(model, **fields):
     out, res = graphs.apply(model, QdqPass(QdqConfig(**fields)))
-    return out, res.records[0].result
+    return out, res.record("qdq/qdq-core").result
 
 
 def _producers(model):
