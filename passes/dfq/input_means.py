@@ -111,14 +111,7 @@ def _measured(
         else "synthetic"
     )
     model = model_io.to_model(graph)
-    batches = stats.feeds(model, ctx, source, samples, seed, prior)
-    out: dict[str, tuple[np.ndarray, str]] = {}
-    for axis in (1, -1):
-        group = [n for n in nodes if (n.op == "MatMul") == (axis == -1)]
-        names = sorted({n.inputs[0].name for n in group})
-        if not names:
-            continue
-        moments = observe.channel_moments(model, names, batches, axis)
-        for node in group:
-            out[node.name] = (moments[node.inputs[0].name][0], source)
-    return out
+    src = stats.measure_source(ctx, source, samples, seed, prior)
+    axes = {n.inputs[0].name: -1 if n.op == "MatMul" else 1 for n in nodes}
+    moments = observe.channel_moments(model, axes, src)
+    return {n.name: (moments[n.inputs[0].name][0], source) for n in nodes}

@@ -25,7 +25,7 @@ import numpy as np
 
 from graphcomp.core import graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
-from graphcomp.measure import observe
+from graphcomp.measure import inputs, observe
 from graphcomp.passes.prune import compensate as prune_comp
 from graphcomp.passes.prune.groups import Binding, ChannelGraph
 from graphcomp.passes.prune.score import Moments
@@ -44,8 +44,9 @@ def reconstruct(
     ctx: PassContext,
     keep: dict[str, np.ndarray],
     moments: Moments | None = None,
-    prior: str = "smooth",
+    prior: str = inputs.DEFAULT_PRIOR,
     seed: int = 0,
+    samples: int = SAMPLES,
 ) -> list[str]:
     """Refit every eligible consumer of a pruned space; returns the names refitted.
 
@@ -57,29 +58,40 @@ def reconstruct(
     if not todo:
         return []
     model = model_io.to_model(cg.graph)
-    if ctx.calibration is not None:
-        batches = observe.calibration_feeds(model, ctx.calibration, BATCH)
-    else:
-        batches = observe.synthetic_feeds(model, SAMPLES, seed, ctx.input_shapes, BATCH)
-        if prior == "smooth":
-            batches = [{k: prune_comp.smooth_noise(v) for k, v in b.items()} for b in batches]
-    names = sorted({b.node.inputs[0].name for b in todo})
-    sums: dict[int, list[np.ndarray]] = {}
+    src = inputs.Source(ctx.calibration, prior, samples, seed, ctx.input_shapes)
     rng = np.random.default_rng(seed)
-    for values in observe.stream(model, names, batches):
-        for k, b in enumerate(todo):
-            rows, target = _samples(b, values[b.node.inputs[0].name], keep[b.inp], rng)
-            gram, cross = rows.T @ rows, rows.T @ target
-            acc = sums.setdefault(k, [np.zeros_like(gram), np.zeros_like(cross)])
-            acc[0] += gram
-            acc[1] += cross
+    fits = [_Normal(b, keep[b.inp], rng) for b in todo]
+    readers: dict[str, list[_Normal]] = {}
+    for fit in fits:
+        readers.setdefault(fit.binding.node.inputs[0].name, []).append(fit)
+    observe.collect(model, readers, src, BATCH)
     done = []
-    for k, b in enumerate(todo):
-        if k in sums:
+    for b, fit in zip(todo, fits, strict=True):
+        if fit.gram is not None and fit.cross is not None:
             means = moments[b.inp][0] if moments and b.inp in moments else None
-            _solve(cg, b, keep[b.inp], *sums[k], means)
+            _solve(cg, b, keep[b.inp], fit.gram, fit.cross, means)
             done.append(b.node.name)
     return done
+
+
+class _Normal:
+    """Running normal equations of one layer's refit: [K+1]^2 and [K+1] x outputs floats.
+
+    K is the number of kept inputs (x kernel size); the memory is the same for any
+    number of samples. Patch positions come from the generator shared by every layer.
+    """
+
+    def __init__(self, binding: Binding, kept: np.ndarray, rng: np.random.Generator) -> None:
+        self.binding, self.kept, self.rng = binding, kept, rng
+        self.gram: np.ndarray | None = None
+        self.cross: np.ndarray | None = None
+
+    def add(self, value: np.ndarray) -> None:
+        """Accumulate one batch of the layer's input."""
+        rows, target = _samples(self.binding, value, self.kept, self.rng)
+        gram, cross = rows.T @ rows, rows.T @ target
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
 
 
 def _eligible(b: Binding, keep: dict[str, np.ndarray]) -> bool:

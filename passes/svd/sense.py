@@ -18,6 +18,7 @@ import onnx
 
 from graphcomp.core import graph_utils
 from graphcomp.core.pass_base import PassContext
+from graphcomp.measure import inputs
 from graphcomp.passes.svd import probe as svd_probe
 from graphcomp.passes.svd.layers import matrix_to_weight
 from graphcomp.passes.svd.rank import Candidate
@@ -47,6 +48,7 @@ def measure(
     samples: int,
     seed: int,
     sample_macs: float,
+    prior: str = inputs.DEFAULT_PRIOR,
 ) -> str:
     """Fill each candidate's loss curve from probe runs; returns a note on the source.
 
@@ -66,7 +68,7 @@ def measure(
         return "relative energy per layer (no weight could be probed)"
     affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
     samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
-    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, batch=samples)
+    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, samples, prior)
     errors = svd_probe.output_errors(model, base, shifts, trials, feeds)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
