@@ -214,10 +214,11 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, list[int]]) -> int:
     out, w = shape(0, outputs=True), shape(1)
     if node.op_type == "Conv" and out and w:
         return int(np.prod(out)) * int(np.prod(w[1:]))
-    if node.op_type == "ConvTranspose" and w and shape(0):
-        return int(np.prod(shape(0))) * int(np.prod(w[1:]))
-    if node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul") and out and shape(0):
-        k = _contracted(node, shape(0))
+    first = shape(0)
+    if node.op_type == "ConvTranspose" and w and first:
+        return int(np.prod(first)) * int(np.prod(w[1:]))
+    if node.op_type in ("Gemm", "MatMul", "MatMulInteger", "QLinearMatMul") and out and first:
+        k = _contracted(node, first)
         return int(np.prod(out)) * k
     if node.op_type in ("QLinearConv", "ConvInteger") and out:
         wq = shape(3) if node.op_type == "QLinearConv" else w

@@ -189,8 +189,9 @@ class Values:
         if values.ndim < 2 or not np.all(np.isfinite(values)):
             return
         peak = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
-        same = self.channel_max is not None and self.channel_max.shape == peak.shape
-        self.channel_max = np.maximum(self.channel_max, peak) if same else peak
+        old = self.channel_max
+        same = old is not None and old.shape == peak.shape
+        self.channel_max = np.maximum(old, peak) if old is not None and same else peak
 
     def values(self) -> np.ndarray:
         """The kept subsample (float32, finite values only)."""

@@ -98,12 +98,12 @@ def channels(tensor: gs.Tensor | None) -> int | None:
     """Channel count of a layer output (from its producer's weight), None when unknown."""
     node = graph_utils.producer(tensor) if tensor is not None else None
     w = graph_utils.const_input(node, 1) if node is not None else None
-    if w is None:
+    if node is None or w is None:
         return None
     if node.op == "Conv":
         return int(w.shape[0])
     if node.op == "ConvTranspose":
-        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+        return int(w.shape[1]) * int(np.asarray(graph_utils.attr(node, "group", 1)))
     trans = node.op == "Gemm" and graph_utils.attr(node, "transB", 0)
     return int(w.shape[0] if trans else w.shape[-1])
 

@@ -77,8 +77,8 @@ class AbsorbBiasPass(Pass):
             result.skip(node, reason)
         todo = []
         for link in links:
-            if reason := _link_reason(link, self.config.padded):
-                result.skip(link.first, reason)
+            if why := _link_reason(link, self.config.padded):
+                result.skip(link.first, why)
             else:
                 todo.append(link)
         cfg = self.config
@@ -147,27 +147,35 @@ def _zero_padded(node: gs.Node) -> bool:
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
     if auto in ("SAME_UPPER", "SAME_LOWER"):
         return True
-    pads = graph_utils.attr(node, "pads", None)
+    pads = np.asarray(graph_utils.attr(node, "pads", []) or [], dtype=np.int64)
     if node.op == "AveragePool" and not graph_utils.attr(node, "count_include_pad", 0):
         return False
-    return bool(pads) and any(int(p) != 0 for p in pads)
+    return bool(np.any(pads != 0))
 
 
 def _scalar_clip(link: Link) -> float | None:
     """The smallest upper bound of the Clips on `link`'s path (None: a Min or no Clip)."""
     if not link.bounds or any(n.op != "Clip" for n in link.bounds):
         return None
-    bounds = [bound_of(n) for n in link.bounds]
-    if any(b is None for b in bounds):
+    bounds = [b for n in link.bounds if (b := bound_of(n)) is not None]
+    if len(bounds) < len(link.bounds):
         return None
     return float(min(np.min(b[1]) for b in bounds))
 
 
+def _weight(node: gs.Node) -> np.ndarray:
+    """The constant weight of a linked layer (find_links only links constant weights)."""
+    w = graph_utils.const_input(node, 1)
+    if w is None:
+        raise ValueError(f"{node.name}: linked layer without a constant weight")
+    return w
+
+
 def _absorb(graph: gs.Graph, link: Link, c: np.ndarray, keep_clip: bool) -> None:
     first, second = link.first, link.second
-    dtype = graph_utils.const_input(first, 1).dtype
+    dtype = _weight(first).dtype
     layers.set_bias(graph, first, layers.bias_of(first, link.channels) - c, dtype)
-    w2 = graph_utils.const_input(second, 1).astype(np.float64) * layers.alpha(second)
+    w2 = _weight(second).astype(np.float64) * layers.alpha(second)
     shift = layers.input_sums(second, w2, link.channels, link.block) @ c
     outs = layers.out_channels_of(second)
     layers.set_bias(graph, second, layers.bias_of(second, outs) + shift, dtype)

@@ -114,14 +114,8 @@ def _reason(node: gs.Node) -> str | None:
         return "bias is not a constant used by this node alone"
     if node.op == "Gemm" and graph_utils.attr(node, "transA", 0):
         return "Gemm with transA"
-    if (
-        node.op == "Gemm"
-        and graph_utils.const_input(node, 2) is not None
-        and (
-            graph_utils.const_input(node, 2).ndim == 2
-            and graph_utils.const_input(node, 2).shape[0] != 1
-        )
-    ):
+    bias = graph_utils.const_input(node, 2) if node.op == "Gemm" else None
+    if bias is not None and bias.ndim == 2 and bias.shape[0] != 1:
         return "Gemm bias varies over rows"
     return None
 
@@ -139,6 +133,8 @@ def correct(
     its quantization MSE (so qdq's min/max lands there) and eps includes the clipping.
     """
     weight = graph_utils.const_input(node, 1)
+    if weight is None:
+        return None
     features = layers.in_features_of(node, weight)
     mean = np.asarray(mean, np.float64).reshape(-1)
     if mean.size != features:

@@ -191,11 +191,19 @@ def _partial(links: list[Link], state: _State, strength: float, fits: list | Non
     return fresh
 
 
+def _weight(node: gs.Node) -> np.ndarray:
+    """The constant weight of a linked layer (find_links only links constant weights)."""
+    w = graph_utils.const_input(node, 1)
+    if w is None:
+        raise ValueError(f"{node.name}: linked layer without a constant weight")
+    return w
+
+
 def _load(links: list[Link]) -> _State:
     weight, bias = {}, {}
     for link in links:
         for node in (link.first, *(r.node for r in link.readers)):
-            weight[node.name] = graph_utils.const_input(node, 1).astype(np.float64)
+            weight[node.name] = _weight(node).astype(np.float64)
         bias[link.first.name] = layers.bias_of(link.first, link.channels)
     return _State(weight, bias, [np.ones(link.channels) for link in links])
 
@@ -242,9 +250,9 @@ def _scale_readers(link: Link, weight: dict[str, np.ndarray], s: np.ndarray) -> 
 
 def _store(graph: gs.Graph, link: Link, state: _State, k: int, ctx: PassContext) -> None:
     for node in (link.first, *(r.node for r in link.readers)):
-        dtype = graph_utils.const_input(node, 1).dtype
+        dtype = _weight(node).dtype
         graph_utils.set_const_input(graph, node, 1, state.weight[node.name].astype(dtype))
-    dtype = graph_utils.const_input(link.first, 1).dtype
+    dtype = _weight(link.first).dtype
     layers.set_bias(graph, link.first, state.bias[link.first.name], dtype)
     name = link.first.outputs[0].name
     if name in ctx.stats:
@@ -281,9 +289,9 @@ def _notes(
     layer_nodes = graph_utils.nodes_of(graph, ("Conv", "Gemm", "MatMul"))
     covered = {n.name for link in links for n in (link.first, *(r.node for r in link.readers))}
     size = {
-        n.name: int(np.size(graph_utils.const_input(n, 1)))
+        n.name: int(np.size(w))
         for n in layer_nodes
-        if graph_utils.const_input(n, 1) is not None
+        if (w := graph_utils.const_input(n, 1)) is not None
     }
     total = max(sum(size.values()), 1)
     return {

@@ -161,6 +161,9 @@ def compensate(
             continue
         gone = ~keep[b.inp]
         rows = _summed_rows(b)
+        if rows is None:
+            missed.append(b.node.name)
+            continue
         delta = rows[gone].T @ moments[b.inp][0][gone]
         if _add_bias(cg.graph, b, delta):
             done += 1
@@ -169,12 +172,20 @@ def compensate(
     return done, missed
 
 
-def _summed_rows(b: Binding) -> np.ndarray:
+def _summed_rows(b: Binding) -> np.ndarray | None:
     """Per input channel, its weights summed over kernel positions: [inputs, outputs]."""
     if b.kind != "conv":
         return input_rows(b)
-    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    w = _weight(b.node)
     return w.sum(axis=tuple(range(2, w.ndim))).T
+
+
+def _weight(node: gs.Node) -> np.ndarray:
+    """The constant weight (input 1) of a bound layer, float64 (bindings have one)."""
+    w = graph_utils.const_input(node, 1)
+    if w is None:
+        raise ValueError(f"{node.name}: layer weight is not a constant")
+    return w.astype(np.float64)
 
 
 def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
@@ -182,10 +193,13 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
     node = b.node
     if b.kind == "matmul":
         return add_to_following(graph, node, delta)
-    dtype = graph_utils.const_input(node, 1).dtype
+    weight = graph_utils.const_input(node, 1)
+    if weight is None:
+        return False
+    dtype = weight.dtype
     bias = graph_utils.const_input(node, 2)
     if b.kind == "gemm":
-        beta = float(graph_utils.attr(node, "beta", 1.0))
+        beta = float(np.asarray(graph_utils.attr(node, "beta", 1.0)))
         if bias is not None and (bias.size != delta.size or beta == 0.0):
             return False
         base = np.zeros_like(delta) if bias is None else bias.astype(np.float64).reshape(-1)

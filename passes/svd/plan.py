@@ -128,7 +128,7 @@ def _candidate(
     """
     facts, spectra = {}, {}
     cov, mean = stats.get(layer.input_name, (None, None))
-    if cov is not None and config.correct_mean:
+    if cov is not None and mean is not None and config.correct_mean:
         cov = cov - np.outer(mean, mean)
     for mode, form in layer.forms.items():
         white = _whitener_for(cov, layer, form.matrix.shape[0])

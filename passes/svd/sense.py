@@ -94,8 +94,8 @@ def _trials(
     for rank in _probe_ranks(cand, mode):
         p, q = cand.facts[mode].factors(rank)
         trial = {weight_name(cand): matrix_to_weight(cand.layer, mode, p @ q)}
-        if shift_name:
-            shift = mean_shift(cand, mode, p, q)
+        shift = mean_shift(cand, mode, p, q) if shift_name else None
+        if shift is not None:
             trial[shift_name] = shift.reshape(shift_shape(cand)).astype(cand.layer.weight.dtype)
         out.append((trial, cand.facts[mode].tail(rank)))
     return out
@@ -125,7 +125,7 @@ def mean_shift(cand: Candidate, mode: str, p: np.ndarray, q: np.ndarray) -> np.n
     if mode == "spatial":
         shift = shift.reshape(cand.layer.weight.shape[0], -1).sum(axis=1)
     if cand.layer.kind == "gemm":
-        shift = shift * float(graph_utils.attr(cand.layer.node, "alpha", 1.0))
+        shift = shift * float(np.asarray(graph_utils.attr(cand.layer.node, "alpha", 1.0)))
     return shift
 
 
