@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 DEFAULT_DATA_FREE = "synthetic"
-PRIORS = inputs.PRIORS  # synthetic inputs: 1/f natural-image-like or N(0, 1)
+PRIORS = inputs.PRIORS  # synthetic inputs: 1/f^2 natural-image-like or N(0, 1)
 DEFAULT_PRIOR = inputs.DEFAULT_PRIOR
 
 

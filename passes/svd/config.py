@@ -29,7 +29,7 @@ class SvdConfig:
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
     energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
     samples: int = fields.SYNTHETIC_SAMPLES  # inputs used for statistics (calibration or synthetic)
-    prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^1.5) | normal
+    prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^2) | normal
     probe_samples: int = 16  # inputs per sensitivity run
     overrides: tuple[str, ...] = ()  # "glob:skip", "glob:rank=32", "glob:energy=0.9", ...
     seed: int = 0

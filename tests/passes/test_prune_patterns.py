@@ -118,7 +118,9 @@ def test_data_free_refit_on_noise_lowers_the_error_on_that_noise(seed):
     ref = graphs.run(model, feeds)[0]
     errors = {}
     for refit in (False, True):
-        out, record = prune(model, ratio=0.5, round_to=1, prior="normal", reconstruct=refit)
+        out, record = prune(
+            model, ratio=0.5, round_to=1, prior="normal", samples=256, reconstruct=refit
+        )
         assert record.result.notes["reconstructed"] == (2 if refit else 0)
         errors[refit] = float(np.mean((graphs.run(out, feeds)[0] - ref) ** 2))
     assert errors[True] < errors[False]
