@@ -33,28 +33,15 @@ def source(
     return inputs.Source(ctx.calibration, prior, samples, seed, ctx.input_shapes, limit=samples)
 
 
-def probe_feeds(
-    model: onnx.ModelProto,
-    ctx: PassContext,
-    samples: int,
-    seed: int,
-    batch: int = BATCH,
-    prior: str = inputs.DEFAULT_PRIOR,
-) -> tuple[list[Feeds], str]:
-    """The batches of `source(...)` kept as a list (probe runs reuse them), and its label."""
-    src = source(ctx, samples, seed, prior)
-    return list(src.batches(model, batch)), src.label
-
-
 def observed_shapes(
     model: onnx.ModelProto, ctx: PassContext, seed: int, prior: str = inputs.DEFAULT_PRIOR
 ) -> dict[str, list[int]]:
     """Shapes of the inputs and outputs of every MAC-counted node, from one real run.
 
     Shape inference cannot always see through computed pads or reshapes; one sample
-    through onnxruntime always can (dynamic dims as in `probe_feeds`, batch 1).
+    through onnxruntime always can (dynamic dims as in `source`, batch 1).
     """
-    feeds, _ = probe_feeds(model, ctx, 1, seed, batch=1, prior=prior)
+    feeds = [next(source(ctx, 1, seed, prior).batches(model, 1))]
     inits = {i.name for i in model.graph.initializer}
     names = {
         name

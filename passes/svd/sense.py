@@ -68,7 +68,8 @@ def measure(
         return "relative energy per layer (no weight could be probed)"
     affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
     samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
-    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, samples, prior)
+    src = svd_probe.source(ctx, samples, seed, prior)
+    feeds, source = list(src.batches(model, samples)), src.label  # kept: every trial reuses them
     errors = svd_probe.output_errors(model, base, shifts, trials, feeds)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
