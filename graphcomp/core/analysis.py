@@ -178,7 +178,7 @@ def _fold(model: onnx.ModelProto) -> onnx.ModelProto | None:
         graph = gs.import_onnx(model)
         if not simplify.fold_constants(graph):
             return None
-        folded = gs.export_onnx(graph)
+        folded = model_io.export(graph)
     except Exception:  # noqa: BLE001 - best effort, as shape inference itself
         return None
     del folded.graph.value_info[:]

@@ -185,10 +185,28 @@ def save(
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def to_model(graph: gs.Graph) -> onnx.ModelProto:
-    """A runnable ModelProto of the graph as it is now (the graph is not modified)."""
+def ir_version_for(model: onnx.ModelProto, floor: int = 0) -> int:
+    """The IR version an exported model gets: the one rule for every export.
+
+    At least `floor` (the original model's, when the caller keeps it), the graph's own
+    and what its opsets need; at most what the installed onnx writes.
+    """
+    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
+    return min(max(floor, model.ir_version, needed), onnx.IR_VERSION)
+
+
+def export(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:
+    """`graph` as a ModelProto as it stands (no cleanup), IR version by `ir_version_for`."""
+    model = gs.export_onnx(graph, do_type_check=False)
+    model.ir_version = ir_version_for(model, ir_floor)
+    return model
+
+
+def to_model(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:
+    """A runnable ModelProto of the graph as it is now (the graph is not modified).
+
+    A copy is cleaned (graph inputs kept) and sorted, then exported by `export`.
+    """
     copy = graph.copy()
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
-    model = gs.export_onnx(copy, do_type_check=False)
-    model.ir_version = min(model.ir_version, onnx.IR_VERSION)
-    return model
+    return export(copy, ir_floor)

@@ -1,22 +1,41 @@
-"""Run the float model in onnxruntime and read intermediate tensors.
+"""Run the float model in onnxruntime and reduce the tensors a step asks for.
 
-The one shared mechanism for every step that measures activations: calibration
-ranges (qdq), empirical statistics (dfq, prune compensation), activation-aware
-factorization (svd). Feeds come from the user's `--calibration-data` or from seeded
-synthetic inputs (N(0, 1) floats), in batches.
+The one collection mechanism for every step that measures activations: calibration
+ranges (qdq, dfq), per-channel statistics (graphcomp.measure.stats, dfq input means,
+prune compensation), least-squares refits (prune reconstruct), input covariances and
+sensitivity runs (svd). Inputs come from a `graphcomp.measure.inputs.Source`.
+
+`collect(model, reducers, source, batch)` builds one onnxruntime session for the model
+and the set of tensor names, runs it batch by batch and hands each batch's value of a
+tensor to its reducer, which keeps only running sums: memory does not grow with the
+number of samples. Reducers here:
+- `Moments(axis)`: per-channel mean and std (3 float64 arrays of C values);
+- `Covariance(axis)`: E[x x^T] and E[x] per channel (C x C + C float64);
+- `Values(seed)`: exact min/max, max |x| per index of the last axis, and a seeded
+  subsample of at most `max_values` values for percentile / mse ranges.
+A step with its own reduction (prune's Gram matrices) passes any object with
+`add(value)`. Tensors that are graph inputs are read from the feeds, not the session.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 import onnx
 
-from graphcomp.core.errors import ConfigError
 from graphcomp.measure import inputs
 
-Feeds = dict[str, np.ndarray]
+Feeds = inputs.Feeds
+MAX_VALUES = 1 << 19  # values kept per tensor by `Values` for percentile / mse
+PER_BATCH = 1 << 16  # values drawn per tensor from each batch by `Values`
+
+
+class Reducer(Protocol):
+    """Takes one batch's value of a tensor at a time."""
+
+    def add(self, value: np.ndarray) -> None: ...  # noqa: D102
 
 
 def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProto:
@@ -31,145 +50,168 @@ def with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelProt
     return extra
 
 
+class Runner:
+    """One onnxruntime session of `model` that returns the tensors `names` (and outputs)."""
+
+    def __init__(self, model: onnx.ModelProto, names: Iterable[str] = ()) -> None:
+        graph_inputs = {a.name for a in inputs.input_args(model)}
+        self.names = [n for n in dict.fromkeys(names) if n not in graph_inputs]
+        self.session = inputs.session(with_outputs(model, self.names) if self.names else model)
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, feeds: Feeds, names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Values of `names` (default: the names asked for) on one batch of `feeds`."""
+        wanted = self.names if names is None else names
+        inner = [n for n in wanted if n not in feeds]
+        got = dict(zip(inner, self.session.run(inner, feeds), strict=True)) if inner else {}
+        return {n: feeds[n] if n in feeds else got[n] for n in wanted}
+
+
+def collect(
+    model: onnx.ModelProto,
+    reducers: Mapping[str, Reducer] | Mapping[str, Sequence[Reducer]],
+    source: inputs.Source | Sequence[Feeds],
+    batch: int = inputs.BLOCK,
+) -> None:
+    """Run `model` on `source` (or on batches already made) in batches of `batch`.
+
+    Each batch's value of a tensor goes to its reducer(s).
+    """
+    if not reducers:
+        return
+    names = list(reducers)
+    runner = Runner(model, names)
+    batches = source.batches(model, batch) if isinstance(source, inputs.Source) else source
+    for feeds in batches:
+        values = runner(feeds, names)
+        for name in names:
+            todo = reducers[name]
+            for reducer in [todo] if hasattr(todo, "add") else todo:
+                reducer.add(values[name])
+
+
 def intermediates(model: onnx.ModelProto, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
     """Values of the tensors `names` for one batch of `feeds`."""
-    sess = inputs.session(with_outputs(model, names))
-    return dict(zip(names, sess.run(names, feeds), strict=True))
+    return Runner(model, names)(feeds, names)
 
 
-def stream(
-    model: onnx.ModelProto, names: list[str], batches: Iterable[Feeds]
-) -> Iterator[dict[str, np.ndarray]]:
-    """Values of `names` batch by batch (one session for all batches)."""
-    sess = inputs.session(with_outputs(model, names))
-    for feeds in batches:
-        yield dict(zip(names, sess.run(names, feeds), strict=True))
+def _channels_first(value: np.ndarray, axis: int) -> np.ndarray:
+    """float64 view [channels, everything else] of `value` (axis 0 for 1-D values)."""
+    x = np.moveaxis(np.asarray(value, dtype=np.float64), axis if value.ndim > 1 else 0, 0)
+    return x.reshape(x.shape[0], -1)
 
 
-def input_specs(model: onnx.ModelProto) -> list[tuple[str, str, list[int | str]]]:
-    """(name, ORT type, dims) of each real graph input (initializers excluded)."""
-    sess = inputs.session(model)
-    return [(a.name, a.type, list(a.shape)) for a in sess.get_inputs()]
+class Moments:
+    """Running per-channel sum, sum of squares and count (channels on `axis`)."""
+
+    def __init__(self, axis: int = 1) -> None:
+        self.axis = axis
+        self.s1: np.ndarray | None = None
+        self.s2: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, value: np.ndarray) -> None:  # noqa: D102
+        x = _channels_first(value, self.axis)
+        if self.s1 is None or self.s2 is None:
+            self.s1, self.s2 = np.zeros(x.shape[0]), np.zeros(x.shape[0])
+        self.s1 += x.sum(axis=1)
+        self.s2 += (x * x).sum(axis=1)
+        self.count += x.shape[1]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mean, std) per channel, None before any value."""
+        if self.s1 is None or self.s2 is None or self.count == 0:
+            return None
+        mean = self.s1 / self.count
+        return mean, np.sqrt(np.maximum(self.s2 / self.count - mean**2, 0.0))
 
 
-def synthetic_feeds(
-    model: onnx.ModelProto,
-    n: int = 64,
-    seed: int = 0,
-    input_shapes: dict[str, list[int]] | None = None,
-    batch: int = 32,
-) -> list[Feeds]:
-    """Seeded N(0, 1) inputs, `n` samples in batches of `batch` (dynamic dims as verify)."""
-    sess = inputs.session(model)
-    out, done = [], 0
-    while done < n:
-        size = min(batch, n - done)
-        shapes = dict(input_shapes or {})
-        feeds = inputs.make_inputs(
-            sess, {k: [size, *v[1:]] for k, v in shapes.items()}, seed=seed + done, batch=size
-        )
-        out.append(feeds)
-        done += size
-    return out
+class Covariance:
+    """Running E[x x^T] and E[x] over channels on `axis` (every other axis is a sample)."""
+
+    def __init__(self, axis: int) -> None:
+        self.axis = axis
+        self.xx: np.ndarray | None = None
+        self.x: np.ndarray | None = None
+        self.count = 0
+
+    def add(self, value: np.ndarray) -> None:  # noqa: D102
+        x = np.moveaxis(np.asarray(value, dtype=np.float64), self.axis, -1)
+        x = x.reshape(-1, x.shape[-1])
+        self.xx = x.T @ x if self.xx is None else self.xx + x.T @ x
+        self.x = x.sum(axis=0) if self.x is None else self.x + x.sum(axis=0)
+        self.count += x.shape[0]
+
+    def result(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(E[x x^T], E[x]), None before any value."""
+        if self.xx is None or self.x is None:
+            return None
+        return self.xx / max(self.count, 1), self.x / max(self.count, 1)
 
 
-def calibration_feeds(
-    model: onnx.ModelProto, data: dict[str, np.ndarray], batch: int = 32
-) -> list[Feeds]:
-    """Split the user's samples (input name -> array, samples on axis 0) into batches."""
-    names = [name for name, _, _ in input_specs(model)]
-    missing = [n for n in names if n not in data]
-    if missing:
-        raise ConfigError(
-            f"calibration data has no array for input(s) {missing}; it has {sorted(data)}"
-        )
-    count = min(len(data[n]) for n in names)
-    if count == 0:
-        raise ConfigError("calibration data is empty")
-    return [
-        {n: np.ascontiguousarray(data[n][i : i + batch]) for n in names}
-        for i in range(0, count, batch)
-    ]
+class Values:
+    """Exact min/max, per-last-axis max |x|, and a seeded subsample of the values seen."""
 
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        per_batch: int = PER_BATCH,
+        max_values: int | None = MAX_VALUES,
+    ) -> None:
+        self.rng, self.per_batch, self.max_values = rng, per_batch, max_values
+        self.lo, self.hi, self.count = np.inf, -np.inf, 0
+        self.kept: list[np.ndarray] = []
+        self.channel_max: np.ndarray | None = None
 
-def feeds_for(
-    model: onnx.ModelProto,
-    calibration: dict[str, np.ndarray] | None,
-    n: int = 64,
-    seed: int = 0,
-    input_shapes: dict[str, list[int]] | None = None,
-) -> tuple[list[Feeds], str]:
-    """Calibration batches when given, else synthetic ones; with the source's name."""
-    if calibration is not None:
-        return calibration_feeds(model, calibration), "calibration"
-    return synthetic_feeds(model, n, seed, input_shapes), "synthetic"
+    def add(self, value: np.ndarray) -> None:  # noqa: D102
+        values = np.asarray(value, dtype=np.float32)
+        flat = values.ravel()
+        if flat.size == 0:
+            return
+        self._track_channels(values)
+        finite = flat[np.isfinite(flat)]
+        if finite.size < flat.size:  # an infinite value: the range is unusable
+            self.lo, self.hi = -np.inf, np.inf
+        if finite.size:
+            self.lo = min(self.lo, float(finite.min()))
+            self.hi = max(self.hi, float(finite.max()))
+        full = self.max_values is not None and self.count >= self.max_values
+        if finite.size and not full:
+            take = (
+                finite
+                if finite.size <= self.per_batch
+                else self.rng.choice(finite, self.per_batch, replace=False)
+            )
+            self.kept.append(take)
+            self.count += take.size
+
+    def _track_channels(self, values: np.ndarray) -> None:
+        if values.ndim < 2 or not np.all(np.isfinite(values)):
+            return
+        peak = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
+        old = self.channel_max
+        same = old is not None and old.shape == peak.shape
+        self.channel_max = np.maximum(old, peak) if old is not None and same else peak
+
+    def values(self) -> np.ndarray:
+        """The kept subsample (float32, finite values only)."""
+        return np.concatenate(self.kept) if self.kept else np.zeros(0, np.float32)
+
+    def channel_spread(self) -> float:
+        """Largest channel's max |x| over the median channel's (channels: last axis)."""
+        if self.channel_max is None or self.channel_max.size < 2:
+            return 1.0
+        median = float(np.median(self.channel_max))
+        return float(self.channel_max.max()) / median if median > 0 else np.inf
 
 
 def channel_moments(
-    model: onnx.ModelProto, names: list[str], batches: Iterable[Feeds], axis: int = 1
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per-channel mean and std (over every axis but `axis`) of each tensor in `names`."""
-    sums: dict[str, list[np.ndarray]] = {}
-    for values in stream(model, names, batches):
-        for name, v in values.items():
-            x = np.moveaxis(np.asarray(v, dtype=np.float64), axis if v.ndim > 1 else 0, 0)
-            x = x.reshape(x.shape[0], -1)
-            acc = sums.setdefault(name, [np.zeros(x.shape[0]), np.zeros(x.shape[0]), np.zeros(1)])
-            acc[0] += x.sum(axis=1)
-            acc[1] += (x * x).sum(axis=1)
-            acc[2] += x.shape[1]
-    out = {}
-    for name, (s1, s2, count) in sums.items():
-        mean = s1 / count
-        out[name] = (mean, np.sqrt(np.maximum(s2 / count - mean**2, 0.0)))
-    return out
-
-
-def smooth_feeds(
     model: onnx.ModelProto,
-    n: int = 64,
-    seed: int = 0,
-    input_shapes: dict[str, list[int]] | None = None,
-    batch: int = 32,
-    exponent: float = 1.5,
-    channel_corr: float = 0.9,
-) -> list[Feeds]:
-    """Seeded natural-image-like inputs: 1/f^exponent noise on the last two axes.
-
-    Float inputs of rank >= 3 get, per sample and channel, random-phase noise whose
-    amplitude spectrum falls as 1/f^exponent, scaled to zero mean and unit std over
-    the batch, so spatial correlations resemble photos while the marginal stays
-    N(0, 1)-like; with several channels (rank 4), each channel mixes a shared field
-    (weight channel_corr) with its own (RGB channels of photos correlate strongly).
-    Other inputs are as `synthetic_feeds`. The defaults (1.5, 0.9) gave the closest
-    per-layer statistics to real images on the zoo and on an ImageNet CNN
-    (scripts/dfq_study.py).
-    """
-    out = synthetic_feeds(model, n, seed, input_shapes, batch)
-    rng = np.random.default_rng(seed + 7919)
-    for feeds in out:
-        for name, value in feeds.items():
-            if value.ndim >= 3 and np.issubdtype(value.dtype, np.floating):
-                feeds[name] = _field(rng, value.shape, exponent, channel_corr).astype(value.dtype)
-    return out
-
-
-def _field(
-    rng: np.random.Generator, shape: tuple[int, ...], exponent: float, channel_corr: float
-) -> np.ndarray:
-    own = _pink(rng, shape, exponent)
-    if len(shape) != 4 or shape[1] < 2 or channel_corr <= 0.0:
-        return own
-    shared = _pink(rng, (shape[0], 1, *shape[2:]), exponent)
-    return np.sqrt(channel_corr) * shared + np.sqrt(1.0 - channel_corr) * own
-
-
-def _pink(rng: np.random.Generator, shape: tuple[int, ...], exponent: float) -> np.ndarray:
-    h, w = shape[-2], shape[-1]
-    fy = np.fft.fftfreq(h)[:, None]
-    fx = np.fft.rfftfreq(w)[None, :]
-    radius = np.sqrt(fy * fy + fx * fx)
-    amplitude = 1.0 / np.maximum(radius, 1.0 / max(h, w)) ** exponent
-    phase = rng.uniform(0.0, 2.0 * np.pi, (*shape[:-2], h, fx.shape[1]))
-    noise = np.fft.irfft2(amplitude * np.exp(1j * phase), s=(h, w))
-    return (noise - noise.mean()) / max(float(noise.std()), 1e-12)
+    axes: Mapping[str, int],
+    source: inputs.Source | Sequence[Feeds],
+    batch: int = inputs.BLOCK,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-channel (mean, std) over every axis but `axes[name]` of each tensor, one run."""
+    reducers = {name: Moments(axis) for name, axis in axes.items()}
+    collect(model, reducers, source, batch)
+    return {n: got for n, r in reducers.items() if (got := r.result()) is not None}

@@ -32,16 +32,15 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import ChannelStats, PassContext
-from graphcomp.measure import analytic, normal, observe
+from graphcomp.measure import analytic, inputs, normal, observe
+from graphcomp.measure.fields import METHODS, SYNTHETIC_SAMPLES
 
 log = logging.getLogger(__name__)
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-METHODS = ("auto", "data-free", "bn", "analytic", "synthetic", "calibration")
 DEFAULT_DATA_FREE = "synthetic"
-PRIORS = ("normal", "smooth")  # synthetic inputs: white N(0, 1) or 1/f natural-image-like
-DEFAULT_PRIOR = "smooth"
-SYNTHETIC_SAMPLES = 64
+PRIORS = inputs.PRIORS  # synthetic inputs: 1/f^2 natural-image-like or N(0, 1)
+DEFAULT_PRIOR = inputs.DEFAULT_PRIOR
 
 
 def layer_outputs(graph: gs.Graph) -> dict[str, int]:
@@ -83,16 +82,8 @@ def estimate(
     if source == "analytic":
         out.update(analytic.propagate(graph, ctx, rest))
     else:
-        out.update(
-            _measure(
-                graph,
-                ctx,
-                rest,
-                axes,
-                source,
-                feeds(model_io.to_model(graph), ctx, source, samples, seed, prior),
-            )
-        )
+        src = measure_source(ctx, source, samples, seed, prior)
+        out.update(_measure(graph, rest, axes, src))
     return out
 
 
@@ -100,12 +91,12 @@ def channels(tensor: gs.Tensor | None) -> int | None:
     """Channel count of a layer output (from its producer's weight), None when unknown."""
     node = graph_utils.producer(tensor) if tensor is not None else None
     w = graph_utils.const_input(node, 1) if node is not None else None
-    if w is None:
+    if node is None or w is None:
         return None
     if node.op == "Conv":
         return int(w.shape[0])
     if node.op == "ConvTranspose":
-        return int(w.shape[1]) * int(graph_utils.attr(node, "group", 1))
+        return int(w.shape[1]) * int(np.asarray(graph_utils.attr(node, "group", 1)))
     trans = node.op == "Gemm" and graph_utils.attr(node, "transB", 0)
     return int(w.shape[0] if trans else w.shape[-1])
 
@@ -120,32 +111,31 @@ def _data_source(method: str, ctx: PassContext) -> str:
     return "calibration" if ctx.calibration is not None else DEFAULT_DATA_FREE
 
 
+def measure_source(
+    ctx: PassContext, source: str, samples: int, seed: int, prior: str
+) -> inputs.Source:
+    """The inputs of a measured source: the user's samples ("calibration") or a prior."""
+    if source == "calibration":
+        return inputs.Source(data=ctx.calibration or {})
+    return inputs.Source(
+        prior=inputs.canonical_prior(prior), samples=samples, seed=seed, shapes=ctx.input_shapes
+    )
+
+
 def feeds(
     model: onnx.ModelProto, ctx: PassContext, source: str, samples: int, seed: int, prior: str
 ) -> list[observe.Feeds]:
-    """Input batches of a measured source: the user's samples or seeded synthetic ones."""
-    if source == "calibration":
-        return observe.calibration_feeds(model, ctx.calibration or {})
-    if prior not in PRIORS:
-        raise ConfigError(f"unknown synthetic prior '{prior}'; choose from {PRIORS}")
-    if prior == "smooth":
-        return observe.smooth_feeds(model, samples, seed, ctx.input_shapes)
-    return observe.synthetic_feeds(model, samples, seed, ctx.input_shapes)
+    """Input batches of a measured source, as a list (for callers that keep them)."""
+    return list(measure_source(ctx, source, samples, seed, prior).batches(model))
 
 
 def _measure(
-    graph: gs.Graph,
-    ctx: PassContext,
-    names: list[str],
-    axes: dict[str, int],
-    source: str,
-    batches: list[observe.Feeds],
+    graph: gs.Graph, names: list[str], axes: dict[str, int], src: inputs.Source
 ) -> dict[str, ChannelStats]:
-    """Run the float model (as it is now) on the given batches."""
+    """Run the float model (as it is now) on `src`, one session for every tensor."""
     model = model_io.to_model(graph)
-    out: dict[str, ChannelStats] = {}
-    for axis in sorted(set(axes[n] for n in names)):
-        group = [n for n in names if axes[n] == axis]
-        for name, (mean, std) in observe.channel_moments(model, group, batches, axis).items():
-            out[name] = ChannelStats(mean, np.maximum(std, normal.MIN_STD), source)
-    return out
+    found = observe.channel_moments(model, {n: axes[n] for n in names}, src)
+    return {
+        name: ChannelStats(mean, np.maximum(std, normal.MIN_STD), src.label)
+        for name, (mean, std) in found.items()
+    }

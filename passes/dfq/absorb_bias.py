@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import ChannelStats, Pass, PassContext, PassResult
+from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import layers as layers
 from graphcomp.passes.dfq.bounds import write_bounds
@@ -55,12 +56,7 @@ class AbsorbBiasConfig:
             raise ConfigError(f"k must be >= 0, got {self.k}")
         if self.clip not in ("per-channel", "stats"):
             raise ConfigError(f"clip must be 'per-channel' or 'stats', got '{self.clip}'")
-        if self.stats not in channel_stats.METHODS:
-            raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
-        if self.samples < 1:
-            raise ConfigError(f"samples must be >= 1, got {self.samples}")
-        if self.prior not in channel_stats.PRIORS:
-            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
+        fields.check(self)
 
 
 class AbsorbBiasPass(Pass):

@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import input_means as stats_inputs
 from graphcomp.passes.dfq import layers as layers
@@ -50,14 +51,9 @@ class BiasCorrectConfig:
     def __post_init__(self) -> None:
         if self.bits not in quant.BITS:
             raise ConfigError(f"bits must be one of {quant.BITS}, got {self.bits}")
-        if self.stats not in channel_stats.METHODS:
-            raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
-        if self.samples < 1:
-            raise ConfigError(f"samples must be >= 1, got {self.samples}")
+        fields.check(self)
         if self.weight_range not in WEIGHT_RANGES:
             raise ConfigError(f"weight_range must be one of {WEIGHT_RANGES}")
-        if self.prior not in channel_stats.PRIORS:
-            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
 
     def spec(self, node: gs.Node) -> quant.QuantSpec:
         """The qdq weight quantizer of `node` (output-channel axis when per-channel)."""

@@ -34,6 +34,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import ChannelStats, Pass, PassContext, PassResult
+from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import layers as layers
 from graphcomp.passes.dfq.bounds import write_bounds
@@ -78,13 +79,9 @@ class EqualizeConfig:
             raise ConfigError(f"tol must be in (0, 1), got {self.tol}")
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"strength must be in (0, 1], got {self.strength}")
-        if not self.clip_k > 0.0 or self.samples < 1:
-            raise ConfigError("clip_k must be > 0 and samples >= 1")
-        if self.stats not in channel_stats.METHODS or self.prior not in channel_stats.PRIORS:
-            raise ConfigError(
-                f"stats must be one of {channel_stats.METHODS} and prior one of "
-                f"{channel_stats.PRIORS}"
-            )
+        if not self.clip_k > 0.0:
+            raise ConfigError("clip_k must be > 0")
+        fields.check(self)
 
 
 @dataclasses.dataclass

@@ -75,9 +75,10 @@ def pushed_mean(node: gs.Node, known: dict[str, ChannelStats]) -> np.ndarray | N
         if prev.op in ACTIVATIONS and act is None:
             act = prev
         elif prev.op == "Flatten" and block == 1:
-            block = _block(prev)
-            if block is None:
+            found = _block(prev)
+            if found is None:
                 return None
+            block = found
         elif prev.op not in MEAN_PRESERVING or (prev.op == "Pad" and not _zero_pad(prev)):
             return None
         tensor = prev.inputs[0]
@@ -93,7 +94,8 @@ def _block(flat: gs.Node) -> int | None:
     shape = flat.inputs[0].shape
     if shape is None or any(not isinstance(d, int) for d in shape[2:]):
         return None
-    return int(np.prod(shape[2:])) if int(graph_utils.attr(flat, "axis", 1)) == 1 else None
+    axis = int(np.asarray(graph_utils.attr(flat, "axis", 1)))
+    return int(np.prod(shape[2:])) if axis == 1 else None
 
 
 def _measured(
@@ -111,14 +113,7 @@ def _measured(
         else "synthetic"
     )
     model = model_io.to_model(graph)
-    batches = stats.feeds(model, ctx, source, samples, seed, prior)
-    out: dict[str, tuple[np.ndarray, str]] = {}
-    for axis in (1, -1):
-        group = [n for n in nodes if (n.op == "MatMul") == (axis == -1)]
-        names = sorted({n.inputs[0].name for n in group})
-        if not names:
-            continue
-        moments = observe.channel_moments(model, names, batches, axis)
-        for node in group:
-            out[node.name] = (moments[node.inputs[0].name][0], source)
-    return out
+    src = stats.measure_source(ctx, source, samples, seed, prior)
+    axes = {n.inputs[0].name: -1 if n.op == "MatMul" else 1 for n in nodes}
+    moments = observe.channel_moments(model, axes, src)
+    return {n.name: (moments[n.inputs[0].name][0], source) for n in nodes}

@@ -23,13 +23,15 @@ percentile of the observed values).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from graphcomp.core import graph_utils, quant
 from graphcomp.core.pass_base import ChannelStats
-from graphcomp.measure import normal, observe
+from graphcomp.measure import inputs, normal, observe
 
 Range = tuple[float, float, str]
 KEEP = ("MaxPool", "AveragePool", "Identity", "Dropout", "Pad")
@@ -170,23 +172,17 @@ def _through(node: gs.Node, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray,
 def measured_ranges(
     model: onnx.ModelProto,
     names: list[str],
-    batches: list[observe.Feeds],
+    batches: Sequence[observe.Feeds] | inputs.Source,
     percentile: float,
     source: str,
 ) -> dict[str, Range]:
     """(lo, hi) per tensor: the `percentile` range of its values on `batches` (subsampled)."""
-    rng = np.random.default_rng(0)
-    kept: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for values in observe.stream(model, names, batches):
-        for name, value in values.items():
-            flat = np.asarray(value, np.float32).ravel()
-            flat = flat[np.isfinite(flat)]
-            if flat.size > PER_BATCH:
-                flat = rng.choice(flat, PER_BATCH, replace=False)
-            kept[name].append(flat)
+    rng = np.random.default_rng(0)  # one generator, drawn tensor by tensor, batch by batch
+    samplers = {n: observe.Values(rng, per_batch=PER_BATCH) for n in dict.fromkeys(names)}
+    observe.collect(model, samplers, batches)
     out: dict[str, Range] = {}
-    for name, parts in kept.items():
-        values = np.concatenate(parts) if parts else np.zeros(0)
+    for name, sampler in samplers.items():
+        values = sampler.values()
         if values.size:
             lo, hi = quant.percentile(values, percentile)
             out[name] = (lo, hi, f"{source}:percentile({percentile:g})")

@@ -11,7 +11,7 @@ else that consumer is left uncompensated (noted). ConvTranspose is not compensat
 
 E[x_i] and E[x_i^2] per channel come from running the float model (onnxruntime) on
 the user's calibration samples when given, else on seeded synthetic inputs (the
-source graphcomp.measure.stats uses, here shaped as smooth noise); where a BatchNormalization
+source graphcomp.measure.stats uses, the "smooth" prior by default); where a BatchNormalization
 (kept in the graph or folded by fold-bn) describes the layer before an activation, its
 (beta, |gamma|) pushed through the activation gives the mean (statistics of the real
 training data) while the spread stays measured: on EfficientNet-Lite0 the BN means
@@ -29,7 +29,7 @@ import onnx_graphsurgeon as gs
 
 from graphcomp.core import graph_utils, model_io
 from graphcomp.core.pass_base import ChannelStats, PassContext
-from graphcomp.measure import normal, observe
+from graphcomp.measure import inputs, normal, observe
 from graphcomp.passes.prune.groups import Binding, ChannelGraph
 from graphcomp.passes.prune.score import Moments, input_rows
 
@@ -48,10 +48,6 @@ POOLING = (
     "ReduceMean",
 )
 MAX_WALK = 16
-PRIORS = ("smooth", "white")
-SMOOTH_ALPHA = 2.0  # measured on EfficientNet-Lite0: 1/f^2 beat white, 1/f^0.5 .. 1/f^1.5
-MIN_SIDE = 8  # smaller images (or non-images) keep white noise
-TINY = 1e-8
 
 
 def consumer_spaces(cg: ChannelGraph) -> list[str]:
@@ -66,32 +62,30 @@ def consumer_spaces(cg: ChannelGraph) -> list[str]:
 
 
 def measure(
-    cg: ChannelGraph, ctx: PassContext, names: list[str], prior: str = "smooth"
+    cg: ChannelGraph,
+    ctx: PassContext,
+    names: list[str],
+    prior: str = inputs.DEFAULT_PRIOR,
+    samples: int = SAMPLES,
+    seed: int = 0,
 ) -> tuple[Moments, str]:
     """(mean, E[x^2]) per channel of the spaces `names`, and the source used.
 
-    Without calibration data the float model runs on seeded noise: "white" N(0, 1), or
-    "smooth": each image plane filtered to an amplitude spectrum ~ 1/f^2 and
-    standardized (natural images are spatially correlated; white noise excites edge
-    filters far more than photographs do, and the statistics of deep layers drift).
+    Without calibration data the float model runs on `samples` seeded inputs of
+    `prior` (graphcomp.measure.inputs: "smooth" natural-image-like noise, or
+    "normal"; white noise excites edge filters far more than photographs do, and the
+    statistics of deep layers drift).
     """
     model = model_io.to_model(cg.graph)
-    if ctx.calibration is not None:
-        batches, source = observe.calibration_feeds(model, ctx.calibration, BATCH), "calibration"
-    else:
-        batches = observe.synthetic_feeds(model, SAMPLES, 0, ctx.input_shapes, BATCH)
-        if prior == "smooth":
-            batches = [{k: smooth_noise(v) for k, v in b.items()} for b in batches]
-        source = f"synthetic-{prior}"
+    src = inputs.Source(ctx.calibration, prior, samples, seed, ctx.input_shapes)
+    source = src.label if ctx.calibration is not None else f"synthetic-{src.prior}"
     source_of = {name: per_pixel_source(cg, name) for name in names}
-    by_axis: dict[int, list[str]] = {}
-    for name in sorted(set(source_of.values())):
-        by_axis.setdefault(cg.spaces[name].axis, []).append(name)
-    found: Moments = {}
-    for axis, group in sorted(by_axis.items()):
-        for name, (mean, std) in observe.channel_moments(model, group, batches, axis).items():
-            found[name] = (mean, std**2 + mean**2)
-    return {name: found[src] for name, src in source_of.items() if src in found}, source
+    axes = {name: cg.spaces[name].axis for name in sorted(set(source_of.values()))}
+    found: Moments = {
+        name: (mean, std**2 + mean**2)
+        for name, (mean, std) in observe.channel_moments(model, axes, src, BATCH).items()
+    }
+    return {name: found[src_] for name, src_ in source_of.items() if src_ in found}, source
 
 
 def per_pixel_source(cg: ChannelGraph, name: str) -> str:
@@ -167,6 +161,9 @@ def compensate(
             continue
         gone = ~keep[b.inp]
         rows = _summed_rows(b)
+        if rows is None:
+            missed.append(b.node.name)
+            continue
         delta = rows[gone].T @ moments[b.inp][0][gone]
         if _add_bias(cg.graph, b, delta):
             done += 1
@@ -175,12 +172,20 @@ def compensate(
     return done, missed
 
 
-def _summed_rows(b: Binding) -> np.ndarray:
+def _summed_rows(b: Binding) -> np.ndarray | None:
     """Per input channel, its weights summed over kernel positions: [inputs, outputs]."""
     if b.kind != "conv":
         return input_rows(b)
-    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    w = _weight(b.node)
     return w.sum(axis=tuple(range(2, w.ndim))).T
+
+
+def _weight(node: gs.Node) -> np.ndarray:
+    """The constant weight (input 1) of a bound layer, float64 (bindings have one)."""
+    w = graph_utils.const_input(node, 1)
+    if w is None:
+        raise ValueError(f"{node.name}: layer weight is not a constant")
+    return w.astype(np.float64)
 
 
 def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
@@ -188,10 +193,13 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
     node = b.node
     if b.kind == "matmul":
         return add_to_following(graph, node, delta)
-    dtype = graph_utils.const_input(node, 1).dtype
+    weight = graph_utils.const_input(node, 1)
+    if weight is None:
+        return False
+    dtype = weight.dtype
     bias = graph_utils.const_input(node, 2)
     if b.kind == "gemm":
-        beta = float(graph_utils.attr(node, "beta", 1.0))
+        beta = float(np.asarray(graph_utils.attr(node, "beta", 1.0)))
         if bias is not None and (bias.size != delta.size or beta == 0.0):
             return False
         base = np.zeros_like(delta) if bias is None else bias.astype(np.float64).reshape(-1)
@@ -209,18 +217,3 @@ def _add_bias(graph: gs.Graph, b: Binding, delta: np.ndarray) -> bool:
 def add_to_following(graph: gs.Graph, node: gs.Node, delta: np.ndarray) -> bool:
     """Add `delta` to the per-channel constant of the Add that alone reads MatMul `node`."""
     return graph_utils.add_to_following_bias(graph, node, delta)
-
-
-def smooth_noise(x: np.ndarray, alpha: float = SMOOTH_ALPHA) -> np.ndarray:
-    """Noise images `x` [N, C, H, W] reshaped to an amplitude spectrum ~ 1/f^alpha.
-
-    Each plane is standardized; other arrays are returned as they are.
-    """
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or min(x.shape[2:]) < MIN_SIDE:
-        return x
-    h, w = x.shape[2:]
-    freq = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
-    freq[0, 0] = 1.0 / max(h, w)
-    y = np.fft.irfft2(np.fft.rfft2(x.astype(np.float64)) / freq**alpha, s=(h, w))
-    y = (y - y.mean(axis=(2, 3), keepdims=True)) / (y.std(axis=(2, 3), keepdims=True) + TINY)
-    return y.astype(x.dtype)

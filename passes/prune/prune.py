@@ -27,6 +27,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import fields, inputs
 from graphcomp.passes.prune import apply as prune_apply
 from graphcomp.passes.prune import compensate as prune_comp
 from graphcomp.passes.prune import groups as prune_groups
@@ -55,7 +56,9 @@ class PruneConfig:
     min_channels: int = 1  # never keep fewer channels in a group
     round_to: int = 8  # kept counts are multiples of this (or the whole group)
     layers: str = ""  # per-layer ratios by producer name glob: "conv1*:0.5;fc*:0"
-    prior: str = "smooth"  # data-free inputs for statistics: smooth (1/f^2 noise) | white
+    prior: str = inputs.DEFAULT_PRIOR  # data-free inputs for statistics: smooth | normal
+    samples: int = fields.SYNTHETIC_SAMPLES  # synthetic inputs for statistics and refits
+    seed: int = 0
     rounds: int = 0  # a MAC budget reached in this many re-measured steps; 0: auto
 
     def __post_init__(self) -> None:
@@ -67,8 +70,7 @@ class PruneConfig:
             raise ConfigError(
                 f"importance must be one of {prune_score.IMPORTANCE}, got '{self.importance}'"
             )
-        if self.prior not in prune_comp.PRIORS:
-            raise ConfigError(f"prior must be one of {prune_comp.PRIORS}, got '{self.prior}'")
+        fields.check(self)
         if self.round_to < 1 or self.min_channels < 1 or self.rounds < 0:
             raise ConfigError("round_to and min_channels must be >= 1, rounds >= 0")
         try:
@@ -177,7 +179,8 @@ class PrunePass(Pass):
             if (cfg.compensate or cfg.importance == "energy")
             else None
         )
-        bn_std = prune_score.bn_scales(cg, ctx.stats) if cfg.importance == "bn" else {}
+        stats: dict[str, object] = dict(ctx.stats)
+        bn_std = prune_score.bn_scales(cg, stats) if cfg.importance == "bn" else {}
         scores = prune_score.scores(
             cg, groups, cfg.importance, moments, bn_std, centered=cfg.compensate
         )
@@ -208,7 +211,7 @@ def _refit(
     if not cfg.reconstruct:
         return []
     try:
-        return prune_recon.reconstruct(cg, ctx, keep, moments, cfg.prior)
+        return prune_recon.reconstruct(cg, ctx, keep, moments, cfg.prior, cfg.seed, cfg.samples)
     except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; compensate instead
         result.notes["reconstruct_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         return []
@@ -232,7 +235,8 @@ def _moments(
 ) -> prune_score.Moments:
     names = prune_comp.consumer_spaces(cg)
     try:
-        moments, source = prune_comp.measure(cg, ctx, names, self.config.prior)
+        cfg = self.config
+        moments, source = prune_comp.measure(cg, ctx, names, cfg.prior, cfg.samples, cfg.seed)
     except Exception as e:  # noqa: BLE001 - e.g. inputs the model rejects; go on without
         result.notes["statistics_error"] = f"{type(e).__name__}: {str(e)[:200]}"
         moments, source = {}, "none"

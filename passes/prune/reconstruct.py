@@ -22,10 +22,11 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from graphcomp.core import graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
-from graphcomp.measure import observe
+from graphcomp.measure import inputs, observe
 from graphcomp.passes.prune import compensate as prune_comp
 from graphcomp.passes.prune.groups import Binding, ChannelGraph
 from graphcomp.passes.prune.score import Moments
@@ -44,8 +45,9 @@ def reconstruct(
     ctx: PassContext,
     keep: dict[str, np.ndarray],
     moments: Moments | None = None,
-    prior: str = "smooth",
+    prior: str = inputs.DEFAULT_PRIOR,
     seed: int = 0,
+    samples: int = SAMPLES,
 ) -> list[str]:
     """Refit every eligible consumer of a pruned space; returns the names refitted.
 
@@ -53,65 +55,99 @@ def reconstruct(
     statistics). The fitted bias is then replaced by the one that keeps the output mean
     under `moments` (BN means where the model has them), when given.
     """
-    todo = [b for b in cg.bindings if _eligible(b, keep)]
+    todo = [b for b in cg.bindings if b.inp is not None and _eligible(b, b.inp, keep)]
     if not todo:
         return []
     model = model_io.to_model(cg.graph)
-    if ctx.calibration is not None:
-        batches = observe.calibration_feeds(model, ctx.calibration, BATCH)
-    else:
-        batches = observe.synthetic_feeds(model, SAMPLES, seed, ctx.input_shapes, BATCH)
-        if prior == "smooth":
-            batches = [{k: prune_comp.smooth_noise(v) for k, v in b.items()} for b in batches]
-    names = sorted({b.node.inputs[0].name for b in todo})
-    sums: dict[int, list[np.ndarray]] = {}
+    src = inputs.Source(ctx.calibration, prior, samples, seed, ctx.input_shapes)
     rng = np.random.default_rng(seed)
-    for values in observe.stream(model, names, batches):
-        for k, b in enumerate(todo):
-            rows, target = _samples(b, values[b.node.inputs[0].name], keep[b.inp], rng)
-            gram, cross = rows.T @ rows, rows.T @ target
-            acc = sums.setdefault(k, [np.zeros_like(gram), np.zeros_like(cross)])
-            acc[0] += gram
-            acc[1] += cross
+    fits = [_Normal(b, keep[_space(b)], rng) for b in todo]
+    readers: dict[str, list[_Normal]] = {}
+    for fit in fits:
+        readers.setdefault(fit.binding.node.inputs[0].name, []).append(fit)
+    observe.collect(model, readers, src, BATCH)
     done = []
-    for k, b in enumerate(todo):
-        if k in sums:
-            means = moments[b.inp][0] if moments and b.inp in moments else None
-            _solve(cg, b, keep[b.inp], *sums[k], means)
+    for b, fit in zip(todo, fits, strict=True):
+        if fit.gram is not None and fit.cross is not None:
+            space = _space(b)
+            means = moments[space][0] if moments and space in moments else None
+            _solve(cg, b, keep[space], fit.gram, fit.cross, means)
             done.append(b.node.name)
     return done
 
 
-def _eligible(b: Binding, keep: dict[str, np.ndarray]) -> bool:
-    if (
-        b.inp is None
-        or keep[b.inp].all()
-        or b.kind not in ("conv", "gemm", "matmul")
-        or b.extra.get("depthwise")
-    ):
+def _space(b: Binding) -> str:
+    """The input space of a binding to refit (eligible bindings have one)."""
+    if b.inp is None:
+        raise ValueError(f"{b.node.name}: binding without an input space")
+    return b.inp
+
+
+def _weight(b: Binding) -> np.ndarray:
+    """The constant weight of a bound layer (bindings are built on constant weights)."""
+    w = graph_utils.const_input(b.node, 1)
+    if w is None:
+        raise ValueError(f"{b.node.name}: layer weight is not a constant")
+    return w
+
+
+def _ints(node: gs.Node, key: str, default: list[int]) -> list[int]:
+    """An integer-list attribute of `node`."""
+    return [int(v) for v in np.asarray(graph_utils.attr(node, key, default)).reshape(-1)]
+
+
+def _float(node: gs.Node, key: str, default: float) -> float:
+    """A float attribute of `node`."""
+    return float(np.asarray(graph_utils.attr(node, key, default)))
+
+
+class _Normal:
+    """Running normal equations of one layer's refit: [K+1]^2 and [K+1] x outputs floats.
+
+    K is the number of kept inputs (x kernel size); the memory is the same for any
+    number of samples. Patch positions come from the generator shared by every layer.
+    """
+
+    def __init__(self, binding: Binding, kept: np.ndarray, rng: np.random.Generator) -> None:
+        self.binding, self.kept, self.rng = binding, kept, rng
+        self.gram: np.ndarray | None = None
+        self.cross: np.ndarray | None = None
+
+    def add(self, value: np.ndarray) -> None:
+        """Accumulate one batch of the layer's input."""
+        rows, target = _samples(self.binding, value, self.kept, self.rng)
+        gram, cross = rows.T @ rows, rows.T @ target
+        self.gram = gram if self.gram is None else self.gram + gram
+        self.cross = cross if self.cross is None else self.cross + cross
+
+
+def _eligible(b: Binding, space: str, keep: dict[str, np.ndarray]) -> bool:
+    if keep[space].all() or b.kind not in ("conv", "gemm", "matmul") or b.extra.get("depthwise"):
         return False
     node, w = b.node, graph_utils.const_input(b.node, 1)
+    if w is None:
+        return False
     if b.kind == "conv":
         return (
             w.ndim == 4
             and graph_utils.attr(node, "auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
-            and int(keep[b.inp].sum()) * w[0, 0].size <= MAX_INPUTS
+            and int(keep[space].sum()) * w[0, 0].size <= MAX_INPUTS
         )
-    return not graph_utils.attr(node, "transA", 0) and int(keep[b.inp].sum()) <= MAX_INPUTS
+    return not graph_utils.attr(node, "transA", 0) and int(keep[space].sum()) <= MAX_INPUTS
 
 
 def _weights(b: Binding) -> tuple[np.ndarray, np.ndarray]:
     """(W as [inputs * kernel, outputs], bias [outputs]) in float64."""
-    w = graph_utils.const_input(b.node, 1).astype(np.float64)
+    w = _weight(b).astype(np.float64)
     if b.kind == "conv":
         mat = w.reshape(w.shape[0], -1).T
     elif b.kind == "gemm":
-        alpha = float(graph_utils.attr(b.node, "alpha", 1.0))
+        alpha = _float(b.node, "alpha", 1.0)
         mat = alpha * (w.T if graph_utils.attr(b.node, "transB", 0) else w)
     else:
         mat = w
     bias = graph_utils.const_input(b.node, 2) if b.kind != "matmul" else None
-    beta = float(graph_utils.attr(b.node, "beta", 1.0)) if b.kind == "gemm" else 1.0
+    beta = _float(b.node, "beta", 1.0) if b.kind == "gemm" else 1.0
     flat = (
         np.zeros(mat.shape[1])
         if bias is None
@@ -138,11 +174,10 @@ def _samples(
 
 def _patches(b: Binding, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Kernel patches [samples, C * kh * kw] at random output positions of Conv `b`."""
-    w = graph_utils.const_input(b.node, 1)
-    kh, kw = w.shape[2:]
-    sh, sw = graph_utils.attr(b.node, "strides", [1, 1])
-    dh, dw = graph_utils.attr(b.node, "dilations", [1, 1])
-    top, left, bottom, right = graph_utils.attr(b.node, "pads", [0, 0, 0, 0])
+    kh, kw = _weight(b).shape[2:]
+    sh, sw = _ints(b.node, "strides", [1, 1])
+    dh, dw = _ints(b.node, "dilations", [1, 1])
+    top, left, bottom, right = _ints(b.node, "pads", [0, 0, 0, 0])
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
     oh = (xp.shape[2] - dh * (kh - 1) - 1) // sh + 1
     ow = (xp.shape[3] - dw * (kw - 1) - 1) // sw + 1
@@ -184,12 +219,12 @@ def _solve(
 
 def _store(cg: ChannelGraph, b: Binding, mat: np.ndarray, bias: np.ndarray) -> None:
     """Write W ([inputs * kernel, outputs] layout) and the bias back into layer `b`."""
-    node, old = b.node, graph_utils.const_input(b.node, 1)
+    node, old = b.node, _weight(b)
     dtype = old.dtype
     if b.kind == "conv":
         weight = mat.T.reshape(old.shape)
     elif b.kind == "gemm":
-        alpha = float(graph_utils.attr(node, "alpha", 1.0))
+        alpha = _float(node, "alpha", 1.0)
         weight = (mat.T if graph_utils.attr(node, "transB", 0) else mat) / alpha
         node.attrs["beta"] = 1.0
     else:

@@ -40,6 +40,7 @@ from typing import Any
 from graphcomp.core import specs
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.quant import BITS, QuantSpec
+from graphcomp.measure import fields
 
 ROLES = ("input", "weight", "bias", "output")
 METHODS = ("auto", "fixed", "none")
@@ -110,7 +111,8 @@ class QdqConfig:
     act_symmetric: bool | None = None
     calibration: str = "percentile"  # range method for measured activations
     percentile: float = 99.99
-    samples: int = 64  # synthetic inputs when there is neither data nor dfq ranges
+    samples: int = fields.SYNTHETIC_SAMPLES  # synthetic inputs without data or dfq ranges
+    prior: str = "normal"  # their prior (graphcomp.measure.inputs): normal | smooth
     dynamic: str = "auto"  # MatMul inputs at run time: auto = in transformer graphs
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
     outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
@@ -131,8 +133,9 @@ class QdqConfig:
                 raise ConfigError(f"bits must be one of {BITS}, got {bits}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.samples < 1 or self.concat_ratio < 1.0 or self.outlier_ratio < 1.0:
-            raise ConfigError("samples must be >= 1, concat_ratio and outlier_ratio >= 1")
+        if self.concat_ratio < 1.0 or self.outlier_ratio < 1.0:
+            raise ConfigError("concat_ratio and outlier_ratio must be >= 1")
+        fields.check(self)
 
     def builtin(self, role: str) -> dict[str, Any]:
         """The built-in rule fields of `role` before any file applies."""

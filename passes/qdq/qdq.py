@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import graph_utils, simplify
+from graphcomp.core import graph_utils, model_io, simplify
 from graphcomp.core.errors import UnsupportedModelError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
 from graphcomp.passes.fold_bn import FoldBnPass
@@ -190,8 +190,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     if have >= need:
         return False
     graph.cleanup()  # drop nodes detached by fold-bn before the converter sees them
-    model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
+    model = model_io.export(graph)
     try:
         converted = onnx.version_converter.convert_version(model, need)
     except Exception as e:  # noqa: BLE001 - any converter failure becomes a user message

@@ -5,12 +5,12 @@ In order of preference, per tensor:
    statistics); its own source string is kept;
 2. the user's samples (`--calibration-data`, `ctx.calibration`) through the float
    model in onnxruntime: "calibration:<method>";
-3. otherwise a data-free estimate: `samples` seeded N(0, 1) inputs through the float
-   model, "synthetic:<method>" (the same measurement on made-up inputs; it knows the
-   network's weights but not the real input distribution).
+3. otherwise a data-free estimate: `samples` seeded inputs of `prior` (N(0, 1) by
+   default) through the float model, "synthetic:<method>" (the same measurement on
+   made-up inputs; it knows the network's weights but not the real input distribution).
 Methods: minmax, percentile (p and 100 - p) or mse (fake-quant-optimal clipping, see
-graphcomp.core.quant). Values are subsampled to at most `MAX_VALUES` per tensor (min and max
-are exact). Tensors the float model cannot produce are left without a range.
+graphcomp.core.quant). Values are subsampled to at most `observe.MAX_VALUES` per tensor (min and
+max are exact). Tensors the float model cannot produce are left without a range.
 """
 
 from __future__ import annotations
@@ -18,79 +18,33 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import graph_utils, quant
+from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.pass_base import PassContext
-from graphcomp.measure import observe
+from graphcomp.measure import inputs, observe
 from graphcomp.passes.qdq.config import QdqConfig
 
 log = logging.getLogger(__name__)
 
 Range = tuple[float, float, str]
-MAX_VALUES = 1 << 19  # kept per tensor for percentile / mse
-PER_BATCH = 1 << 16  # drawn per tensor from each batch
 HUGE = 1e20  # beyond this a range is a mask constant, not an activation
 MAX_WALK = 64  # ops walked back from a tensor to find a range in ctx.ranges
 KEEPS_RANGE = ("MaxPool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
 
 
-class _Sampler:
-    """Exact min/max plus a seeded subsample of the values seen."""
-
-    def __init__(self, rng: np.random.Generator) -> None:
-        self.rng = rng
-        self.lo, self.hi, self.count = np.inf, -np.inf, 0
-        self.kept: list[np.ndarray] = []
-        self.channel_max: np.ndarray | None = None  # max |x| per index of the last axis
-
-    def add(self, values: np.ndarray) -> None:
-        values = np.asarray(values, dtype=np.float32)
-        flat = values.ravel()
-        if flat.size == 0:
-            return
-        self._track_channels(values)
-        finite = flat[np.isfinite(flat)]
-        if finite.size < flat.size:  # an infinite value: the range is unusable
-            self.lo, self.hi = -np.inf, np.inf
-        if finite.size:
-            self.lo = min(self.lo, float(finite.min()))
-            self.hi = max(self.hi, float(finite.max()))
-        if self.count < MAX_VALUES and finite.size:
-            take = (
-                finite
-                if finite.size <= PER_BATCH
-                else self.rng.choice(finite, PER_BATCH, replace=False)
-            )
-            self.kept.append(take)
-            self.count += take.size
-
-    def _track_channels(self, values: np.ndarray) -> None:
-        if values.ndim < 2 or not np.all(np.isfinite(values)):
-            return
-        peak = np.abs(values).reshape(-1, values.shape[-1]).max(axis=0)
-        same = self.channel_max is not None and self.channel_max.shape == peak.shape
-        self.channel_max = np.maximum(self.channel_max, peak) if same else peak
-
-    def channel_spread(self) -> float:
-        """Largest channel's max |x| over the median channel's (channels: last axis)."""
-        if self.channel_max is None or self.channel_max.size < 2:
-            return 1.0
-        median = float(np.median(self.channel_max))
-        return float(self.channel_max.max()) / median if median > 0 else np.inf
-
-    def range(self, config: QdqConfig, spec: quant.QuantSpec) -> tuple[float, float]:
-        if not (np.isfinite(self.lo) and np.isfinite(self.hi)) or not self.kept:
-            return self.lo, self.hi
-        values = np.concatenate(self.kept)
-        if config.calibration == "minmax":
-            return self.lo, self.hi
-        if config.calibration == "percentile":
-            lo, hi = quant.percentile(values, config.percentile)
-        else:
-            lo, hi = quant.mse(values, spec)
-        return max(lo, self.lo), min(hi, self.hi)
+def _range(values: observe.Values, config: QdqConfig, spec: quant.QuantSpec) -> tuple[float, float]:
+    """The configured range method on a tensor's observed values (min/max are exact)."""
+    lo, hi = values.lo, values.hi
+    if not (np.isfinite(lo) and np.isfinite(hi)) or not values.kept:
+        return lo, hi
+    if config.calibration == "minmax":
+        return lo, hi
+    if config.calibration == "percentile":
+        p_lo, p_hi = quant.percentile(values.values(), config.percentile)
+    else:
+        p_lo, p_hi = quant.mse(values.values(), spec)
+    return max(p_lo, lo), min(p_hi, hi)
 
 
 def label(config: QdqConfig, ctx: PassContext, name: str) -> str:
@@ -123,25 +77,19 @@ def collect(
     todo = [n for n in specs if n not in ranges]
     if not todo:
         return ranges, None
-    model = _export(graph)
+    model = model_io.to_model(graph)
+    src = inputs.Source(
+        ctx.calibration, config.prior, config.samples, config.seed, ctx.input_shapes
+    )
+    samplers = {n: observe.Values(np.random.default_rng(config.seed)) for n in todo}
     try:
-        batches, source = observe.feeds_for(
-            model,
-            ctx.calibration,
-            n=config.samples,
-            seed=config.seed,
-            input_shapes=ctx.input_shapes,
-        )
-        samplers = {n: _Sampler(np.random.default_rng(config.seed)) for n in todo}
-        for values in observe.stream(model, todo, batches):
-            for name, value in values.items():
-                samplers[name].add(value)
+        observe.collect(model, samplers, src)
     except Exception as e:  # noqa: BLE001 - any runtime failure leaves the tensors float
         log.debug("measuring activation ranges failed: %r", e)
         return ranges, f"the float model could not be run to measure ranges ({e})"
     for name, sampler in samplers.items():
-        lo, hi = sampler.range(config, specs[name])
-        ranges[name] = (float(lo), float(hi), f"{source}:{_method(config)}")
+        lo, hi = _range(sampler, config, specs[name])
+        ranges[name] = (float(lo), float(hi), f"{src.label}:{_method(config)}")
         if spreads is not None:
             spreads[name] = sampler.channel_spread()
     return ranges, None
@@ -192,10 +140,3 @@ def usable(rng: Range | None) -> str | None:
     if max(abs(lo), abs(hi)) > HUGE:
         return f"activation range [{lo:.3g}, {hi:.3g}] holds a mask-like constant"
     return None
-
-
-def _export(graph: gs.Graph) -> onnx.ModelProto:
-    """The float graph as a runnable ModelProto (no edits to `graph`)."""
-    model = gs.export_onnx(graph.copy().cleanup(), do_type_check=False)
-    model.ir_version = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
-    return model

@@ -6,6 +6,7 @@ import dataclasses
 import fnmatch
 
 from graphcomp.core.errors import ConfigError
+from graphcomp.measure import fields, inputs
 
 TARGETS = ("energy", "rank_ratio", "macs", "params")
 DEFAULT_ENERGY = 0.99
@@ -27,7 +28,8 @@ class SvdConfig:
     whiten: str = "auto"  # auto (with calibration data) | always | never
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
     energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
-    samples: int = 64  # inputs used for statistics (calibration or synthetic)
+    samples: int = fields.SYNTHETIC_SAMPLES  # inputs used for statistics (calibration or synthetic)
+    prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^2) | normal
     probe_samples: int = 16  # inputs per sensitivity run
     overrides: tuple[str, ...] = ()  # "glob:skip", "glob:rank=32", "glob:energy=0.9", ...
     seed: int = 0
@@ -44,8 +46,9 @@ class SvdConfig:
         _check_choice("allocate", self.allocate, ("sensitivity", "energy"))
         _check_choice("whiten", self.whiten, ("auto", "always", "never"))
         _check_choice("energy_of", self.energy_of, ("weights", "outputs"))
-        if self.round_to < 1 or self.samples < 1 or self.probe_samples < 1:
-            raise ConfigError("svd round_to, samples and probe_samples must be >= 1")
+        if self.round_to < 1:
+            raise ConfigError("svd round_to must be >= 1")
+        fields.check(self)
         if not 0.0 <= self.min_saving < 1.0:
             raise ConfigError(f"svd min_saving must be in [0, 1), got {self.min_saving}")
         for item in self.overrides:

@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import analysis, graph_utils
+from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.svd import probe as svd_probe
 from graphcomp.passes.svd import sense as svd_sense
@@ -53,10 +53,10 @@ class Plan:
 def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
     """Everything the pass decides before it edits the graph."""
     plan = Plan()
-    model = gs.export_onnx(graph.copy(), do_type_check=False)
+    model = model_io.to_model(graph)
     shapes = analysis.infer_shapes(model, ctx.input_shapes)
     try:
-        shapes.update(svd_probe.observed_shapes(model, ctx, config.seed))
+        shapes.update(svd_probe.observed_shapes(model, ctx, config.seed, config.prior))
     except Exception as e:  # noqa: BLE001 - a model that will not run on probe inputs
         log.warning("svd: shapes from shape inference only (probe run failed: %s)", e)
         plan.notes["shapes"] = f"shape inference only (probe run failed: {str(e)[:120]})"
@@ -112,12 +112,10 @@ def _statistics(
     on = config.whiten == "always" or (config.whiten == "auto" and ctx.calibration is not None)
     if not on or not layers:
         return {}
-    feeds, source = svd_probe.probe_feeds(model, ctx, config.samples, config.seed)
+    src = svd_probe.source(ctx, config.samples, config.seed, config.prior)
     axes = {layer.input_name: _activation_axis(layer) for layer in layers}
-    plan.notes["statistics"] = (
-        f"{source} ({sum(len(next(iter(f.values()))) for f in feeds)} samples)"
-    )
-    return svd_probe.moments(model, axes, feeds)
+    plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
+    return svd_probe.moments(model, axes, src)
 
 
 def _candidate(
@@ -130,7 +128,7 @@ def _candidate(
     """
     facts, spectra = {}, {}
     cov, mean = stats.get(layer.input_name, (None, None))
-    if cov is not None and config.correct_mean:
+    if cov is not None and mean is not None and config.correct_mean:
         cov = cov - np.outer(mean, mean)
     for mode, form in layer.forms.items():
         white = _whitener_for(cov, layer, form.matrix.shape[0])
@@ -178,7 +176,7 @@ def _budget(
     if config.allocate == "sensitivity" and cands:
         try:
             plan.notes["allocation"] = svd_sense.measure(
-                cands, model, ctx, config.probe_samples, config.seed + 1, total_macs
+                cands, model, ctx, config.probe_samples, config.seed + 1, total_macs, config.prior
             )
         except Exception as e:  # noqa: BLE001 - fall back to the data-free per-layer proxy
             svd_sense.relative_energy(cands)

@@ -18,6 +18,7 @@ import onnx
 
 from graphcomp.core import graph_utils
 from graphcomp.core.pass_base import PassContext
+from graphcomp.measure import inputs
 from graphcomp.passes.svd import probe as svd_probe
 from graphcomp.passes.svd.layers import matrix_to_weight
 from graphcomp.passes.svd.rank import Candidate
@@ -47,6 +48,7 @@ def measure(
     samples: int,
     seed: int,
     sample_macs: float,
+    prior: str = inputs.DEFAULT_PRIOR,
 ) -> str:
     """Fill each candidate's loss curve from probe runs; returns a note on the source.
 
@@ -66,7 +68,8 @@ def measure(
         return "relative energy per layer (no weight could be probed)"
     affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
     samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
-    feeds, source = svd_probe.probe_feeds(model, ctx, samples, seed, batch=samples)
+    src = svd_probe.source(ctx, samples, seed, prior)
+    feeds, source = list(src.batches(model, samples)), src.label  # kept: every trial reuses them
     errors = svd_probe.output_errors(model, base, shifts, trials, feeds)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
@@ -92,8 +95,8 @@ def _trials(
     for rank in _probe_ranks(cand, mode):
         p, q = cand.facts[mode].factors(rank)
         trial = {weight_name(cand): matrix_to_weight(cand.layer, mode, p @ q)}
-        if shift_name:
-            shift = mean_shift(cand, mode, p, q)
+        shift = mean_shift(cand, mode, p, q) if shift_name else None
+        if shift is not None:
             trial[shift_name] = shift.reshape(shift_shape(cand)).astype(cand.layer.weight.dtype)
         out.append((trial, cand.facts[mode].tail(rank)))
     return out
@@ -123,7 +126,7 @@ def mean_shift(cand: Candidate, mode: str, p: np.ndarray, q: np.ndarray) -> np.n
     if mode == "spatial":
         shift = shift.reshape(cand.layer.weight.shape[0], -1).sum(axis=1)
     if cand.layer.kind == "gemm":
-        shift = shift * float(graph_utils.attr(cand.layer.node, "alpha", 1.0))
+        shift = shift * float(np.asarray(graph_utils.attr(cand.layer.node, "alpha", 1.0)))
     return shift
 
 

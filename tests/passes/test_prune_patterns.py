@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from graphcomp.cli import app
 from graphcomp.core.pass_base import PassContext
-from graphcomp.passes.prune.compensate import smooth_noise
 from graphcomp.passes.prune.walk import describe
 from tests import graphs
 from tests.passes.test_prune import prune, zero_units
@@ -101,18 +100,6 @@ def test_least_squares_reconstruction_beats_mean_compensation():
     assert errors[True] < 0.8 * errors[False]
 
 
-def test_smooth_noise_is_standardized_and_low_pass():
-    rng = np.random.default_rng(0)
-    white = rng.standard_normal((4, 3, 32, 32)).astype(np.float32)
-    smooth = smooth_noise(white)
-    assert smooth.shape == white.shape and smooth.dtype == white.dtype
-    np.testing.assert_allclose(smooth.std(axis=(2, 3)), 1.0, atol=1e-3)
-    neighbour = np.mean(smooth[..., 1:] * smooth[..., :-1])
-    assert neighbour > 0.9 > abs(np.mean(white[..., 1:] * white[..., :-1]))
-    flat = rng.standard_normal((4, 16)).astype(np.float32)
-    assert smooth_noise(flat) is flat
-
-
 def test_inspect_groups_lists_members_and_reasons(tmp_path):
     path = tmp_path / "blocked.onnx"
     onnx.save(graphs.build(graphs.PRUNE_BLOCKED), path)
@@ -131,7 +118,9 @@ def test_data_free_refit_on_noise_lowers_the_error_on_that_noise(seed):
     ref = graphs.run(model, feeds)[0]
     errors = {}
     for refit in (False, True):
-        out, record = prune(model, ratio=0.5, round_to=1, prior="white", reconstruct=refit)
+        out, record = prune(
+            model, ratio=0.5, round_to=1, prior="normal", samples=256, reconstruct=refit
+        )
         assert record.result.notes["reconstructed"] == (2 if refit else 0)
         errors[refit] = float(np.mean((graphs.run(out, feeds)[0] - ref) ** 2))
     assert errors[True] < errors[False]

@@ -70,9 +70,10 @@ def test_synthetic_probe_feeds_index_embedding_tables() -> None:
     from graphcomp.passes.svd import probe as svd_probe
 
     model = graphs.build(text)
-    feeds, source = svd_probe.probe_feeds(model, PassContext(), 40, seed=0)
+    src = svd_probe.source(PassContext(), 40, seed=0)
+    feeds = list(src.batches(model, 16))
     ids = np.concatenate([f["ids"] for f in feeds])
-    assert source == "synthetic" and ids.shape[0] == 40
+    assert src.label == "synthetic" and ids.shape[0] == 40
     assert ids.min() >= 0 and ids.max() < 50 and len(np.unique(ids)) > 30
     assert all(np.all(f["mask"] == 1) for f in feeds)
 
