@@ -82,9 +82,9 @@ def _node(node: gs.Node, flow: dict[str, Moments]) -> Moments | None:
         return _pool(node, x)
     if node.op in ("Flatten", "Reshape"):
         return _flatten(node, x)
-    if node.op == "Concat" and int(graph_utils.attr(node, "axis", 0)) == 1:
-        parts = [flow.get(t.name) for t in node.inputs]
-        if any(p is None for p in parts):
+    if node.op == "Concat" and graph_utils.attr_int(node, "axis", 0) == 1:
+        parts = [p for t in node.inputs if (p := flow.get(t.name)) is not None]
+        if len(parts) < len(node.inputs):
             return None
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     return None
@@ -97,7 +97,7 @@ def _linear(node: gs.Node, x: Moments | None) -> Moments | None:
     w = w.astype(np.float64)
     m, v = x
     if node.op == "Conv":
-        group = int(graph_utils.attr(node, "group", 1))
+        group = graph_utils.attr_int(node, "group", 1)
         if m.size != w.shape[1] * group:
             return None
         out_g, in_g = w.shape[0] // group, w.shape[1]
@@ -106,14 +106,14 @@ def _linear(node: gs.Node, x: Moments | None) -> Moments | None:
         mean = (wg * mg).sum(axis=(2, 3)).reshape(-1)
         var = (wg * wg * vg).sum(axis=(2, 3)).reshape(-1)
     else:
-        kn = w.T if node.op == "Gemm" and graph_utils.attr(node, "transB", 0) else w
+        kn = w.T if node.op == "Gemm" and graph_utils.attr_int(node, "transB", 0) else w
         if kn.ndim != 2 or m.size != kn.shape[0]:
             return None
-        alpha = float(graph_utils.attr(node, "alpha", 1.0)) if node.op == "Gemm" else 1.0
+        alpha = graph_utils.attr_float(node, "alpha", 1.0) if node.op == "Gemm" else 1.0
         mean, var = alpha * (m @ kn), alpha * alpha * (v @ (kn * kn))
     bias = graph_utils.const_input(node, 2) if node.op != "MatMul" else None
     if bias is not None:
-        beta = float(graph_utils.attr(node, "beta", 1.0)) if node.op == "Gemm" else 1.0
+        beta = graph_utils.attr_float(node, "beta", 1.0) if node.op == "Gemm" else 1.0
         mean = mean + beta * np.broadcast_to(bias.astype(np.float64).reshape(-1), mean.shape)
     return mean, var
 
@@ -142,11 +142,11 @@ def _binary(node: gs.Node, flow: dict[str, Moments]) -> Moments | None:
 
 
 def _batchnorm(node: gs.Node, x: Moments) -> Moments | None:
-    params = [graph_utils.const_input(node, i) for i in range(1, 5)]
-    if any(p is None for p in params):
+    params = [p for i in range(1, 5) if (p := graph_utils.const_input(node, i)) is not None]
+    if len(params) < 4:
         return None
     gamma, beta, mean, var = (p.astype(np.float64) for p in params)
-    scale = gamma / np.sqrt(var + float(graph_utils.attr(node, "epsilon", 1e-5)))
+    scale = gamma / np.sqrt(var + graph_utils.attr_float(node, "epsilon", 1e-5))
     return scale * (x[0] - mean) + beta, scale * scale * x[1]
 
 
@@ -156,7 +156,7 @@ def _pool(node: gs.Node, x: Moments) -> Moments | None:
         if shape is None or any(not isinstance(d, int) for d in shape[2:]):
             return None
         return x[0], x[1] / max(math.prod(shape[2:]), 1)
-    kernel = graph_utils.attr(node, "kernel_shape", None)
+    kernel = graph_utils.attr_ints(node, "kernel_shape")
     if kernel is None:
         return None
     n = math.prod(kernel)

@@ -97,11 +97,9 @@ def activation_bounds(node: gs.Node) -> tuple[float, float] | None:
 
 def _clip_limits(node: gs.Node) -> tuple[float, float] | None:
     """Clip's (min, max) from attributes (opset < 11) or constant inputs; None if unknown."""
-    lo = graph_utils.attr(node, "min", None)
-    hi = graph_utils.attr(node, "max", None)
     bounds: list[float | None] = [
-        None if lo is None else float(lo),
-        None if hi is None else float(hi),
+        graph_utils.attr_float(node, "min"),
+        graph_utils.attr_float(node, "max"),
     ]
     for k in (1, 2):
         if k < len(node.inputs) and node.inputs[k].name:
@@ -118,7 +116,7 @@ def _clip_limits(node: gs.Node) -> tuple[float, float] | None:
 def activation_slope(node: gs.Node) -> np.ndarray | float | None:
     """Negative-side slope of LeakyRelu (scalar) or PRelu (per channel); else None."""
     if node.op == "LeakyRelu":
-        return float(graph_utils.attr(node, "alpha", 0.01))
+        return graph_utils.attr_float(node, "alpha", 0.01)
     if node.op == "PRelu":
         slope = graph_utils.const_input(node, 1)
         return None if slope is None else slope.astype(np.float64).reshape(-1)

@@ -179,8 +179,7 @@ class PrunePass(Pass):
             if (cfg.compensate or cfg.importance == "energy")
             else None
         )
-        stats: dict[str, object] = dict(ctx.stats)
-        bn_std = prune_score.bn_scales(cg, stats) if cfg.importance == "bn" else {}
+        bn_std = prune_score.bn_scales(cg, dict(ctx.stats)) if cfg.importance == "bn" else {}
         scores = prune_score.scores(
             cg, groups, cfg.importance, moments, bn_std, centered=cfg.compensate
         )
