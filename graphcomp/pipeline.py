@@ -257,7 +257,7 @@ def finish_graph(
     """Clean, sort, export, re-infer shapes and check; returns the new ModelProto."""
     try:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-        model = gs.export_onnx(graph, do_type_check=False)
+        model = model_io.export(graph, original.ir_version)
     except Exception as e:
         raise PassFailedError(
             f"pass '{label}' left a graph that cannot be exported: {e!r}{_after(done or [])}"
@@ -269,8 +269,6 @@ def finish_graph(
 
 
 def _keep_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
-    model.ir_version = max(original.ir_version, needed)
     model.producer_name = original.producer_name
     model.producer_version = original.producer_version
     del model.metadata_props[:]

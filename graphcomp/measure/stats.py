@@ -87,20 +87,6 @@ def estimate(
     return out
 
 
-def channels(tensor: gs.Tensor | None) -> int | None:
-    """Channel count of a layer output (from its producer's weight), None when unknown."""
-    node = graph_utils.producer(tensor) if tensor is not None else None
-    w = graph_utils.const_input(node, 1) if node is not None else None
-    if node is None or w is None:
-        return None
-    if node.op == "Conv":
-        return int(w.shape[0])
-    if node.op == "ConvTranspose":
-        return int(w.shape[1]) * int(np.asarray(graph_utils.attr(node, "group", 1)))
-    trans = node.op == "Gemm" and graph_utils.attr(node, "transB", 0)
-    return int(w.shape[0] if trans else w.shape[-1])
-
-
 def _data_source(method: str, ctx: PassContext) -> str:
     if method == "calibration" and ctx.calibration is None:
         raise ConfigError("statistics method 'calibration' needs --calibration-data")
@@ -120,13 +106,6 @@ def measure_source(
     return inputs.Source(
         prior=inputs.canonical_prior(prior), samples=samples, seed=seed, shapes=ctx.input_shapes
     )
-
-
-def feeds(
-    model: onnx.ModelProto, ctx: PassContext, source: str, samples: int, seed: int, prior: str
-) -> list[observe.Feeds]:
-    """Input batches of a measured source, as a list (for callers that keep them)."""
-    return list(measure_source(ctx, source, samples, seed, prior).batches(model))
 
 
 def _measure(

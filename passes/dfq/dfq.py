@@ -35,6 +35,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
 from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
@@ -78,14 +79,11 @@ class DfqConfig:
             raise ConfigError(f"bits must be one of {quant.BITS}, got {self.bits}")
         if self.clip not in CLIP_MODES:
             raise ConfigError(f"clip must be one of {CLIP_MODES}, got '{self.clip}'")
-        if self.stats not in channel_stats.METHODS:
-            raise ConfigError(f"stats must be one of {channel_stats.METHODS}, got '{self.stats}'")
         if self.ranges not in RANGE_MODES:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
-        if self.prior not in channel_stats.PRIORS:
-            raise ConfigError(f"prior must be one of {channel_stats.PRIORS}, got '{self.prior}'")
-        if not (self.range_k > 0 and self.absorb_k >= 0 and self.samples >= 1):
-            raise ConfigError("range_k must be > 0, absorb_k >= 0 and samples >= 1")
+        if not (self.range_k > 0 and self.absorb_k >= 0):
+            raise ConfigError("range_k must be > 0 and absorb_k >= 0")
+        fields.check(self)
 
 
 class DfqPass(Pass):
@@ -285,9 +283,9 @@ class _MeasureRestStep(Pass):
         use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
         source = "calibration" if use_data else "synthetic"
         model = model_io.to_model(graph)
-        batches = channel_stats.feeds(model, ctx, source, cfg.samples, cfg.seed, cfg.prior)
+        inputs = channel_stats.measure_source(ctx, source, cfg.samples, cfg.seed, cfg.prior)
         label = source if use_data else f"synthetic-{cfg.prior}"
-        ctx.ranges.update(measured_ranges(model, names, batches, qcfg.percentile, label))
+        ctx.ranges.update(measured_ranges(model, names, inputs, qcfg.percentile, label))
         return len(names)
 
 
