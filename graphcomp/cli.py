@@ -23,6 +23,7 @@ from graphcomp import api
 from graphcomp.core import analysis, model_io
 from graphcomp.core.errors import ConfigError, GraphcompError, PassFailedError
 from graphcomp.core.version import __version__
+from graphcomp.live import ProgressView
 from graphcomp.measure.inputs import parse_shapes
 from graphcomp.report import verify_table
 from graphcomp.verify import Thresholds, verify
@@ -115,6 +116,9 @@ def run(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print the JSON report instead of tables.")
     ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress (the report is still printed).")
+    ] = False,
 ) -> None:
     """Compress MODEL with the given passes, verify it and write the result."""
 
@@ -126,7 +130,7 @@ def run(
         if report is not None:
             _check_writable(report, "--report")
         thresholds = Thresholds(max_rel_err, min_cosine, min_top1)
-        with err.status("loading") as status:
+        with ProgressView(err, quiet) as view:
             try:
                 _, rep = api.compress(
                     model,
@@ -138,7 +142,7 @@ def run(
                     input_shapes=parse_shapes(input_shape or []),
                     thresholds=thresholds,
                     verify_output=not no_verify,
-                    progress=lambda step: status.update(f"running {step}"),
+                    progress=view,
                 )
                 code = 0
             except api.VerificationFailedError as e:

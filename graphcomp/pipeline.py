@@ -92,6 +92,7 @@ def run(
     graph = gs.import_onnx(model)
     graph_utils.name_nodes(graph)
     state = _Run(model, ctx, PipelineResult(model=model, passes=list(passes)), progress)
+    state.total = sum(_count_steps(p) for p in passes)
     for p in passes:
         graph = _run_pass(p, p.name, graph, state)
     return state.out
@@ -107,6 +108,7 @@ class _Run:
     progress: Progress | None
     done: list[str] = field(default_factory=list)
     size: tuple[int, int, int] | None = None  # params, MACs, bytes of out.model
+    total: int = 0  # steps in the whole run (composites expanded)
 
 
 def _run_pass(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
@@ -123,10 +125,15 @@ def _run_pass(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     return graph
 
 
+def _count_steps(p: Pass) -> int:
+    steps = p.steps()
+    return 1 if steps is None else sum(_count_steps(s) for s in steps)
+
+
 def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     """requires, apply, context checks, finish (cleanup ... check), record."""
     if run.progress:
-        run.progress(label)
+        run.progress(f"{label} ({len(run.out.records) + 1}/{run.total})")
     ctx = run.ctx
     _check_declarations(p, label)
     start = time.perf_counter()

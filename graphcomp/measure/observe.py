@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from graphcomp.core import progress
 from graphcomp.measure import inputs
 
 Feeds = inputs.Feeds
@@ -81,13 +82,25 @@ def collect(
         return
     names = list(reducers)
     runner = Runner(model, names)
-    batches = source.batches(model, batch) if isinstance(source, inputs.Source) else source
+    if isinstance(source, inputs.Source):
+        batches, total = source.batches(model, batch), source.count(model)
+    else:
+        batches, total = iter(source), sum(_samples(feeds) for feeds in source)
+    done = 0
     for feeds in batches:
         values = runner(feeds, names)
         for name in names:
             todo = reducers[name]
             for reducer in [todo] if hasattr(todo, "add") else todo:
                 reducer.add(values[name])
+        done += _samples(feeds)
+        progress.tick("samples", done, total)
+
+
+def _samples(feeds: Feeds) -> int:
+    """Samples in one batch: the first axis of its first input (1 for a scalar)."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
 
 
 def intermediates(model: onnx.ModelProto, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:
