@@ -122,3 +122,26 @@ def test_no_top_level_passes_module_is_installed() -> None:
 @pytest.mark.parametrize("family", ["prune", "svd", "qdq", "dfq"])
 def test_each_family_is_a_subpackage(family: str) -> None:
     assert (PACKAGE / "passes" / family / "__init__.py").is_file()
+
+
+def test_the_wheel_installs_passes_inside_graphcomp_only(tmp_path):
+    import subprocess
+    import sys
+    import zipfile
+
+    root = PACKAGE.parent
+    isolation = [] if importlib.util.find_spec("setuptools") is None else ["--no-build-isolation"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", *isolation, "-q"]
+        + ["-w", str(tmp_path), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = tmp_path.glob("graphcomp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"graphcomp"}
+    assert "graphcomp/passes/__init__.py" in names
+    assert "graphcomp/passes/dfq/dfq.py" in names and "passes/__init__.py" not in names
