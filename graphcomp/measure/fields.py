@@ -39,3 +39,11 @@ def check(config: Any) -> None:
                 f"prior must be one of {inputs.PRIORS}, got '{config.prior}'"
             ) from None
         object.__setattr__(config, "prior", prior)
+
+
+SHARED = ("stats", "samples", "prior", "seed")
+
+
+def forward(config: Any) -> dict[str, Any]:
+    """The shared measurement fields `config` has, to hand to a step's config as keywords."""
+    return {key: getattr(config, key) for key in SHARED if hasattr(config, key)}

@@ -159,10 +159,7 @@ class DfqPass(Pass):
                         clip_k=clip_k,
                         act_aware=cfg.act_aware,
                         strength=cfg.strength,
-                        stats=cfg.stats,
-                        samples=cfg.samples,
-                        prior=cfg.prior,
-                        seed=cfg.seed,
+                        **fields.forward(cfg),
                     )
                 )
             )
@@ -174,10 +171,7 @@ class DfqPass(Pass):
                         k=cfg.absorb_k,
                         clip=clip,
                         clip_k=cfg.clip_k,
-                        stats=cfg.stats,
-                        samples=cfg.samples,
-                        prior=cfg.prior,
-                        seed=cfg.seed,
+                        **fields.forward(cfg),
                     )
                 )
             )
@@ -187,11 +181,8 @@ class DfqPass(Pass):
                     BiasCorrectConfig(
                         bits=cfg.bits,
                         per_channel=cfg.per_channel,
-                        stats=cfg.stats,
                         weight_range=cfg.weight_range,
-                        samples=cfg.samples,
-                        prior=cfg.prior,
-                        seed=cfg.seed,
+                        **fields.forward(cfg),
                     )
                 )
             )
