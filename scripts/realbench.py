@@ -338,6 +338,7 @@ def session(path: Path) -> Any:
     """A one-thread CPU onnxruntime session."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(3)  # no per-initializer warnings
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
@@ -430,6 +431,9 @@ def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarra
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
             prepared, _ = baselines._pre_process(q, fam.model, Path(tmp) / "pre.onnx")
+            if prepared == fam.model:  # symbolic shape inference failed: retry without it
+                prepared = Path(tmp) / "pre.onnx"
+                q.quant_pre_process(str(fam.model), str(prepared), skip_symbolic_shape=True)
             if kind == "dynamic":
                 q.quantize_dynamic(prepared, out, weight_type=q.QuantType.QInt8)
                 return "ok"
