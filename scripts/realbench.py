@@ -365,6 +365,7 @@ class ListReader:
         self._it = iter(list(feeds))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next feed, None when done."""
         return next(self._it, None)
 
 
@@ -394,6 +395,8 @@ class Family:
 
 @dataclass
 class Row:
+    """One table row: a variant of one family and what came of it."""
+
     family: str
     variant: str
     metric: float | None = None
@@ -407,7 +410,7 @@ class Row:
 
 
 def build_graphcomp(spec: str, fam: Family, out: Path) -> str:
-    """graphcomp `spec` without data; "ok" or the exception as the row's result."""
+    """Run graphcomp `spec` without data; "ok" or the exception as the row's result."""
     import graphcomp
 
     try:
@@ -423,7 +426,7 @@ def build_graphcomp(spec: str, fam: Family, out: Path) -> str:
 
 
 def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarray]]) -> str:
-    """onnxruntime's quantizer as graphcomp.bench.baselines configures it."""
+    """Run onnxruntime's quantizer as graphcomp.bench.baselines configures it."""
     from onnxruntime import quantization as q
 
     from graphcomp.bench import baselines
@@ -515,7 +518,8 @@ def run_family(fam: Family) -> list[Row]:
 def table(rows: list[Row], families: dict[str, Family]) -> str:
     """The markdown table of all rows."""
     lines = [
-        "| model | row | metric (eval split, vs float) | value | aux | MB | latency vs float | result |",
+        "| model | row | metric (eval split, vs float) | value | aux | MB"
+        " | latency vs float | result |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -645,8 +649,13 @@ def family_ocr_rec() -> Family:
     eval_feeds = _feeds([prep(im) for _, im in evals])
 
     def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
-        agree = [char_agreement(ctc_greedy(r[0]), ctc_greedy(h[0])) for r, h in zip(ref, hyp)]
-        exact = np.mean([ctc_greedy(r[0]) == ctc_greedy(h[0]) for r, h in zip(ref, hyp)])
+        agree = [
+            char_agreement(ctc_greedy(r[0]), ctc_greedy(h[0]))
+            for r, h in zip(ref, hyp, strict=True)
+        ]
+        exact = np.mean(
+            [ctc_greedy(r[0]) == ctc_greedy(h[0]) for r, h in zip(ref, hyp, strict=True)]
+        )
         return float(np.mean(agree)), f"lines identical {exact:.3f}"
 
     fam = Family(
@@ -887,6 +896,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the chosen families (all by default) and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", action="append", choices=list(FAMILIES))
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
