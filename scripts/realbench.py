@@ -56,6 +56,7 @@ N_TUNE, N_EVAL = 64, 128  # items per split (text lines, recordings use fewer)
 N_PAGES_TUNE, N_PAGES_EVAL = 8, 16  # detector pages, at most PAGE x PAGE
 PAGE = 640
 NICE = 15  # the run lowers its own priority to this
+PER_CHANNEL_OPSET = 13  # onnxruntime writes per-channel DequantizeLinear (axis) from here
 MAX_CALIB_FEEDS = 256  # calibration feeds passed to quantize_static
 BOX_IOU = 0.5  # a detected box matches a float box at this IoU or more
 VAD_THRESHOLD = 0.5  # silero's default speech threshold
@@ -427,16 +428,26 @@ def build_graphcomp(spec: str, fam: Family, out: Path) -> str:
 
 def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarray]]) -> str:
     """Run onnxruntime's quantizer as graphcomp.bench.baselines configures it."""
+    import onnx
+    from onnx import version_converter
     from onnxruntime import quantization as q
 
     from graphcomp.bench import baselines
 
+    notes = []
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-            prepared, _ = baselines._pre_process(q, fam.model, Path(tmp) / "pre.onnx")
-            if prepared == fam.model:  # symbolic shape inference failed: retry without it
+            source = fam.model
+            opset = _opset(source)
+            if opset < PER_CHANNEL_OPSET:  # per-channel DequantizeLinear needs opset 13
+                source = Path(tmp) / "opset.onnx"
+                onnx.save(version_converter.convert_version(onnx.load(fam.model), 13), source)
+                notes.append(f"opset {opset}->13")
+            prepared, _ = baselines._pre_process(q, source, Path(tmp) / "pre.onnx")
+            if prepared == source:  # symbolic shape inference failed: retry without it
                 prepared = Path(tmp) / "pre.onnx"
-                q.quant_pre_process(str(fam.model), str(prepared), skip_symbolic_shape=True)
+                q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+                notes.append("pre-processed without symbolic shapes")
             if kind == "dynamic":
                 q.quantize_dynamic(prepared, out, weight_type=q.QuantType.QInt8)
                 return "ok"
@@ -453,7 +464,14 @@ def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarra
     except Exception as e:  # noqa: BLE001 - a failure is a result, the run goes on
         _log_crash(fam.name, kind, traceback.format_exc())
         return f"ORT error {type(e).__name__}: {_one_line(e)}"
-    return "ok"
+    return "; ".join(["ok", *notes])
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _one_line(e: BaseException, limit: int = 160) -> str:
@@ -501,7 +519,7 @@ def run_family(fam: Family) -> list[Row]:
         else:
             result = build_ort(variant[4:], fam, path, fam.tune_feeds)
         row = Row(fam.name, variant, result=result)
-        if result == "ok":
+        if result.startswith("ok"):
             try:
                 outs = ref if variant == "float" else fam.evaluate(session(path))
                 row.metric, row.aux = fam.score(ref, outs)
