@@ -435,8 +435,10 @@ def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarra
     from graphcomp.bench import baselines
 
     notes = []
+    cwd = Path.cwd()
     try:
         with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            os.chdir(tmp)  # quant_pre_process leaves temporary files in the working folder
             source = fam.model
             opset = _opset(source)
             if opset < PER_CHANNEL_OPSET:  # per-channel DequantizeLinear needs opset 13
@@ -464,6 +466,8 @@ def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarra
     except Exception as e:  # noqa: BLE001 - a failure is a result, the run goes on
         _log_crash(fam.name, kind, traceback.format_exc())
         return f"ORT error {type(e).__name__}: {_one_line(e)}"
+    finally:
+        os.chdir(cwd)
     return "; ".join(["ok", *notes])
 
 
