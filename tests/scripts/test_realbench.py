@@ -1,0 +1,155 @@
+"""scripts/realbench.py: its metric functions and its split rules, without any wheel.
+
+The benchmark's numbers are only as good as these pure functions (CTC decode, edit
+distance, box matching, cosine, decision and top-1 agreement, mean pooling) and the
+promise that the tuning and evaluation splits share no sentence, font or voice.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "realbench.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("realbench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["realbench"] = module  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+rb = _load()
+
+
+def one_hot(ids, classes=5):
+    out = np.zeros((len(ids), classes), np.float32)
+    out[np.arange(len(ids)), ids] = 1.0
+    return out
+
+
+def test_ctc_greedy_merges_repeats_and_drops_blanks():
+    assert rb.ctc_greedy(one_hot([0, 1, 1, 0, 1, 2, 2, 0, 0, 3])) == [1, 1, 2, 3]
+    assert rb.ctc_greedy(one_hot([0, 0, 0])) == []
+    assert rb.ctc_greedy(one_hot([4, 4, 2, 2], classes=5), blank=2) == [4]
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "dist"),
+    [
+        ("kitten", "sitting", 3),
+        ("", "abc", 3),
+        ("abc", "", 3),
+        ("same", "same", 0),
+        ("ab", "ba", 2),
+    ],
+)
+def test_edit_distance_is_levenshtein(a, b, dist):
+    assert rb.edit_distance(a, b) == dist
+    assert rb.edit_distance(b, a) == dist
+
+
+def test_char_agreement_bounds():
+    assert rb.char_agreement("hello", "hello") == 1.0
+    assert rb.char_agreement("hello", "hallo") == pytest.approx(0.8)
+    assert rb.char_agreement("ab", "xxxxxxxx") == 0.0  # floored, never negative
+    assert rb.char_agreement("", "") == 1.0
+    assert rb.char_agreement("", "a") == 0.0
+    assert rb.char_agreement([3, 4, 5], [3, 5]) == pytest.approx(2 / 3)  # token ids too
+
+
+def quad(x0, y0, x1, y1):
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float32)
+
+
+def test_box_iou_of_rectangles():
+    assert rb.box_iou(quad(0, 0, 10, 10), quad(0, 0, 10, 10)) == pytest.approx(1.0)
+    assert rb.box_iou(quad(0, 0, 10, 10), quad(5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert rb.box_iou(quad(0, 0, 10, 10), quad(20, 20, 30, 30)) == 0.0
+
+
+def test_box_f1_matches_one_to_one():
+    ref = [quad(0, 0, 100, 20), quad(0, 40, 100, 60)]
+    assert rb.box_f1(ref, ref) == 1.0
+    assert rb.box_f1(ref, [quad(1, 1, 99, 21)]) == pytest.approx(2 / 3)  # 1 match, 2 + 1 boxes
+    # two detections on one float box: only one may match it
+    assert rb.box_f1(ref[:1], [quad(0, 0, 100, 20), quad(2, 0, 100, 20)]) == pytest.approx(2 / 3)
+    assert rb.box_f1(ref, [quad(0, 0, 30, 20)]) == 0.0  # IoU 0.3 < 0.5
+    assert rb.box_f1([], []) == 1.0
+    assert rb.box_f1(ref, []) == 0.0 and rb.box_f1([], ref) == 0.0
+
+
+def test_cosine():
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    assert rb.cosine(x, 2 * x) == pytest.approx(1.0)
+    assert rb.cosine(np.array([1.0, 0.0]), np.array([0.0, 1.0])) == pytest.approx(0.0)
+    assert rb.cosine(np.array([1.0, 1.0]), np.array([-1.0, -1.0])) == pytest.approx(-1.0)
+    assert rb.cosine(np.zeros(3), np.zeros(3)) == 1.0
+    assert rb.cosine(np.zeros(3), np.ones(3)) == 0.0
+
+
+def test_decision_agreement_at_threshold():
+    ref = np.array([0.1, 0.6, 0.9, 0.4])
+    assert rb.decision_agreement(ref, ref, 0.5) == 1.0
+    assert rb.decision_agreement(ref, np.array([0.2, 0.4, 0.8, 0.45]), 0.5) == pytest.approx(0.75)
+    assert rb.decision_agreement(ref, 1 - ref, 0.5) == 0.0
+
+
+def test_top1_agreement_over_rows():
+    ref = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    hyp = np.array([[0.2, 0.8], [0.4, 0.6], [0.1, 0.9]])
+    assert rb.top1_agreement(ref, hyp) == pytest.approx(2 / 3)
+    assert rb.top1_agreement(ref, ref) == 1.0
+
+
+def test_mean_pool_ignores_masked_tokens():
+    hidden = np.array([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = np.array([[1, 1, 0]])
+    np.testing.assert_allclose(rb.mean_pool(hidden, mask), [[2.0, 3.0]])
+
+
+def test_text_lines_cut_at_words_within_limit():
+    lines = rb.text_lines(["one two three four five six seven"], max_chars=10)
+    assert lines == ["one two", "three four", "five six", "seven"]
+    assert all(len(line) <= 36 for line in rb.text_lines(rb.SENTENCES))
+
+
+def test_splits_share_no_sentence_font_or_voice():
+    tune, evals = rb.sentence_split("tune"), rb.sentence_split("eval")
+    assert len(tune) >= 40 and len(evals) >= 60
+    assert not set(tune) & set(evals)
+    assert len(set(rb.SENTENCES)) == len(rb.SENTENCES)  # no sentence written twice
+    assert not set(rb.text_lines(tune)) & set(rb.text_lines(evals))
+    assert not set(rb.font_split("tune")) & set(rb.font_split("eval"))
+    assert not set(rb.TUNE_VOICES) & set(rb.EVAL_VOICES)
+    with pytest.raises(ValueError, match="split"):
+        rb.sentence_split("train")
+
+
+def test_line_counts_cover_the_split_sizes():
+    assert len(rb.text_lines(rb.sentence_split("tune"))) >= rb.N_TUNE
+    assert len(rb.text_lines(rb.sentence_split("eval"))) >= rb.N_EVAL
+
+
+def test_spread_keeps_ends_and_count():
+    items = list(range(100))
+    picked = rb.spread(items, 5)
+    assert len(picked) == 5 and picked[0] == 0 and picked[-1] == 99
+    assert rb.spread(items[:3], 5) == [0, 1, 2]
+
+
+def test_table_marks_failed_rows():
+    fam = rb.Family("m", Path("m.onnx"), "agreement", [], [], list, lambda a, b: (1.0, ""), {})
+    rows = [
+        rb.Row("m", "float", 1.0, "", 1.5, 1.0),
+        rb.Row("m", "gc-qdq", result="CRASH KeyError: 'x'"),
+    ]
+    text = rb.table(rows, {"m": fam})
+    assert "| m | float | agreement | 1.0000 |" in text
+    assert "| m | gc-qdq | agreement | - |" in text and "CRASH KeyError" in text
