@@ -28,6 +28,7 @@ Dynamic dims take `shapes` overrides, else `batch` for the first dim and
 from __future__ import annotations
 
 import dataclasses
+import math
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -48,7 +49,10 @@ PRIOR_ALIASES = {"white": "normal"}
 DEFAULT_PRIOR = "smooth"
 SMOOTH_EXPONENT = 2.0  # amplitude spectrum 1/f^SMOOTH_EXPONENT (see the module docstring)
 CHANNEL_CORR = 0.9  # share of a smooth image common to all its channels
-BLOCK = 32  # synthetic samples generated per seeded block
+BLOCK = 32  # synthetic samples generated per seeded block (fewer for large inputs)
+BLOCK_BYTES = 32 << 20  # input bytes generated per block at most
+REF_PIXELS = 224 * 224  # synthetic sample counts hold for images up to this size
+MIN_SAMPLES = 8  # larger images get proportionally fewer synthetic samples, never fewer
 SMOOTH_SEED = 7919  # offset of the smooth fields' generator from the sample seed
 PASS_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity")
 MAX_WALK = 4  # nodes followed from an integer input to its Gather
@@ -227,7 +231,7 @@ class Source:
     def count(self, model: onnx.ModelProto) -> int:
         """How many samples `batches` gives."""
         if self.data is None:
-            return self.samples
+            return self._plan(model)[0]
         names = [a.name for a in input_args(model)]
         have = min((len(self.data[n]) for n in names if n in self.data), default=0)
         return have if self.limit is None else min(have, self.limit)
@@ -239,15 +243,21 @@ class Source:
         else:
             yield from _rebatch(self._blocks(model), batch)
 
+    def _plan(self, model: onnx.ModelProto) -> tuple[int, int]:
+        shapes = {k: [1, *v[1:]] for k, v in (self.shapes or {}).items()}
+        one = make_inputs(input_args(model), shapes, seed=self.seed, batch=1)
+        return plan_synthetic(one, self.samples)
+
     def _blocks(self, model: onnx.ModelProto) -> Iterator[Feeds]:
         prior = canonical_prior(self.prior)
         args = input_args(model)
         tables = embedding_rows(model)
         fields = np.random.default_rng(self.seed + SMOOTH_SEED)
         ids = np.random.default_rng(self.seed)
+        samples, block = self._plan(model)
         done = 0
-        while done < self.samples:
-            size = min(BLOCK, self.samples - done)
+        while done < samples:
+            size = min(block, samples - done)
             shapes = {k: [size, *v[1:]] for k, v in (self.shapes or {}).items()}
             feeds = make_inputs(args, shapes, seed=self.seed + done, batch=size)
             for name, value in feeds.items():
@@ -266,6 +276,24 @@ class Source:
                     feeds[name] = smooth_field(fields, value.shape).astype(value.dtype)
             yield feeds
             done += size
+
+
+def plan_synthetic(one: Feeds, samples: int) -> tuple[int, int]:
+    """(samples, block) for synthetic inputs shaped like the single sample `one`.
+
+    A per-channel statistic of an image layer averages samples x H x W values, so images
+    larger than REF_PIXELS need proportionally fewer samples for the same estimate (at
+    least MIN_SAMPLES, at most `samples`); blocks hold at most BLOCK_BYTES of inputs. Both
+    depend only on the model's input shapes, so the samples stay the same for any batch.
+    """
+    pixels = max(
+        (v.shape[-2] * v.shape[-1] for v in one.values() if v.ndim >= 3 and v.dtype.kind == "f"),
+        default=0,
+    )
+    if pixels > REF_PIXELS:
+        samples = min(samples, max(MIN_SAMPLES, math.ceil(samples * REF_PIXELS / pixels)))
+    per_sample = max(sum(v.nbytes for v in one.values()), 1)
+    return samples, int(min(BLOCK, max(1, BLOCK_BYTES // per_sample)))
 
 
 def smooth_field(

@@ -29,6 +29,7 @@ from graphcomp.core import progress
 from graphcomp.measure import inputs
 
 Feeds = inputs.Feeds
+BATCH_BYTES = 256 << 20  # inputs and observed tensors of one onnxruntime run, at most
 MAX_VALUES = 1 << 19  # values kept per tensor by `Values` for percentile / mse
 PER_BATCH = 1 << 16  # values drawn per tensor from each batch by `Values`
 
@@ -83,6 +84,7 @@ def collect(
     names = list(reducers)
     runner = Runner(model, names)
     if isinstance(source, inputs.Source):
+        batch = _fitting_batch(runner, names, source, model, batch)
         batches, total = source.batches(model, batch), source.count(model)
     else:
         batches, total = iter(source), sum(_samples(feeds) for feeds in source)
@@ -95,6 +97,24 @@ def collect(
                 reducer.add(values[name])
         done += _samples(feeds)
         progress.tick("samples", done, total)
+
+
+def _fitting_batch(
+    runner: Runner, names: list[str], source: inputs.Source, model: onnx.ModelProto, batch: int
+) -> int:
+    """`batch`, or fewer samples when one batch's inputs and tensors would pass BATCH_BYTES.
+
+    One sample is run first to weigh what a sample costs (the tensors asked for are most
+    of what onnxruntime keeps alive); small models keep the requested batch.
+    """
+    first = next(iter(source.batches(model, 1)), None)
+    if first is None or batch <= 1:
+        return batch
+    values = runner(first, names)
+    per_sample = sum(np.asarray(v).nbytes for v in values.values()) + sum(
+        v.nbytes for v in first.values()
+    )
+    return int(min(batch, max(1, BATCH_BYTES // max(per_sample, 1))))
 
 
 def _samples(feeds: Feeds) -> int:
