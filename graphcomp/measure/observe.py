@@ -30,7 +30,7 @@ from graphcomp.measure import inputs
 
 Feeds = inputs.Feeds
 BATCH_BYTES = 256 << 20  # inputs and observed tensors of one onnxruntime run, at most
-MAX_VALUES = 1 << 19  # values kept per tensor by `Values` for percentile / mse
+MAX_VALUES = 1 << 17  # values kept per tensor by `Values` (0.5 MB) for percentile / mse
 PER_BATCH = 1 << 16  # values drawn per tensor from each batch by `Values`
 
 
@@ -192,7 +192,7 @@ class Values:
         max_values: int | None = MAX_VALUES,
     ) -> None:
         self.rng, self.per_batch, self.max_values = rng, per_batch, max_values
-        self.lo, self.hi, self.count = np.inf, -np.inf, 0
+        self.lo, self.hi, self.count, self.seen = np.inf, -np.inf, 0, 0
         self.kept: list[np.ndarray] = []
         self.channel_max: np.ndarray | None = None
 
@@ -208,15 +208,35 @@ class Values:
         if finite.size:
             self.lo = min(self.lo, float(finite.min()))
             self.hi = max(self.hi, float(finite.max()))
-        full = self.max_values is not None and self.count >= self.max_values
-        if finite.size and not full:
-            take = (
-                finite
-                if finite.size <= self.per_batch
-                else self.rng.choice(finite, self.per_batch, replace=False)
-            )
+        if not finite.size:
+            return
+        take = (
+            finite
+            if finite.size <= self.per_batch
+            else self.rng.choice(finite, self.per_batch, replace=False)
+        )
+        before, self.seen = self.seen, self.seen + finite.size
+        if self.max_values is None or self.count + take.size <= self.max_values:
             self.kept.append(take)
             self.count += take.size
+            return
+        self._merge(take, before, finite.size)
+
+    def _merge(self, take: np.ndarray, before: int, new: int) -> None:
+        """Keep `max_values` values: a weighted sample of the kept ones and `take`.
+
+        Each kept value stands for `before / count` values seen, each taken one for
+        `new / take.size`, so every value seen is equally likely to stay, whatever the
+        order and size of the batches.
+        """
+        old = self.values()
+        weights = np.concatenate(
+            [np.full(old.size, before / old.size), np.full(take.size, new / take.size)]
+        )
+        size = int(self.max_values or old.size + take.size)
+        keep = self.rng.choice(old.size + take.size, size, replace=False, p=weights / weights.sum())
+        self.kept = [np.concatenate([old, take])[keep]]
+        self.count = size
 
     def _track_channels(self, values: np.ndarray) -> None:
         if values.ndim < 2 or not np.all(np.isfinite(values)):

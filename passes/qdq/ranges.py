@@ -9,8 +9,9 @@ In order of preference, per tensor:
    default) through the float model, "synthetic:<method>" (the same measurement on
    made-up inputs; it knows the network's weights but not the real input distribution).
 Methods: minmax, percentile (p and 100 - p) or mse (fake-quant-optimal clipping, see
-graphcomp.core.quant). Values are subsampled to at most `observe.MAX_VALUES` per tensor (min and
-max are exact). Tensors the float model cannot produce are left without a range.
+graphcomp.core.quant). Values are subsampled to at most `observe.MAX_VALUES` per tensor,
+uniformly over every batch (min and max are exact). Tensors the float model cannot
+produce are left without a range.
 """
 
 from __future__ import annotations
