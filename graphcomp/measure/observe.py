@@ -63,7 +63,10 @@ class Runner:
         """Values of `names` (default: the names asked for) on one batch of `feeds`."""
         wanted = self.names if names is None else names
         inner = [n for n in wanted if n not in feeds]
-        got = dict(zip(inner, self.session.run(inner, feeds), strict=True)) if inner else {}
+        try:
+            got = dict(zip(inner, self.session.run(inner, feeds), strict=True)) if inner else {}
+        except inputs.ORT_ERRORS as e:
+            raise inputs.run_error(e, feeds, "the model") from e
         return {n: feeds[n] if n in feeds else got[n] for n in wanted}
 
 

@@ -78,12 +78,16 @@ class QdqCorePass(Pass):
         super().__init__(config)
         self.config: QdqConfig
 
+    def quantizes(self) -> bool:
+        """Always: the output has QuantizeLinear/DequantizeLinear."""
+        return True
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Refuse models that are quantized already; load the rule file early."""
         if any(n.op in QDQ_OPS for n in graph.nodes):
             raise UnsupportedModelError(
                 "the model already has QuantizeLinear/DequantizeLinear "
-                "nodes; run qdq on the float model"
+                "nodes; give graphcomp the float model"
             )
         RuleBook(self.config)
 
@@ -143,6 +147,10 @@ class QdqPass(Pass):
         super().__init__(config)
         self.config: QdqConfig
 
+    def quantizes(self) -> bool:
+        """Always: the output has QuantizeLinear/DequantizeLinear."""
+        return True
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """qdq-core's preconditions, checked before any step runs."""
         QdqCorePass(self.config).requires(graph, ctx)
@@ -187,8 +195,8 @@ def required_opset(plan: Plan) -> int:
 def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     """Convert the graph up to the plan's opset in place; True when it changed."""
     need, have = required_opset(plan), int(graph.opset)
-    if have >= need:
-        return False
+    if have >= need or not (plan.layers or plan.acts):
+        return False  # nothing to quantize: the model keeps its opset
     graph.cleanup()  # drop nodes detached by fold-bn before the converter sees them
     model = model_io.export(graph)
     try:
