@@ -93,7 +93,11 @@ def default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
-    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
+    domains = ", ".join(sorted(e.domain for e in model.opset_import)) or "no domain"
+    raise UnsupportedModelError(
+        f"the model imports no version of the default ONNX domain (only {domains}); "
+        "graphcomp edits default-domain ops only: use the model as it is"
+    )
 
 
 def check_opset(model: onnx.ModelProto, label: str = "model") -> int:
