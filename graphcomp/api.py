@@ -18,7 +18,7 @@ import onnx
 
 from graphcomp import pipeline
 from graphcomp.core import analysis, model_io, specs
-from graphcomp.core.errors import ConfigError, VerificationError
+from graphcomp.core.errors import ConfigError, UnsupportedModelError, VerificationError
 from graphcomp.core.pass_base import Pass, PassContext
 from graphcomp.measure import inputs as measure_inputs
 from graphcomp.measure.inputs import read_npz
@@ -144,6 +144,8 @@ def compress(
         calibration=calibration,
         input_shapes=run_shapes(proto, input_shapes, inputs, calibration),
     )
+    if verify_output:
+        _check_runs(proto)  # before any pass: a model onnxruntime cannot load is refused
     result = pipeline.run(proto, chosen, ctx, progress)
     report = Report(
         source,
@@ -200,6 +202,17 @@ def run_shapes(
                 dims[0] = first if isinstance(first, int) else VERIFY_BATCH
                 shapes[arg.name] = dims
     return shapes
+
+
+def _check_runs(model: onnx.ModelProto) -> None:
+    try:
+        measure_inputs.session(model)
+    except measure_inputs.ORT_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UnsupportedModelError(
+            f"onnxruntime cannot load the original model ({first}); graphcomp verifies "
+            "every result in onnxruntime, so it needs a model onnxruntime runs"
+        ) from e
 
 
 def _limits(thresholds: Thresholds | None, lossless: bool) -> Thresholds:

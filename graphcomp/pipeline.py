@@ -269,8 +269,7 @@ def finish_graph(
 
 
 def _keep_model_fields(model: onnx.ModelProto, original: onnx.ModelProto) -> None:
-    needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
-    model.ir_version = max(original.ir_version, needed)
+    model.ir_version = model_io.ir_version_for(model, original.ir_version)
     model.producer_name = original.producer_name
     model.producer_version = original.producer_version
     del model.metadata_props[:]

@@ -25,6 +25,7 @@ from typing import Protocol
 import numpy as np
 import onnx
 
+from graphcomp.core.errors import UnsupportedModelError
 from graphcomp.measure import inputs
 
 Feeds = inputs.Feeds
@@ -56,7 +57,11 @@ class Runner:
     def __init__(self, model: onnx.ModelProto, names: Iterable[str] = ()) -> None:
         graph_inputs = {a.name for a in inputs.input_args(model)}
         self.names = [n for n in dict.fromkeys(names) if n not in graph_inputs]
-        self.session = inputs.session(with_outputs(model, self.names) if self.names else model)
+        try:
+            self.session = inputs.session(with_outputs(model, self.names) if self.names else model)
+        except inputs.ORT_ERRORS as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UnsupportedModelError(f"onnxruntime cannot load the model ({first})") from e
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: Feeds, names: list[str] | None = None) -> dict[str, np.ndarray]:

@@ -19,16 +19,19 @@ is converted up (onnx.version_converter) or the pass refuses.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from graphcomp.core import graph_utils, model_io, simplify
 from graphcomp.core.errors import UnsupportedModelError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import inputs as measure_inputs
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.qdq import clamp as qdq_clamp
 from graphcomp.passes.qdq import emit as qdq_emit
@@ -88,6 +91,14 @@ class QdqCorePass(Pass):
             raise UnsupportedModelError(
                 "the model already has QuantizeLinear/DequantizeLinear "
                 "nodes; give graphcomp the float model"
+            )
+        opset = int(graph.opset)
+        if not ort_runs_qdq(opset):
+            newest = max((v for v in range(MIN_OPSET, opset) if ort_runs_qdq(v)), default=None)
+            raise UnsupportedModelError(
+                f"this onnxruntime ({ort.__version__}) has no QuantizeLinear kernel at "
+                f"opset {opset}; convert the model to opset {newest} first "
+                "(onnx.version_converter.convert_version)"
             )
         RuleBook(self.config)
 
@@ -159,6 +170,34 @@ class QdqPass(Pass):
         """simplify, fold-bn (when `fold_bn`), qdq-core."""
         folds: list[Pass] = [FoldBnPass()] if self.config.fold_bn else []
         return [SimplifyStep(), *folds, QdqCorePass(self.config)]
+
+
+@functools.cache
+def ort_runs_qdq(opset: int) -> bool:
+    """True when the installed onnxruntime loads an int8 Q -> DQ pair at `opset`."""
+    if opset < MIN_OPSET:
+        return True  # the pass converts the model up to MIN_OPSET first
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", f, [2])],
+        [onnx.helper.make_tensor_value_info("y", f, [2])],
+        [
+            onnx.helper.make_tensor("s", f, [], [0.1]),
+            onnx.helper.make_tensor("z", onnx.TensorProto.INT8, [], [0]),
+        ],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = model_io.ir_version_for(model)
+    try:
+        measure_inputs.session(model)
+    except measure_inputs.ORT_ERRORS:
+        return False
+    return True
 
 
 def _outlier_prone(plan: Plan, spreads: dict[str, float], limit: float) -> dict[str, str]:
