@@ -92,14 +92,6 @@ class QdqCorePass(Pass):
                 "the model already has QuantizeLinear/DequantizeLinear "
                 "nodes; give graphcomp the float model"
             )
-        opset = int(graph.opset)
-        if not ort_runs_qdq(opset):
-            newest = max((v for v in range(MIN_OPSET, opset) if ort_runs_qdq(v)), default=None)
-            raise UnsupportedModelError(
-                f"this onnxruntime ({ort.__version__}) has no QuantizeLinear kernel at "
-                f"opset {opset}; convert the model to opset {newest} first "
-                "(onnx.version_converter.convert_version)"
-            )
         RuleBook(self.config)
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
@@ -107,6 +99,8 @@ class QdqCorePass(Pass):
         result = PassResult(self.name)
         book = RuleBook(self.config)
         plan = build_plan(graph, self.config, book)
+        if plan.layers or plan.acts:
+            _check_runtime(int(graph.opset))
         if ensure_opset(graph, plan, result):
             ctx.opset = int(graph.opset)
             plan = build_plan(graph, self.config, book)
@@ -170,6 +164,18 @@ class QdqPass(Pass):
         """simplify, fold-bn (when `fold_bn`), qdq-core."""
         folds: list[Pass] = [FoldBnPass()] if self.config.fold_bn else []
         return [SimplifyStep(), *folds, QdqCorePass(self.config)]
+
+
+def _check_runtime(opset: int) -> None:
+    """UnsupportedModelError when onnxruntime has no QuantizeLinear at the model's opset."""
+    if ort_runs_qdq(opset):
+        return
+    newest = max((v for v in range(MIN_OPSET, opset) if ort_runs_qdq(v)), default=MIN_OPSET)
+    raise UnsupportedModelError(
+        f"this onnxruntime ({ort.__version__}) has no QuantizeLinear kernel at opset "
+        f"{opset}; convert the model to opset {newest} first "
+        "(onnx.version_converter.convert_version)"
+    )
 
 
 @functools.cache
