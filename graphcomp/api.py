@@ -3,6 +3,12 @@
 The CLI is a thin layer over `compress`. It returns the compressed `ModelProto` and
 the `Report`, raises `GraphcompError` subclasses for user errors, and raises
 `VerificationError` (carrying the report) when a threshold is missed.
+
+`passes` is a spec string, or a list of names, tables (`{"name": "prune", "ratio":
+0.2}`, as in config files) and `Pass` objects; `calibration_data` is an .npz path, a
+dict of arrays or an iterable of feed dicts. Before any pass runs: the sequence is
+checked (nothing but cleanup after dfq/qdq), `input_shapes` names are checked against
+the model, and the original must load in onnxruntime (when verifying).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Run every pass on the onnx wheel's backend node cases that onnxruntime runs and matches.
 
-    python scripts/node_suite.py --passes dfq,prune,svd,qdq --json /tmp/node_suite.json
+    python scripts/node_suite.py --passes prune,svd,dfq --json /tmp/node_suite.json
 
 The cases and outcomes are those of tests/robustness/node_cases.py (the slow test
 tests/robustness/test_node_suite.py runs the same): "ok", "refused" (exit 2, one line),
