@@ -3,13 +3,19 @@
 The CLI is a thin layer over `compress`. It returns the compressed `ModelProto` and
 the `Report`, raises `GraphcompError` subclasses for user errors, and raises
 `VerificationError` (carrying the report) when a threshold is missed.
+
+`passes` is a spec string, or a list of names, tables (`{"name": "prune", "ratio":
+0.2}`, as in config files) and `Pass` objects; `calibration_data` is an .npz path, a
+dict of arrays or an iterable of feed dicts. Before any pass runs: the sequence is
+checked (nothing but cleanup after dfq/qdq), `input_shapes` names are checked against
+the model, and the original must load in onnxruntime (when verifying).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +24,14 @@ import onnx
 
 from graphcomp import pipeline
 from graphcomp.core import analysis, model_io, specs
-from graphcomp.core.errors import ConfigError, VerificationError
+from graphcomp.core.errors import ConfigError, UnsupportedModelError, VerificationError
 from graphcomp.core.pass_base import Pass, PassContext
+from graphcomp.measure import inputs as measure_inputs
+from graphcomp.measure.inputs import read_npz
 from graphcomp.report import Report
 from graphcomp.verify import LOSSLESS_RTOL, Thresholds, verify
+
+VERIFY_BATCH = 8  # verify's default first dim
 
 
 class VerificationFailedError(VerificationError):
@@ -43,33 +53,75 @@ def registry() -> dict[str, type[Pass]]:
 def resolve_passes(
     passes: str | list[Any] | None, config_file: str | os.PathLike[str] | None
 ) -> list[Pass]:
-    """Pass objects from a spec string, a list of names/Pass objects, or a config file."""
+    """Pass objects from a spec string, a list, or a config file; the sequence is checked.
+
+    A list may mix `Pass` objects, names (with fields: `"prune(ratio=0.2)"`), tables
+    (`{"name": "prune", "ratio": 0.2}`, the config file form) and (name, fields) pairs.
+    A pass after one that already quantizes (dfq, qdq) is refused before anything runs.
+    """
     if config_file is not None:
-        parsed = specs.load_spec_file(Path(config_file))
+        chosen = specs.build_passes(specs.load_spec_file(Path(config_file)), registry())
     elif isinstance(passes, str):
-        parsed = specs.parse_specs(passes)
+        chosen = specs.build_passes(specs.parse_specs(passes), registry())
     elif passes:
-        ready = [p for p in passes if isinstance(p, Pass)]
-        if len(ready) == len(passes):
-            return list(passes)
-        parsed = [(p, {}) if isinstance(p, str) else p for p in passes]
+        chosen = []
+        for entry in passes:
+            if isinstance(entry, Pass):
+                chosen.append(entry)
+            else:
+                chosen += specs.build_passes(specs.list_specs([entry]), registry())
     else:
         raise ConfigError("no passes given; see 'graphcomp passes' for the list")
-    return specs.build_passes(parsed, registry())
+    specs.check_sequence(chosen)
+    return chosen
 
 
-def load_calibration(path: str | os.PathLike[str] | None) -> dict[str, np.ndarray] | None:
-    """Arrays of a calibration .npz, by name (cast to float32 where floating)."""
-    if path is None:
+Calibration = str | os.PathLike[str] | Mapping[str, np.ndarray] | Iterable[Mapping[str, np.ndarray]]
+
+
+def load_calibration(data: Calibration | None) -> dict[str, np.ndarray] | None:
+    """Calibration samples by input name (samples on axis 0; floats as float32).
+
+    `data` is an .npz path, a dict of arrays, or an iterable of feed dicts (batches,
+    joined on axis 0). A scalar array (no sample axis) is a ConfigError.
+    """
+    if data is None:
         return None
+    if isinstance(data, (str, os.PathLike)):
+        arrays = read_npz(data, "calibration data")
+        where = str(data)
+    elif isinstance(data, Mapping):
+        arrays, where = {str(k): np.asarray(v) for k, v in data.items()}, "calibration data"
+    else:
+        arrays, where = _join_feeds(data), "calibration data"
+    for name, value in arrays.items():
+        if value.ndim == 0:
+            raise ConfigError(
+                f"{where}: array '{name}' is a scalar; calibration samples go on axis 0 "
+                "(shape [N, ...])"
+            )
+    return {
+        k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
+        for k, v in arrays.items()
+    }
+
+
+def _join_feeds(feeds: Iterable[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    parts: dict[str, list[np.ndarray]] = {}
     try:
-        with np.load(path) as data:
-            return {
-                k: (v.astype(np.float32) if np.issubdtype(v.dtype, np.floating) else v)
-                for k, v in ((k, data[k]) for k in data.files)
-            }
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read calibration data ({e})") from e
+        for feed in feeds:
+            if not isinstance(feed, Mapping):
+                raise ConfigError(
+                    "calibration data must be an .npz path, a dict of arrays or an "
+                    f"iterable of feed dicts; got an item of type {type(feed).__name__}"
+                )
+            for name, value in feed.items():
+                parts.setdefault(str(name), []).append(np.asarray(value))
+        return {k: np.concatenate(v) if v[0].ndim else np.stack(v) for k, v in parts.items()}
+    except TypeError as e:
+        raise ConfigError(f"calibration data: not an iterable of feed dicts ({e})") from e
+    except ValueError as e:
+        raise ConfigError(f"calibration data: the batches do not join on axis 0 ({e})") from e
 
 
 def compress(
@@ -78,7 +130,7 @@ def compress(
     *,
     config_file: str | os.PathLike[str] | None = None,
     output: str | os.PathLike[str] | None = None,
-    calibration_data: str | os.PathLike[str] | None = None,
+    calibration_data: Calibration | None = None,
     inputs: str | os.PathLike[str] | None = None,
     input_shapes: dict[str, list[int]] | None = None,
     thresholds: Thresholds | None = None,
@@ -92,11 +144,14 @@ def compress(
         _check_output_path(Path(model), Path(output))
     opset = model_io.check_opset(proto)
     chosen = resolve_passes(passes, config_file)
+    calibration = load_calibration(calibration_data)
     ctx = PassContext(
         opset=opset,
-        calibration=load_calibration(calibration_data),
-        input_shapes=dict(input_shapes or {}),
+        calibration=calibration,
+        input_shapes=run_shapes(proto, input_shapes, inputs, calibration),
     )
+    if verify_output:
+        _check_runs(proto)  # before any pass: a model onnxruntime cannot load is refused
     result = pipeline.run(proto, chosen, ctx, progress)
     report = Report(
         source,
@@ -122,6 +177,48 @@ def compress(
         keep_external = not isinstance(model, onnx.ModelProto) and model_io.has_external_data(model)
         model_io.save(result.model, output, external=True if keep_external else None)
     return result.model, report
+
+
+def run_shapes(
+    model: onnx.ModelProto,
+    given: Mapping[str, list[int]] | None,
+    inputs: str | os.PathLike[str] | None,
+    calibration: Mapping[str, np.ndarray] | None,
+) -> dict[str, list[int]]:
+    """The input shapes every pass uses: the user's, else those of `--inputs`.
+
+    Unknown names (or ranks) in `given` are ConfigErrors. Inputs with dynamic dims that
+    the user did not fix take the shapes of the `--inputs` arrays, else those of the
+    calibration samples (their first dim becomes the verification batch).
+    """
+    args = measure_inputs.input_args(model)
+    shapes = {k: list(v) for k, v in (given or {}).items()}
+    measure_inputs.check_shapes(shapes, args)
+    feeds = read_npz(inputs, "inputs") if inputs is not None else {}
+    for arg in args:
+        dynamic = any(not isinstance(d, int) for d in arg.shape)
+        if arg.name in shapes or not dynamic:
+            continue
+        if arg.name in feeds and feeds[arg.name].ndim == len(arg.shape):
+            shapes[arg.name] = list(feeds[arg.name].shape)
+        elif calibration and arg.name in calibration:
+            dims = list(calibration[arg.name].shape)
+            if len(dims) == len(arg.shape) and dims:
+                first = arg.shape[0]
+                dims[0] = first if isinstance(first, int) else VERIFY_BATCH
+                shapes[arg.name] = dims
+    return shapes
+
+
+def _check_runs(model: onnx.ModelProto) -> None:
+    try:
+        measure_inputs.session(model)
+    except measure_inputs.ORT_ERRORS as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise UnsupportedModelError(
+            f"onnxruntime cannot load the original model ({first}); graphcomp verifies "
+            "every result in onnxruntime, so it needs a model onnxruntime runs"
+        ) from e
 
 
 def _limits(thresholds: Thresholds | None, lossless: bool) -> Thresholds:

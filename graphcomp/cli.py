@@ -130,7 +130,7 @@ def run(
         if report is not None:
             _check_writable(report, "--report")
         thresholds = Thresholds(max_rel_err, min_cosine, min_top1)
-        with ProgressView(err, quiet) as view:
+        with ProgressView(err, quiet, lines=None if json_out else out) as view:
             try:
                 _, rep = api.compress(
                     model,

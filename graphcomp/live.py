@@ -1,10 +1,12 @@
 """What a user sees while graphcomp works: a live line on a terminal, a line per step off it.
 
-On a terminal one status line shows the running step with its place in the run
-(`dfq/equalize (4/8)`), the sub-step count of long work inside it (`samples 32/64`, from
-`graphcomp.core.progress.tick`), the elapsed time and an estimate of the rest of that
-sub-step. Off a terminal (a log, CI) each finished step prints one line with its time.
-`quiet` prints nothing. Elapsed times are wall-clock, `time.monotonic`.
+On a terminal one status line (on the status console, stderr in the CLI) shows the
+running step with its place in the run (`dfq/equalize (4/8)`), the sub-step count of
+long work inside it (`samples 32/64`, from `graphcomp.core.progress.tick`), the elapsed
+time and an estimate of the rest of that sub-step. Off a terminal (a log, CI) each
+finished step prints one line with its time on the lines console (stdout in the CLI, so
+stderr carries nothing but the one-line error of a failed run); `lines=None` drops them
+(`--json`). `quiet` prints nothing. Elapsed times are wall-clock, `time.monotonic`.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from graphcomp.core import progress
 class ProgressView:
     """A progress callback for `graphcomp.compress` and a listener for `progress.tick`."""
 
-    def __init__(self, console: Console, quiet: bool = False) -> None:
+    def __init__(
+        self, console: Console, quiet: bool = False, lines: Console | None | bool = True
+    ) -> None:
         self.console = console
+        self.lines = console if lines is True else (lines or None)
         self.quiet = quiet
         self.live = console.is_terminal and not quiet
         self.status: Status | None = None
@@ -80,6 +85,6 @@ class ProgressView:
         if self.step is None:
             return
         seconds = time.monotonic() - self.step_start
-        if not self.live and not self.quiet:
-            self.console.print(f"{self.step}: {seconds:.2f} s", highlight=False, soft_wrap=True)
+        if not self.live and not self.quiet and self.lines is not None:
+            self.lines.print(f"{self.step}: {seconds:.2f} s", highlight=False, soft_wrap=True)
         self.step = None

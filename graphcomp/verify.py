@@ -4,7 +4,9 @@ Both models run on the same inputs and every output is compared.
 Inputs are seeded N(0, 1) floats (integers in [0, 2), random bools) unless the user
 gives an `.npz`; dynamic dims take `input_shapes` overrides, else `batch` for the first
 dim and `DEFAULT_DYNAMIC_DIM` for the others. Relative error is
-max|a - b| / max(max|a|, REL_FLOOR).
+max|a - b| / max(max|a|, REL_FLOOR). NaN in both models at the same place, and the
+same infinity, count as equal; any other non-finite mismatch is an infinite error.
+String outputs compare exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnx
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from graphcomp.core.errors import (
     ConfigError,
@@ -25,20 +26,18 @@ from graphcomp.core.errors import (
     PassFailedError,
     UnsupportedModelError,
 )
-from graphcomp.measure.inputs import ORT_OPT_LEVEL, load_inputs, make_inputs, session
+from graphcomp.measure.inputs import (
+    ORT_ERRORS,
+    ORT_OPT_LEVEL,
+    SHAPE_HINT,
+    describe,
+    load_inputs,
+    make_inputs,
+    session,
+)
 
 LOSSLESS_RTOL = 1e-4
 T = TypeVar("T")
-# onnxruntime's own exception classes derive from Exception directly.
-ORT_ERRORS: tuple[type[Exception], ...] = (
-    RuntimeError,
-    ValueError,
-    *(
-        cls
-        for cls in vars(ort_state).values()
-        if isinstance(cls, type) and issubclass(cls, Exception)
-    ),
-)
 TINY = 1e-12  # guards divisions by an all-zero reference
 # Relative error is taken against max|ref|, but never against less than this: outputs
 # that are all tiny (saturated sigmoids on random inputs) would turn float rounding
@@ -144,14 +143,30 @@ def compare_arrays(name: str, ref: np.ndarray, new: np.ndarray) -> OutputStats:
             -math.inf,
             0.0 if np.ndim(ref) == 2 else None,
         )
+    if not _numeric(ref) or not _numeric(new):  # strings: equal or not
+        same = bool(np.array_equal(np.asarray(ref), np.asarray(new)))
+        err0 = 0.0 if same else math.inf
+        return OutputStats(name, list(np.shape(ref)), err0, err0, err0, float(same), -err0, None)
     a = np.asarray(ref, dtype=np.float64).reshape(-1)
     b = np.asarray(new, dtype=np.float64).reshape(-1)
-    err = np.abs(a - b)
+    # NaN where both are NaN and the same infinity in both count as equal; only
+    # the finite positions enter the statistics, any other mismatch is an inf error
+    same = (np.isnan(a) & np.isnan(b)) | (np.isinf(a) & (a == b))
+    bad = ~same & ~(np.isfinite(a) & np.isfinite(b))
+    a, b = np.where(same | bad, 0.0, a), np.where(same | bad, 0.0, b)
+    err = np.where(bad, math.inf, np.abs(a - b))
     max_ref = float(np.max(np.abs(a))) if a.size else 0.0
     norm = float(np.linalg.norm(a) * np.linalg.norm(b))
     cosine = float(a @ b / norm) if norm > TINY else float(np.array_equal(a, b))
     noise = float(np.sum((a - b) ** 2))
-    sqnr = 10 * math.log10(float(np.sum(a**2)) / noise) if noise > 0 else math.inf
+    if bool(bad.any()):
+        sqnr = -math.inf
+    elif noise == 0:
+        sqnr = math.inf
+    elif float(np.sum(a**2)) == 0:
+        sqnr = -math.inf
+    else:
+        sqnr = 10 * math.log10(float(np.sum(a**2)) / noise)
     return OutputStats(
         name,
         list(np.shape(ref)),
@@ -164,9 +179,18 @@ def compare_arrays(name: str, ref: np.ndarray, new: np.ndarray) -> OutputStats:
     )
 
 
+def _numeric(array: np.ndarray) -> bool:
+    return np.asarray(array).dtype.kind in "biufc"
+
+
 def _top1(ref: np.ndarray, new: np.ndarray) -> float | None:
     """Share of rows with the same argmax, for [N, C] float class scores."""
-    if ref.ndim != 2 or ref.shape[1] < 2 or not np.issubdtype(ref.dtype, np.floating):
+    if (
+        ref.ndim != 2
+        or ref.shape[0] == 0
+        or ref.shape[1] < 2
+        or not np.issubdtype(ref.dtype, np.floating)
+    ):
         return None
     return float(np.mean(np.argmax(ref, axis=1) == np.argmax(new, axis=1)))
 
@@ -233,12 +257,11 @@ def verify(
     missing = [n for n in names if n not in new_names]
     if missing:
         return VerifyResult([], thresholds, [f"outputs missing from the result: {missing}"], source)
-    shapes = ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+    shapes = describe(feeds)
     ref_out = _guarded(
         lambda: ref_sess.run(names, feeds),
         ConfigError,
-        f"onnxruntime cannot run the original model on {shapes}; give "
-        "--input-shape NAME:DIMS or --inputs FILE.npz",
+        f"onnxruntime cannot run the original model on {shapes}; {SHAPE_HINT}",
     )
     new_out = _guarded(
         lambda: new_sess.run(names, feeds),

@@ -1,8 +1,9 @@
 """Remove what computes nothing; lossless by construction.
 
 Identity, inference-mode Dropout, dead nodes and unused initializers go.
-Will not touch: an Identity/Dropout between a graph input and a graph output (removing
-it would rename an output), a Dropout whose mask output is read, or a Dropout in
+Will not touch: an Identity/Dropout between a graph input and a graph output, or whose
+output is a graph output while its input is read by other nodes (removing either would
+rename a graph output), a Dropout whose mask output is read, or a Dropout in
 training mode (`training_mode` input set to a true constant or computed).
 """
 
@@ -48,6 +49,8 @@ class CleanupPass(Pass):
             return "connects a graph input or constant straight to a graph output"
         if graph_utils.is_graph_output(graph, dst) and graph_utils.is_graph_output(graph, src):
             return "both its input and output are graph outputs"
+        if graph_utils.is_graph_output(graph, dst) and any(r is not node for r in src.outputs):
+            return "its output is a graph output and its input is read elsewhere"
         if node.op == "Dropout":
             if len(node.outputs) > 1 and node.outputs[1].outputs:
                 return "its mask output is read"

@@ -271,7 +271,8 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
 
     When the node's output is a graph output, the producer of the input is made to
     write the output tensor instead (its own output tensor is dropped), so output
-    names stay stable.
+    names stay stable; when that cannot be done (no producer, or the input is read
+    elsewhere) it is a ValueError: graph outputs are never renamed.
     """
     src, dst = node.inputs[0], node.outputs[0]
     prod = producer(src)
@@ -284,9 +285,10 @@ def bypass(graph: gs.Graph, node: gs.Node) -> None:
         node.inputs.clear()
         node.outputs.clear()
         return
+    if is_graph_output(graph, dst):
+        raise ValueError(f"bypassing {node.name} would rename the graph output {dst.name}")
     for reader in consumers(dst):
         reader.inputs = [src if t is dst else t for t in reader.inputs]
-    graph.outputs = [src if t is dst else t for t in graph.outputs]
     node.inputs.clear()
     node.outputs.clear()
 

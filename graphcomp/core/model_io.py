@@ -23,6 +23,9 @@ from graphcomp.core.errors import ModelLoadError, UnsupportedModelError
 
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)  # bytes; protobuf's hard limit is 2 GiB
 MIN_OPSET = 7
+# IR 3 requires every initializer to be a graph input; the exporter writes weights as
+# initializers only, so an exported model is at least IR 4 (onnxruntime reads both)
+MIN_IR = 4
 
 
 def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -93,7 +96,11 @@ def default_opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
             return int(entry.version)
-    raise UnsupportedModelError("the model imports no version of the default ONNX domain")
+    domains = ", ".join(sorted(e.domain for e in model.opset_import)) or "no domain"
+    raise UnsupportedModelError(
+        f"the model imports no version of the default ONNX domain (only {domains}); "
+        "graphcomp edits default-domain ops only: use the model as it is"
+    )
 
 
 def check_opset(model: onnx.ModelProto, label: str = "model") -> int:
@@ -188,11 +195,11 @@ def save(
 def ir_version_for(model: onnx.ModelProto, floor: int = 0) -> int:
     """The IR version an exported model gets: the one rule for every export.
 
-    At least `floor` (the original model's, when the caller keeps it), the graph's own
-    and what its opsets need; at most what the installed onnx writes.
+    At least `floor` (the original model's, when the caller keeps it), the graph's own,
+    what its opsets need and `MIN_IR`; at most what the installed onnx writes.
     """
     needed = onnx.helper.find_min_ir_version_for(list(model.opset_import), True)
-    return min(max(floor, model.ir_version, needed), onnx.IR_VERSION)
+    return min(max(floor, model.ir_version, needed, MIN_IR), onnx.IR_VERSION)
 
 
 def export(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:

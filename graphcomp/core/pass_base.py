@@ -169,6 +169,10 @@ class Pass:
             raise NotImplementedError(f"'{self.name}' is composite: run it with pipeline.run")
         raise NotImplementedError
 
+    def quantizes(self) -> bool:
+        """True when the pass leaves QuantizeLinear/DequantizeLinear (only cleanup may follow)."""
+        return False
+
     def steps(self) -> list[Pass] | None:
         """The steps of a composite pass, in order; None for a pass that is one step."""
         return None

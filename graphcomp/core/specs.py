@@ -113,12 +113,35 @@ def load_spec_file(path: str | Path) -> list[PassSpec]:
 
 
 def _file_entry(path: Path, entry: Any) -> PassSpec:
+    return spec_entry(entry, str(path))
+
+
+def spec_entry(entry: Any, where: str = "passes") -> PassSpec:
+    """One list entry as a spec: a name, a (name, fields) pair or a table with a 'name' key."""
     if isinstance(entry, str):
-        return entry, {}
+        return entry.strip(), {}
     if isinstance(entry, dict) and isinstance(entry.get("name"), str):
         fields = {k: v for k, v in entry.items() if k != "name"}
         return entry["name"], fields
-    raise ConfigError(f"{path}: each pass must be a name or a table with a 'name' key")
+    if (
+        isinstance(entry, tuple)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], dict)
+    ):
+        return entry[0], dict(entry[1])
+    raise ConfigError(f"{where}: each pass must be a name or a table with a 'name' key")
+
+
+def list_specs(entries: list[Any]) -> list[PassSpec]:
+    """Specs from a Python list: names (with fields: "prune(ratio=0.2)"), tables, pairs."""
+    out: list[PassSpec] = []
+    for entry in entries:
+        if isinstance(entry, str) and ("(" in entry or "," in entry):
+            out.extend(parse_specs(entry))
+        else:
+            out.append(spec_entry(entry))
+    return out
 
 
 def build_passes(specs: list[PassSpec], registry: dict[str, type[Pass]]) -> list[Pass]:
@@ -165,11 +188,32 @@ def _coerce(pass_name: str, key: str, value: Any, hint: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
+RECOMMENDED = "prune -> svd -> dfq (or prune -> svd -> qdq with --calibration-data)"
+AFTER_QUANTIZED = frozenset({"cleanup"})  # the only passes that may follow a quantizing one
+
+
 def order_warnings(names: list[str]) -> list[str]:
     """Warnings when the user's order goes against prune -> svd -> dfq -> qdq."""
     staged = [(STAGE[n], n) for n in names if n in STAGE]
     return [
-        f"'{b}' runs before '{a}'; the recommended order is prune, svd, dfq, qdq"
+        f"'{b}' runs after '{a}'; the recommended order is {RECOMMENDED}"
         for (sa, a), (sb, b) in zip(staged, staged[1:], strict=False)
         if sb < sa
     ]
+
+
+def check_sequence(passes: list[Pass]) -> None:
+    """ConfigError, before anything runs, for a pass after one whose output is quantized.
+
+    dfq (unless `quantize=false`) and qdq end with QuantizeLinear/DequantizeLinear;
+    every pass but cleanup works on the float model only.
+    """
+    quantized: Pass | None = None
+    for p in passes:
+        if quantized is not None and p.name not in AFTER_QUANTIZED:
+            raise ConfigError(
+                f"'{p.name}' cannot run after '{quantized.name}', which already quantizes "
+                f"the model; put quantization last: {RECOMMENDED}"
+            )
+        if quantized is None and p.quantizes():
+            quantized = p

@@ -21,15 +21,22 @@ input that indexes a constant embedding table (through Cast/Unsqueeze/Reshape/..
 gets uniform ids over the table's rows, any other integer input (attention masks)
 is all ones. Synthetic samples are generated in seeded blocks of `BLOCK` and then
 cut into the caller's batches, so the samples do not depend on the batch size.
-Dynamic dims take `shapes` overrides, else `batch` for the first dim and
-`DEFAULT_DYNAMIC_DIM` for the others.
+Dynamic dims take `shapes` overrides (the user's, used as they are: never resized
+here), else `batch` for the first dim and `DEFAULT_DYNAMIC_DIM` for the others, with one
+value per symbolic dim name across all inputs (`resolve_dims`). Known dims, 0 included,
+stay. Inputs of every onnxruntime tensor type are generated in their own dtype
+(`NP_TYPES`; strings from a few words); a type numpy cannot hold (bfloat16) is refused
+with a hint to pass `--inputs`. When some input's first dim is fixed (static, scalar or
+user-given), synthetic blocks are yielded whole: they cannot be cut into other batches.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -37,11 +44,23 @@ from typing import Protocol
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from graphcomp.core import model_io
-from graphcomp.core.errors import ConfigError
+from graphcomp.core.errors import ConfigError, UnsupportedModelError
 
 Feeds = dict[str, np.ndarray]
+# onnxruntime's own exception classes derive from Exception directly.
+ORT_ERRORS: tuple[type[Exception], ...] = (
+    RuntimeError,
+    ValueError,
+    *(
+        cls
+        for cls in vars(ort_state).values()
+        if isinstance(cls, type) and issubclass(cls, Exception)
+    ),
+)
+SHAPE_HINT = "give --input-shape NAME:DIMS or --inputs FILE.npz"
 DEFAULT_DYNAMIC_DIM = 64
 ORT_OPT_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 PRIORS = ("smooth", "normal")
@@ -57,14 +76,23 @@ SMOOTH_SEED = 7919  # offset of the smooth fields' generator from the sample see
 PASS_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity")
 MAX_WALK = 4  # nodes followed from an integer input to its Gather
 TINY = 1e-12
-ELEM_TYPES = {
-    onnx.TensorProto.FLOAT: "tensor(float)",
-    onnx.TensorProto.FLOAT16: "tensor(float16)",
-    onnx.TensorProto.DOUBLE: "tensor(double)",
-    onnx.TensorProto.INT64: "tensor(int64)",
-    onnx.TensorProto.INT32: "tensor(int32)",
-    onnx.TensorProto.BOOL: "tensor(bool)",
+# onnxruntime type string -> numpy dtype of a feed (bfloat16 and float8 have no numpy dtype)
+NP_TYPES: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
 }
+WORDS = np.array(["a", "b", "graph", ""], dtype=object)  # synthetic string inputs
 
 
 class InputArg(Protocol):
@@ -105,6 +133,20 @@ def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.Infere
         return ort.InferenceSession(str(path), opts, providers=providers)
 
 
+def describe(feeds: Mapping[str, np.ndarray]) -> str:
+    """`name:1x3x8x8, ids:8` (the shapes of a feed, for messages)."""
+    return ", ".join(f"{k}:{'x'.join(map(str, v.shape)) or 'scalar'}" for k, v in feeds.items())
+
+
+def run_error(error: BaseException, feeds: Mapping[str, np.ndarray], what: str) -> ConfigError:
+    """One-line ConfigError for onnxruntime failing on `feeds` (the user can fix the shapes)."""
+    lines = str(error).strip().splitlines()
+    first = lines[0][:300] if lines else type(error).__name__
+    return ConfigError(
+        f"onnxruntime cannot run {what} on {describe(feeds)}; {SHAPE_HINT} ({first})"
+    )
+
+
 def input_args(model: onnx.ModelProto) -> list[Arg]:
     """The real graph inputs of `model` (initializers excluded), as onnxruntime lists them."""
     inits = {i.name for i in model.graph.initializer}
@@ -117,7 +159,64 @@ def input_args(model: onnx.ModelProto) -> list[Arg]:
             d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
             for d in tensor.shape.dim
         ]
-        out.append(Arg(value.name, ELEM_TYPES.get(tensor.elem_type, "tensor(float)"), dims))
+        out.append(Arg(value.name, ort_type(tensor.elem_type), dims))
+    return out
+
+
+def ort_type(elem_type: int) -> str:
+    """The onnxruntime type string of an ONNX element type ("tensor(float)" when unset)."""
+    if elem_type == onnx.TensorProto.UNDEFINED:
+        return "tensor(float)"
+    name = onnx.TensorProto.DataType.Name(elem_type).lower()
+    return f"tensor({ {'float32': 'float', 'float64': 'double'}.get(name, name) })"
+
+
+def check_shapes(shapes: Mapping[str, list[int]], args: Sequence[InputArg]) -> None:
+    """ConfigError when `--input-shape` names an input the model lacks or has another rank."""
+    ranks = {a.name: len(a.shape) for a in args}
+    for name, dims in shapes.items():
+        if name not in ranks:
+            have = ", ".join(ranks) or "none"
+            raise ConfigError(f"--input-shape names no input '{name}'; the inputs are: {have}")
+        if ranks[name] != len(dims) and ranks[name] > 0:
+            raise ConfigError(
+                f"--input-shape {name}: {len(dims)} dims given, the input has {ranks[name]}"
+            )
+
+
+def resolve_dims(
+    args: Sequence[InputArg], shapes: Mapping[str, list[int]] | None = None, batch: int = 8
+) -> dict[str, list[int]]:
+    """Concrete dims of every input: one value per symbolic dim name across all inputs.
+
+    A user-given shape (`shapes`) is used as it is and binds the names of the dims it
+    fixes; a known dim (0 included) stays; any other symbolic dim takes the value its
+    name was first bound to, else `batch` for the first dim and `DEFAULT_DYNAMIC_DIM`.
+    """
+    shapes = shapes or {}
+    bound: dict[str, int] = {}
+    for arg in args:
+        given = shapes.get(arg.name)
+        if given is not None and len(given) == len(arg.shape):
+            for d, v in zip(arg.shape, given, strict=True):
+                if isinstance(d, str) and d:
+                    bound.setdefault(d, int(v))
+    out = {}
+    for arg in args:
+        given = shapes.get(arg.name)
+        if given is not None:
+            out[arg.name] = [int(v) for v in given]
+            continue
+        dims = []
+        for i, d in enumerate(arg.shape):
+            if isinstance(d, int) and d >= 0:
+                dims.append(d)
+                continue
+            value = batch if i == 0 else DEFAULT_DYNAMIC_DIM
+            if isinstance(d, str) and d:
+                value = bound.setdefault(d, value)
+            dims.append(value)
+        out[arg.name] = dims
     return out
 
 
@@ -151,61 +250,77 @@ def make_inputs(
 ) -> Feeds:
     """Seeded "normal" inputs for every model input, dynamic dims resolved as documented."""
     rng = np.random.default_rng(seed)
-    shapes = shapes or {}
     args = sess.get_inputs() if isinstance(sess, ort.InferenceSession) else sess
-    feeds = {}
-    for arg in args:
-        dims = shapes.get(arg.name) or [
-            d if isinstance(d, int) and d > 0 else (batch if i == 0 else DEFAULT_DYNAMIC_DIM)
-            for i, d in enumerate(arg.shape)
-        ]
-        feeds[arg.name] = _random(rng, arg.type, dims)
-    return feeds
+    dims = resolve_dims(args, shapes, batch)
+    return {arg.name: _random(rng, arg.type, dims[arg.name]) for arg in args}
 
 
 def _random(rng: np.random.Generator, ort_type: str, dims: list[int]) -> np.ndarray:
-    if "float16" in ort_type:
-        return rng.standard_normal(dims).astype(np.float16)
-    if "double" in ort_type:
-        return rng.standard_normal(dims)
-    if "float" in ort_type:
-        return rng.standard_normal(dims).astype(np.float32)
-    if "bool" in ort_type:
+    dtype = NP_TYPES.get(ort_type)
+    if dtype is None:
+        raise UnsupportedModelError(
+            f"cannot make inputs of type {ort_type}; pass --inputs FILE.npz with that input"
+        )
+    if dtype is np.object_:
+        return WORDS[rng.integers(0, len(WORDS), dims)]
+    if dtype is np.bool_:
         return rng.integers(0, 2, dims).astype(bool)
-    if "int32" in ort_type:
-        return rng.integers(0, 2, dims).astype(np.int32)
-    if "int" in ort_type:
-        return rng.integers(0, 2, dims).astype(np.int64)
-    raise ConfigError(f"cannot make inputs of type {ort_type}; pass --inputs file.npz")
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, 2, dims).astype(dtype)
+    return rng.standard_normal(dims).astype(dtype)
 
 
 def load_inputs(
     path: str | Path, sess: ort.InferenceSession | Sequence[InputArg]
 ) -> dict[str, np.ndarray]:
     """Read an .npz of named inputs (the user's verification inputs), cast to the model's types."""
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: cannot read inputs ({e})") from e
+    data = read_npz(path, "inputs")
     args = sess.get_inputs() if isinstance(sess, ort.InferenceSession) else sess
     feeds = {}
     for arg in args:
         if arg.name not in data:
-            raise ConfigError(f"{path}: no array named '{arg.name}' (has {', '.join(data.files)})")
-        feeds[arg.name] = _cast(np.asarray(data[arg.name]), arg.type)
+            have = ", ".join(data) or "no arrays"
+            raise ConfigError(f"{path}: no array named '{arg.name}' (has {have})")
+        feeds[arg.name] = _cast(data[arg.name], arg.type)
     return feeds
 
 
+def read_npz(path: str | os.PathLike[str], what: str) -> dict[str, np.ndarray]:
+    """The arrays of a numpy .npz by name; one-line ConfigError when it is not one.
+
+    Strings are read from unicode arrays (np.savez of a `str` array); pickled object
+    arrays are refused (loading them can run code).
+    """
+    errors = (OSError, ValueError, EOFError, zipfile.BadZipFile)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except errors as e:
+        raise _npz_error(path, what, e) from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ConfigError(f"{path}: {what} must be an .npz of named arrays (np.savez)")
+    try:
+        with data:
+            return {k: np.asarray(data[k]) for k in data.files}
+    except errors as e:
+        raise _npz_error(path, what, e) from e
+
+
+def _npz_error(path: str | os.PathLike[str], what: str, error: Exception) -> ConfigError:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "allow_pickle" in message and "Object arrays" in message:
+        message = "it holds pickled object arrays; save strings as np.str_ arrays"
+    elif "pickled" in message or "interpret" in message:
+        message = "not a numpy .npz file"
+    return ConfigError(f"{path}: cannot read {what} ({message})")
+
+
 def _cast(array: np.ndarray, ort_type: str) -> np.ndarray:
-    kinds = {
-        "tensor(float)": np.float32,
-        "tensor(float16)": np.float16,
-        "tensor(double)": np.float64,
-        "tensor(int64)": np.int64,
-        "tensor(int32)": np.int32,
-        "tensor(bool)": np.bool_,
-    }
-    return array.astype(kinds.get(ort_type, array.dtype), copy=False)
+    dtype = NP_TYPES.get(ort_type)
+    if dtype is None:
+        return array
+    if dtype is np.object_:
+        return array.astype(object)
+    return array.astype(dtype, copy=False)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -240,8 +355,18 @@ class Source:
         """The inputs in batches of `batch` samples (the last may be smaller)."""
         if self.data is not None:
             yield from _calibration(model, self.data, batch, self.limit)
-        else:
+        elif self._batched(model):
             yield from _rebatch(self._blocks(model), batch)
+        else:  # a fixed or scalar first dim: blocks cannot be cut or joined
+            yield from self._blocks(model)
+
+    def _batched(self, model: onnx.ModelProto) -> bool:
+        """True when every input's first dim is free: a sample axis to cut and join on."""
+        fixed = self.shapes or {}
+        return all(
+            a.shape and not isinstance(a.shape[0], int) and a.name not in fixed
+            for a in input_args(model)
+        )
 
     def _plan(self, model: onnx.ModelProto) -> tuple[int, int]:
         shapes = {k: [1, *v[1:]] for k, v in (self.shapes or {}).items()}
@@ -255,11 +380,13 @@ class Source:
         fields = np.random.default_rng(self.seed + SMOOTH_SEED)
         ids = np.random.default_rng(self.seed)
         samples, block = self._plan(model)
+        # a user-fixed first dim is the block size (each block then counts its samples)
+        fixed = [v[0] for v in (self.shapes or {}).values() if v]
         done = 0
         while done < samples:
-            size = min(block, samples - done)
-            shapes = {k: [size, *v[1:]] for k, v in (self.shapes or {}).items()}
-            feeds = make_inputs(args, shapes, seed=self.seed + done, batch=size)
+            size = min(fixed) if fixed else min(block, samples - done)
+            # user-fixed shapes are used as they are (their batch too)
+            feeds = make_inputs(args, dict(self.shapes or {}), seed=self.seed + done, batch=size)
             for name, value in feeds.items():
                 if np.issubdtype(value.dtype, np.integer):
                     rows = tables.get(name)
@@ -275,7 +402,13 @@ class Source:
                 ):
                     feeds[name] = smooth_field(fields, value.shape).astype(value.dtype)
             yield feeds
-            done += size
+            done += max(samples_in(feeds), 1)  # a model's static batch may differ from size
+
+
+def samples_in(feeds: Feeds) -> int:
+    """Samples in one batch: the first axis of its first input (1 for a scalar)."""
+    first = next(iter(feeds.values()), None)
+    return int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
 
 
 def plan_synthetic(one: Feeds, samples: int) -> tuple[int, int]:

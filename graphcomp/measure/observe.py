@@ -26,6 +26,7 @@ import numpy as np
 import onnx
 
 from graphcomp.core import progress
+from graphcomp.core.errors import UnsupportedModelError
 from graphcomp.measure import inputs
 
 Feeds = inputs.Feeds
@@ -58,14 +59,21 @@ class Runner:
     def __init__(self, model: onnx.ModelProto, names: Iterable[str] = ()) -> None:
         graph_inputs = {a.name for a in inputs.input_args(model)}
         self.names = [n for n in dict.fromkeys(names) if n not in graph_inputs]
-        self.session = inputs.session(with_outputs(model, self.names) if self.names else model)
+        try:
+            self.session = inputs.session(with_outputs(model, self.names) if self.names else model)
+        except inputs.ORT_ERRORS as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+            raise UnsupportedModelError(f"onnxruntime cannot load the model ({first})") from e
         self.outputs = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, feeds: Feeds, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Values of `names` (default: the names asked for) on one batch of `feeds`."""
         wanted = self.names if names is None else names
         inner = [n for n in wanted if n not in feeds]
-        got = dict(zip(inner, self.session.run(inner, feeds), strict=True)) if inner else {}
+        try:
+            got = dict(zip(inner, self.session.run(inner, feeds), strict=True)) if inner else {}
+        except inputs.ORT_ERRORS as e:
+            raise inputs.run_error(e, feeds, "the model") from e
         return {n: feeds[n] if n in feeds else got[n] for n in wanted}
 
 
@@ -87,7 +95,7 @@ def collect(
         batch = _fitting_batch(runner, names, source, model, batch)
         batches, total = source.batches(model, batch), source.count(model)
     else:
-        batches, total = iter(source), sum(_samples(feeds) for feeds in source)
+        batches, total = iter(source), sum(inputs.samples_in(feeds) for feeds in source)
     done = 0
     for feeds in batches:
         values = runner(feeds, names)
@@ -95,7 +103,7 @@ def collect(
             todo = reducers[name]
             for reducer in [todo] if hasattr(todo, "add") else todo:
                 reducer.add(values[name])
-        done += _samples(feeds)
+        done += inputs.samples_in(feeds)
         progress.tick("samples", done, total)
 
 
@@ -115,12 +123,6 @@ def _fitting_batch(
         v.nbytes for v in first.values()
     )
     return int(min(batch, max(1, BATCH_BYTES // max(per_sample, 1))))
-
-
-def _samples(feeds: Feeds) -> int:
-    """Samples in one batch: the first axis of its first input (1 for a scalar)."""
-    first = next(iter(feeds.values()), None)
-    return int(first.shape[0]) if first is not None and np.ndim(first) > 0 else 1
 
 
 def intermediates(model: onnx.ModelProto, names: list[str], feeds: Feeds) -> dict[str, np.ndarray]:

@@ -102,6 +102,10 @@ class DfqPass(Pass):
     lossless = False
     config_class = DfqConfig
 
+    def quantizes(self) -> bool:
+        """True unless `quantize=false` (then the output is a float model)."""
+        return self.config.quantize
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """The qdq step's preconditions (not quantized already, opset), before any step."""
         if self.config.quantize:

@@ -77,7 +77,8 @@ def add_qdq(
     )
     _retarget(readers, tensor, restored)
     graph.nodes.extend([q, dq])
-    if graph_utils.is_graph_output(graph, tensor):  # the DQ produces the output, same name
+    is_input = any(t is tensor for t in graph.inputs)  # a graph input keeps its name
+    if graph_utils.is_graph_output(graph, tensor) and not is_input:  # DQ writes the output
         graph.outputs = [restored if t is tensor else t for t in graph.outputs]
         tensor.name = graph_utils.fresh_name(graph, f"{base}_float")
         restored.name = base

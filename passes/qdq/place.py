@@ -159,6 +159,9 @@ def _fed_by(node: gs.Node, produced: set[str]) -> bool:
 
 def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, str | None]:
     inputs = [t for t in node.inputs if t.name]
+    other = _non_float32(node)
+    if other is not None:
+        return "", f"a {other} tensor (only float32 tensors are quantized)"
     consts = [graph_utils.const_value(t) is not None for t in inputs]
     if node.op in COMPUTE:
         if consts[0]:
@@ -175,6 +178,21 @@ def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, s
     if node.op in BINARY:
         return "binary", None
     return ("concat" if node.op == "Concat" else "pool"), None
+
+
+def _non_float32(node: gs.Node) -> str | None:
+    """The dtype of the first data input or output when known and not float32."""
+    for tensor in (node.inputs[:1] if node.inputs else []) + node.outputs[:1]:
+        dtype = tensor.values.dtype if isinstance(tensor, gs.Constant) else tensor.dtype
+        if dtype is None:
+            continue
+        try:
+            np_dtype = np.dtype(dtype)
+        except TypeError:
+            return str(dtype)
+        if np_dtype != np.float32:
+            return str(np_dtype)
+    return None
 
 
 def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:

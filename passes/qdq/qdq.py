@@ -19,16 +19,19 @@ is converted up (onnx.version_converter) or the pass refuses.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 from graphcomp.core import graph_utils, model_io, simplify
 from graphcomp.core.errors import UnsupportedModelError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import inputs as measure_inputs
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.qdq import clamp as qdq_clamp
 from graphcomp.passes.qdq import emit as qdq_emit
@@ -78,12 +81,16 @@ class QdqCorePass(Pass):
         super().__init__(config)
         self.config: QdqConfig
 
+    def quantizes(self) -> bool:
+        """Always: the output has QuantizeLinear/DequantizeLinear."""
+        return True
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Refuse models that are quantized already; load the rule file early."""
         if any(n.op in QDQ_OPS for n in graph.nodes):
             raise UnsupportedModelError(
                 "the model already has QuantizeLinear/DequantizeLinear "
-                "nodes; run qdq on the float model"
+                "nodes; give graphcomp the float model"
             )
         RuleBook(self.config)
 
@@ -92,6 +99,8 @@ class QdqCorePass(Pass):
         result = PassResult(self.name)
         book = RuleBook(self.config)
         plan = build_plan(graph, self.config, book)
+        if plan.layers or plan.acts:
+            _check_runtime(int(graph.opset))
         if ensure_opset(graph, plan, result):
             ctx.opset = int(graph.opset)
             plan = build_plan(graph, self.config, book)
@@ -143,6 +152,10 @@ class QdqPass(Pass):
         super().__init__(config)
         self.config: QdqConfig
 
+    def quantizes(self) -> bool:
+        """Always: the output has QuantizeLinear/DequantizeLinear."""
+        return True
+
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """qdq-core's preconditions, checked before any step runs."""
         QdqCorePass(self.config).requires(graph, ctx)
@@ -151,6 +164,46 @@ class QdqPass(Pass):
         """simplify, fold-bn (when `fold_bn`), qdq-core."""
         folds: list[Pass] = [FoldBnPass()] if self.config.fold_bn else []
         return [SimplifyStep(), *folds, QdqCorePass(self.config)]
+
+
+def _check_runtime(opset: int) -> None:
+    """UnsupportedModelError when onnxruntime has no QuantizeLinear at the model's opset."""
+    if ort_runs_qdq(opset):
+        return
+    newest = max((v for v in range(MIN_OPSET, opset) if ort_runs_qdq(v)), default=MIN_OPSET)
+    raise UnsupportedModelError(
+        f"this onnxruntime ({ort.__version__}) has no QuantizeLinear kernel at opset "
+        f"{opset}; convert the model to opset {newest} first "
+        "(onnx.version_converter.convert_version)"
+    )
+
+
+@functools.cache
+def ort_runs_qdq(opset: int) -> bool:
+    """True when the installed onnxruntime loads an int8 Q -> DQ pair at `opset`."""
+    if opset < MIN_OPSET:
+        return True  # the pass converts the model up to MIN_OPSET first
+    f = onnx.TensorProto.FLOAT
+    graph = onnx.helper.make_graph(
+        [
+            onnx.helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+            onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"]),
+        ],
+        "probe",
+        [onnx.helper.make_tensor_value_info("x", f, [2])],
+        [onnx.helper.make_tensor_value_info("y", f, [2])],
+        [
+            onnx.helper.make_tensor("s", f, [], [0.1]),
+            onnx.helper.make_tensor("z", onnx.TensorProto.INT8, [], [0]),
+        ],
+    )
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    model.ir_version = model_io.ir_version_for(model)
+    try:
+        measure_inputs.session(model)
+    except measure_inputs.ORT_ERRORS:
+        return False
+    return True
 
 
 def _outlier_prone(plan: Plan, spreads: dict[str, float], limit: float) -> dict[str, str]:
@@ -187,8 +240,8 @@ def required_opset(plan: Plan) -> int:
 def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     """Convert the graph up to the plan's opset in place; True when it changed."""
     need, have = required_opset(plan), int(graph.opset)
-    if have >= need:
-        return False
+    if have >= need or not (plan.layers or plan.acts):
+        return False  # nothing to quantize: the model keeps its opset
     graph.cleanup()  # drop nodes detached by fold-bn before the converter sees them
     model = model_io.export(graph)
     try:

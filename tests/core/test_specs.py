@@ -88,7 +88,48 @@ def test_bad_spec_files_are_config_errors(tmp_path):
 
 
 def test_order_warnings_flag_quantize_before_prune():
-    assert specs.order_warnings(["prune", "svd", "dfq", "qdq"]) == []
-    assert specs.order_warnings(["fold-bn", "dfq", "prune"]) == [
-        "'prune' runs before 'dfq'; the recommended order is prune, svd, dfq, qdq"
+    assert specs.order_warnings(["prune", "svd", "dfq"]) == []
+    assert specs.order_warnings(["prune", "svd", "qdq"]) == []
+    assert specs.order_warnings(["equalize", "prune"]) == [
+        "'prune' runs after 'equalize'; the recommended order is prune -> svd -> dfq "
+        "(or prune -> svd -> qdq with --calibration-data)"
     ]
+
+
+def _passes(text: str) -> list[Pass]:
+    from graphcomp.passes import REGISTRY
+
+    return specs.build_passes(specs.parse_specs(text), REGISTRY)
+
+
+@pytest.mark.parametrize(
+    ("text", "first"),
+    [
+        ("dfq,qdq", "qdq"),
+        ("dfq,prune,svd,qdq", "prune"),
+        ("qdq,svd", "svd"),
+        ("qdq,cleanup,dfq", "dfq"),
+        ("dfq,equalize", "equalize"),
+    ],
+)
+def test_sequence_after_a_quantizing_pass_is_refused_in_one_line(text, first):
+    with pytest.raises(ConfigError) as info:
+        specs.check_sequence(_passes(text))
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"'{first}' cannot run after")
+    assert "prune -> svd -> dfq" in message
+
+
+@pytest.mark.parametrize(
+    "text", ["prune,svd,dfq", "prune,svd,qdq", "dfq,cleanup", "dfq(quantize=false),qdq", "cleanup"]
+)
+def test_sequences_that_work_are_accepted(text):
+    specs.check_sequence(_passes(text))
+
+
+def test_list_specs_accept_names_tables_pairs_and_fields():
+    got = specs.list_specs(["fold-bn", {"name": "prune", "ratio": 0.2}, ("svd", {}), "qdq(bits=8)"])
+    assert got == [("fold-bn", {}), ("prune", {"ratio": 0.2}), ("svd", {}), ("qdq", {"bits": 8})]
+    with pytest.raises(ConfigError, match="a table with a 'name' key"):
+        specs.list_specs([{"ratio": 0.2}])

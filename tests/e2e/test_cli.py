@@ -80,6 +80,10 @@ def _bad_cases(tmp_path, bn_model):
         ],
         "report is a folder": ["run", m, "-p", "cleanup", "--report", str(tmp_path)],
         "unknown pass name": ["passes", "shrink"],
+        "inputs not an npz": ["run", m, "-p", "cleanup", "--inputs", m],
+        "unknown input-shape name": ["run", m, "-p", "cleanup", "--input-shape", "nope:1x3"],
+        "pass after a quantizing one": ["run", m, "-p", "dfq,qdq"],
+        "output folder missing": ["run", m, "-p", "cleanup", "-o", str(tmp_path / "no/o.onnx")],
     }
 
 
