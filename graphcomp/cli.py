@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import onnxruntime as ort
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -35,6 +36,7 @@ app = typer.Typer(
     rich_markup_mode=None,
     help="Data-free compression of ONNX models, verified with onnxruntime.",
 )
+ORT_ERRORS_ONLY = 3  # onnxruntime logger severity: errors and fatal only
 out = Console()
 err = Console(stderr=True)
 
@@ -444,6 +446,8 @@ def config_cmd(
 
 def main() -> None:
     """Console-script entry point."""
+    # onnxruntime's own warnings (graph optimizers) would break the one-line errors
+    ort.set_default_logger_severity(ORT_ERRORS_ONLY)
     app(prog_name="graphcomp")
 
 
