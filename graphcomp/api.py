@@ -159,7 +159,7 @@ def compress(
         result.records,
         _summary(proto, ctx),
         _summary(result.model, ctx),
-        warnings=specs.order_warnings([p.name for p in chosen]),
+        warnings=specs.order_warnings([p.name for p in chosen]) + step_warnings(result.records),
     )
     if verify_output:
         if progress:
@@ -219,6 +219,16 @@ def _check_runs(model: onnx.ModelProto) -> None:
             f"onnxruntime cannot load the original model ({first}); graphcomp verifies "
             "every result in onnxruntime, so it needs a model onnxruntime runs"
         ) from e
+
+
+def step_warnings(records: list[pipeline.PassRecord]) -> list[str]:
+    """Every warning a step left in its notes (`warning`, `*_warning`), named by its step."""
+    return [
+        f"{record.result.name}: {value}"
+        for record in records
+        for key, value in record.result.notes.items()
+        if (key == "warning" or key.endswith("_warning")) and value
+    ]
 
 
 def _limits(thresholds: Thresholds | None, lossless: bool) -> Thresholds:
