@@ -55,7 +55,7 @@ class DfqConfig:
     """Which dfq steps run, with what quantizer and which statistics."""
 
     bits: int = 8
-    per_channel: bool = False  # weights per output channel (per-tensor is the hard case)
+    per_channel: bool = True  # weights per output channel; False: per-tensor hardware profile
     equalize: bool = True
     absorb: bool = False  # measured to hurt on a real ImageNet CNN (see module docstring)
     correct: bool = True

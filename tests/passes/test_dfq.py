@@ -36,10 +36,12 @@ def test_dfq_beats_naive_per_tensor_on_spread_channels():
             graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed, decades=3.0
         )
         feeds = graphs.feeds_for(model, seed=seed, batch=8)
-        # the test inputs are white N(0, 1), so the statistics use that prior too
-        full, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
+        # the test inputs are white N(0, 1), so the statistics use that prior too;
+        # per-tensor weights: the hard-benchmark / per-tensor-hardware profile
+        pt = {"prior": "normal", "per_channel": False}
+        full, res = graphs.apply(model, DfqPass(DfqConfig(**pt)))
         naive, _ = graphs.apply(
-            model, DfqPass(DfqConfig(equalize=False, absorb=False, correct=False, prior="normal"))
+            model, DfqPass(DfqConfig(equalize=False, absorb=False, correct=False, **pt))
         )
         onnx.checker.check_model(full)
         assert graphs.op_count(full, "QuantizeLinear") >= 3
@@ -73,14 +75,35 @@ def test_nothing_to_equalize_still_quantizes_and_says_so():
     assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 25
 
 
-def test_opset_11_model_is_quantized_per_tensor():
+def test_opset_11_model_per_tensor_profile_stays_at_opset_11():
     model = graphs.build(graphs.CONV_DW_CONV, opset=11)
-    out, _ = graphs.apply(model, DfqPass())
+    out, _ = graphs.apply(model, DfqPass(DfqConfig(per_channel=False)))
     onnx.checker.check_model(out)
+    assert out.opset_import[0].version == 11
     dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(not any(a.name == "axis" for a in n.attribute) for n in dq)
     feeds = graphs.feeds_for(model, batch=4)
     assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 15
+
+
+def test_opset_11_model_is_raised_to_13_for_per_channel_weights_by_default():
+    model = graphs.build(graphs.CONV_DW_CONV, opset=11)
+    out, res = graphs.apply(model, DfqPass())
+    onnx.checker.check_model(out)
+    assert out.opset_import[0].version == 13
+    assert res.record("dfq/qdq-core").result.notes["opset"] == "converted 11 -> 13"
+    conv_weights = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = [n for n in dq if n.output[0] in conv_weights]
+    assert len(per_channel) == 3
+    assert all(np.size(_init(out, n.input[1])) > 1 for n in per_channel)
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 15
+
+
+def _init(model, name):
+    inits = {i.name: i for i in model.graph.initializer}
+    return onnx.numpy_helper.to_array(inits[name])
 
 
 def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
