@@ -193,7 +193,13 @@ class DfqPass(Pass):
 
 
 def _qdq_config(cfg: DfqConfig) -> QdqConfig:
-    return QdqConfig(bits=cfg.bits, per_channel=cfg.per_channel, samples=cfg.samples, seed=cfg.seed)
+    return QdqConfig(
+        bits=cfg.bits,
+        per_channel=cfg.per_channel,
+        samples=cfg.samples,
+        prior=cfg.prior,
+        seed=cfg.seed,
+    )
 
 
 class _StatsStep(Pass):

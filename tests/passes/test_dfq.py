@@ -7,6 +7,7 @@ from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.prune.prune import PruneConfig, PrunePass
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
 SINGLE_GEMM = """
@@ -184,3 +185,26 @@ def test_prune_then_dfq_does_not_read_statistics_from_before_the_prune():
     assert ctx.stats["n"].source == "synthetic" and np.size(ctx.stats["n"].mean) == 2
     _, res = graphs.apply(model, FoldBnPass(), DfqPass())  # no prune: BN statistics kept
     assert res.record("dfq/stats").result.notes["stat_sources"] == {"bn": 1, "synthetic": 1}
+
+
+LN_HEAD = """
+g (float[N, 32] x, float[32, 32] w_m, float[32] g_ln, float[32] b_ln, float[32, 8] w_h,
+   float[8] b_h) => (float[N, 8] y) {
+    s = MatMul (x, w_m)
+    h = LayerNormalization <axis = -1> (s, g_ln, b_ln)
+    y = Gemm (h, w_h, b_h)
+}
+"""
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_outlier_prone_gemm_input_stays_float_as_in_qdq(per_channel):
+    gamma = np.ones(32, np.float32)
+    gamma[5] = 80.0  # one LayerNorm channel dwarfs the others (BERT-like outlier)
+    model = graphs.build(LN_HEAD, g_ln=gamma)
+    out, res = graphs.apply(model, DfqPass(DfqConfig(per_channel=per_channel)))
+    core = res.record("dfq/qdq-core").result.notes
+    assert core["transformer"] and "h" in core["left_float"]
+    assert "outlier channels" in core["left_float"]["h"]
+    _, ref = graphs.apply(model, QdqPass(QdqConfig(per_channel=per_channel)))
+    assert set(ref.record("qdq/qdq-core").result.notes["left_float"]) == set(core["left_float"])
