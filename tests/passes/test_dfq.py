@@ -151,7 +151,7 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
 
 def test_dfq_runs_as_checked_steps_and_simplifies_once():
     model = graphs.build(graphs.CONV_BN_RELU_CONV)
-    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True)))
+    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True, correct=True)))
     assert [r.result.name for r in res.records] == [
         "dfq/simplify",
         "dfq/fold-bn",
@@ -208,3 +208,14 @@ def test_outlier_prone_gemm_input_stays_float_as_in_qdq(per_channel):
     assert "outlier channels" in core["left_float"]["h"]
     _, ref = graphs.apply(model, QdqPass(QdqConfig(per_channel=per_channel)))
     assert set(ref.record("qdq/qdq-core").result.notes["left_float"]) == set(core["left_float"])
+
+
+def test_bias_correct_runs_by_default_only_for_per_tensor_weights():
+    names = {
+        pc: [s.name for s in DfqPass(DfqConfig(per_channel=pc)).steps()] for pc in (True, False)
+    }
+    assert "bias-correct" in names[False] and "bias-correct" not in names[True]
+    assert (
+        DfqConfig(correct=True).corrects
+        and not DfqConfig(correct=False, per_channel=False).corrects
+    )
