@@ -7,10 +7,13 @@ default, or the user's samples) -> equalize (CLE, exact; ReLU6 kept) -> absorb-b
 -> bias-correct for the weight quantizer qdq will use -> activation ranges from the
 statistics (`ranges`: mean +- range_k std per channel through each activation,
 dfq_ranges) -> `measure-ranges` for the other quantized tensors -> qdq-core (qdq
-without its own simplify/fold-bn; per-tensor int8 weights and activations by
-default). The statistics are measured once and rescaled/shifted in ctx.stats as
-equalize and absorb-bias edit the layers; `summarize` adds the run-level notes
-(equalize coverage, weight SQNR before/after, ReLU6 bounds, charts) to the steps.
+without its own simplify/fold-bn; per-channel int8 weights by default, opset raised to
+13 when lower; `per_channel=False` is the per-tensor-hardware / hard-benchmark profile,
+with bias correction on, as `correct=None` resolves; transformer graphs get qdq's
+dynamic MatMul inputs and float islands). The statistics are measured once and
+rescaled/shifted in ctx.stats as equalize and absorb-bias edit the layers; `summarize`
+adds the run-level notes (equalize coverage, weight SQNR before/after, ReLU6 bounds,
+charts) to the steps.
 Each step can be switched off (the ablation rows of the README). Defaults measured on
 an ImageNet EfficientNet-Lite0 (ReLU6, depthwise; top-1 agreement with float on 512
 photo crops, per-tensor int8, no data): equalize at strength 0.75 (s^0.75 of the
