@@ -9,11 +9,11 @@ cd "$(dirname "$0")/.."
 for model in mobilenetv2_s resnet_s vgg_s densecat_s; do
   for twin in "${model}_bn" "${model}"; do
     cmd="graphcomp bench models/${twin}.onnx --passes none \
---passes dfq(equalize=false,correct=false,stats=data-free) \
---passes dfq(correct=false,stats=data-free) \
---passes dfq(absorb=true,correct=false,stats=data-free) \
---passes dfq(absorb=true,stats=data-free) \
---passes dfq(stats=data-free) \
+--passes dfq(per_channel=false,equalize=false,correct=false,stats=data-free) \
+--passes dfq(per_channel=false,correct=false,stats=data-free) \
+--passes dfq(per_channel=false,absorb=true,correct=false,stats=data-free) \
+--passes dfq(per_channel=false,absorb=true,stats=data-free) \
+--passes dfq(per_channel=false,stats=data-free) \
 --passes dfq(per_channel=true,equalize=false,correct=false,stats=data-free) \
 --baseline ort-static-pt --baseline ort-static-pc \
 --calibration-data models/data/glyphs_calib.npz --eval models/data/glyphs_eval.npz \

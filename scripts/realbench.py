@@ -21,6 +21,11 @@ graphcomp or onnxruntime failure becomes the row's result; the run goes on.
 
 Usage, from the repo root (about 10 minutes for everything on 2 cores):
 `nice -n 15 python scripts/realbench.py [--family ocr-rec] [--out table.md]`.
+Choosing a default: `--split tuning` scores every row on the tuning split instead
+(the onnxruntime static rows are then scored on their own calibration data, so only the
+graphcomp rows are fair there); `--row gc-dfq --row gc-qdq` runs only those rows (float
+is always the reference); `--gc NAME=SPEC` adds a graphcomp row `gc-NAME` running SPEC,
+e.g. `--gc pt="dfq(per_channel=false)"`.
 Exported models, rendered inputs and quantized models are cached under
 ~/.cache/graphcomp-realbench (override with GRAPHCOMP_REALBENCH_CACHE).
 """
@@ -201,6 +206,8 @@ EVAL_FONTS = [
     "DejaVuSerifCondensed-Italic.ttf",
     "DejaVuSans-Oblique.ttf",
 ]
+SPLITS = {"evaluation": "eval", "tuning": "tune"}  # --split value -> the split's key
+SCORED = {"split": "eval"}  # the split every row is scored on (main sets it)
 TUNE_VOICES = ["en-us", "en+m3", "en+f2"]
 EVAL_VOICES = ["en-gb", "en+m5", "en+f4", "en-us+m7"]
 
@@ -213,6 +220,11 @@ def sentence_split(split: str) -> list[str]:
     if split not in ("tune", "eval"):
         raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
     return SENTENCES[:TUNE_SENTENCES] if split == "tune" else SENTENCES[TUNE_SENTENCES:]
+
+
+def scored_split() -> str:
+    """The split the rows are scored on: "eval" unless `--split tuning` was given."""
+    return SCORED["split"]
 
 
 def font_split(split: str) -> list[str]:
@@ -501,23 +513,33 @@ VARIANTS = [
 ]
 
 
-def run_family(fam: Family) -> list[Row]:
-    """Every variant of one family, scored on the evaluation split against float."""
+def run_family(
+    fam: Family, only: Sequence[str] | None = None, extra: dict[str, str] | None = None
+) -> list[Row]:
+    """The variants of one family (all, or `only`; float always), scored against float.
+
+    `extra` maps more graphcomp row names (`gc-NAME`) to their spec.
+    """
     work = CACHE / fam.name / "variants"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     ref = fam.evaluate(session(fam.model))
     base_lat = latency(fam.model, fam.latency_feed)
+    specs = {v: v[3:] for v, _ in VARIANTS if v.startswith("gc-")}
+    specs.update({f"gc-{k}": v for k, v in (extra or {}).items()})
+    added = [f"gc-{k}" for k in extra or {}]
+    names = [v for v, _ in VARIANTS] + added
+    keep = {"float", *(only or names), *added}
     rows = []
-    for variant, _ in VARIANTS:
-        if variant == "ort-dynamic" and not fam.dynamic:
+    for variant in names:
+        if variant not in keep or (variant == "ort-dynamic" and not fam.dynamic):
             continue
         print(f"[{fam.name}] {variant}", file=sys.stderr, flush=True)
         path = work / f"{variant}.onnx"
         if variant == "float":
             path, result = fam.model, "ok"
-        elif variant.startswith("gc-"):
-            result = build_graphcomp(variant[3:], fam, path)
+        elif variant in specs:
+            result = build_graphcomp(specs[variant], fam, path)
         elif variant == "ort-static-pc-rand":
             result = build_ort("static-pc", fam, path, fam.random_feeds)
         else:
@@ -667,7 +689,7 @@ def family_ocr_rec() -> Family:
         return TextRecognizer.resize_norm_img(me, img, ratio)
 
     tune = _feeds([prep(im) for _, im in line_items("tune")])
-    evals = line_items("eval")
+    evals = line_items(scored_split())
     eval_feeds = _feeds([prep(im) for _, im in evals])
 
     def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
@@ -723,7 +745,7 @@ def family_ocr_cls() -> Family:
         return [TextClassifier.resize_norm_img(me, np.ascontiguousarray(im)) for im in imgs]
 
     tune = _feeds(prep(line_items("tune")))
-    eval_feeds = _feeds(prep(line_items("eval")))
+    eval_feeds = _feeds(prep(line_items(scored_split())))
 
     def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
         r, h = np.concatenate(ref), np.concatenate(hyp)
@@ -770,7 +792,7 @@ def family_ocr_det() -> Family:
         return list(det.filter_tag_det_res(found, (PAGE, PAGE)))
 
     tune = [{"x": pre(p)} for p in page_items("tune")]
-    eval_feeds = [{"x": pre(p)} for p in page_items("eval")]
+    eval_feeds = [{"x": pre(p)} for p in page_items(scored_split())]
 
     def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
         f1 = [box_f1(boxes(r), boxes(h)) for r, h in zip(ref, hyp, strict=True)]
@@ -873,7 +895,7 @@ def family_vad() -> Family:
     tune: list[dict[str, np.ndarray]] = []
     for audio in recordings("tune"):
         tune += vad_stream(sess, audio)[1]
-    evals = recordings("eval")
+    evals = recordings(scored_split())
     rng = np.random.default_rng(14)
     random_feeds = [
         {
@@ -979,7 +1001,7 @@ def family_minilm() -> Family:
         }
 
     tune = [feed(t) for t in sentence_split("tune")]
-    eval_feeds = [feed(t) for t in sentence_split("eval")]
+    eval_feeds = [feed(t) for t in sentence_split(scored_split())]
     rng = np.random.default_rng(15)
     vocab = tok.get_vocab_size()
     random_feeds = [
@@ -1025,12 +1047,39 @@ FAMILIES: dict[str, Callable[[], Family]] = {
 }
 
 
+def parse_extra(items: Sequence[str]) -> dict[str, str]:
+    """`NAME=SPEC` items as {NAME: SPEC}; ValueError on a malformed item or a taken name."""
+    out: dict[str, str] = {}
+    taken = {v[3:] for v, _ in VARIANTS if v.startswith("gc-")}
+    for item in items:
+        name, sep, spec = item.partition("=")
+        name, spec = name.strip(), spec.strip()
+        if not sep or not name or not spec or name in taken or name in out:
+            raise ValueError(f"--gc wants a new NAME=SPEC, got {item!r}")
+        out[name] = spec
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the chosen families (all by default) and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", action="append", choices=list(FAMILIES))
     parser.add_argument("--out", type=Path, help="also write the markdown table here")
+    parser.add_argument(
+        "--split",
+        choices=list(SPLITS),
+        default="evaluation",
+        help="score on this split (tuning: for choosing defaults; report evaluation)",
+    )
+    parser.add_argument(
+        "--row", action="append", choices=[v for v, _ in VARIANTS], help="run only these rows"
+    )
+    parser.add_argument(
+        "--gc", action="append", default=[], metavar="NAME=SPEC", help="extra graphcomp row"
+    )
     args = parser.parse_args(argv)
+    SCORED["split"] = SPLITS[args.split]
+    extra = parse_extra(args.gc)
     if os.nice(0) < NICE:
         os.nice(NICE - os.nice(0))
     sys.path.insert(0, str(ROOT))
@@ -1045,11 +1094,13 @@ def main(argv: list[str] | None = None) -> int:
             _log_crash(name, "setup", traceback.format_exc())
             print(f"[{name}] skipped: {type(e).__name__}: {e}", file=sys.stderr)
             continue
-        rows += run_family(fams[name])
+        rows += run_family(fams[name], args.row, extra)
     text = table(rows, fams)
     notes = [f"- {n}: {note}" for n, f in fams.items() for note in f.notes]
     legend = [f"- `{v}`: {d}" for v, d in VARIANTS]
-    out = "\n".join([text, "", *notes, "", *legend])
+    legend += [f"- `gc-{k}`: graphcomp `{v}`, no data" for k, v in extra.items()]
+    header = f"Scored on the {args.split} split."
+    out = "\n".join([header, "", text, "", *notes, "", *legend])
     print(out)
     if args.out:
         args.out.write_text(out + "\n")

@@ -5,10 +5,10 @@ eps E[x] (per output: eps summed over each input channel's kernel, times that
 channel's mean). Subtracting it from the bias makes the quantized layer unbiased:
 b' = b - eps E[x]. Q is exactly the weight quantizer the qdq pass will use
 (graphcomp.core.quant.fake_quant with the same QuantSpec: symmetric signed narrow-range,
-per-tensor by default), so this pass must see the same weights qdq will; run it right
-before qdq. E[x] comes from graphcomp.passes.dfq.input_means: BatchNorm statistics pushed
-through the previous activation where the model had BN, else the float model's
-measured input mean (synthetic inputs, or the user's samples).
+per output channel by default, as qdq), so this pass must see the same weights qdq
+will; run it right before qdq. E[x] comes from graphcomp.passes.dfq.input_means:
+BatchNorm statistics pushed through the previous activation where the model had BN,
+else the float model's measured input mean (synthetic inputs, or the user's samples).
 
 Will not touch: MatMul (no bias input), layers with non-constant or shared weights,
 layers whose input mean no source can give. Ref: Nagel et al., ICCV 2019, 4.2.1.
@@ -40,7 +40,7 @@ class BiasCorrectConfig:
     """The weight quantizer to correct for, and where E[x] comes from."""
 
     bits: int = 8
-    per_channel: bool = False
+    per_channel: bool = True  # as qdq's default weight quantizer
     pow2: bool = False
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     weight_range: str = "minmax"  # mse: clip weights to the quantization-MSE-optimal range

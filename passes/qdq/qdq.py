@@ -110,7 +110,8 @@ class QdqCorePass(Pass):
             if not a.dynamic and a.rule.method == "auto"
         }
         spreads: dict[str, float] = {}
-        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, spreads)
+        guarded = {n for n, a in plan.acts.items() if a.guard}  # spread measured, even for dfq
+        ranges, error = qdq_ranges.collect(graph, specs, ctx, self.config, spreads, guarded)
         if error:
             result.notes["ranges_error"] = error
         qdq_clamp.cap_ranges(graph, plan, ranges)

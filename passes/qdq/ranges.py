@@ -17,6 +17,7 @@ produce are left without a range.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -67,15 +68,20 @@ def collect(
     ctx: PassContext,
     config: QdqConfig,
     spreads: dict[str, float] | None = None,
+    spread_of: Collection[str] = (),
 ) -> tuple[dict[str, Range], str | None]:
     """Ranges of the tensors in `specs` and an error message if measuring failed.
 
     With a `spreads` dict, each measured tensor's channel spread goes there (the
     largest channel's max |x| over the median channel's, channels on the last axis).
+    The tensors in `spread_of` are measured even when ctx.ranges has their range (an
+    earlier pass's range still wins), so their spread is always known.
     """
     tensors = graph.tensors()
     ranges = {n: r for n in specs if (r := from_context(tensors.get(n), ctx)) is not None}
     todo = [n for n in specs if n not in ranges]
+    if spreads is not None:
+        todo += [n for n in specs if n in ranges and n in spread_of]
     if not todo:
         return ranges, None
     model = model_io.to_model(graph)
@@ -89,8 +95,9 @@ def collect(
         log.debug("measuring activation ranges failed: %r", e)
         return ranges, f"the float model could not be run to measure ranges ({e})"
     for name, sampler in samplers.items():
-        lo, hi = _range(sampler, config, specs[name])
-        ranges[name] = (float(lo), float(hi), f"{src.label}:{_method(config)}")
+        if name not in ranges:
+            lo, hi = _range(sampler, config, specs[name])
+            ranges[name] = (float(lo), float(hi), f"{src.label}:{_method(config)}")
         if spreads is not None:
             spreads[name] = sampler.channel_spread()
     return ranges, None

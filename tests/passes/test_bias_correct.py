@@ -42,17 +42,20 @@ def _output_means(model, feeds, names):
     return {n: v.astype(np.float64).mean(axis=(0, 2, 3)) for n, v in values.items()}
 
 
+@pytest.mark.parametrize("per_channel", [True, False])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_first_layer_mean_is_exact_with_calibration(seed):
+def test_first_layer_mean_is_exact_with_calibration(seed, per_channel):
     model = graphs.spread_channels(graphs.build(VALID_CONVS, seed=seed), seed=seed)
     feeds = graphs.feeds_for(model, seed=seed, batch=16)
     # non-zero mean, constant over space: every kernel tap then sees the same mean
     feeds = {k: np.broadcast_to(v[:, :, :1, :1] + 1.5, v.shape).copy() for k, v in feeds.items()}
     ctx = PassContext(calibration=feeds)
-    out, res = graphs.apply(model, BiasCorrectPass(), ctx=ctx)
+    out, res = graphs.apply(
+        model, BiasCorrectPass(BiasCorrectConfig(per_channel=per_channel)), ctx=ctx
+    )
     result = res.records[0].result
     assert len(result.changes) == 3 and result.notes["input_mean_sources"] == {"calibration": 3}
-    spec = quant.QuantSpec(8, True, True, False)
+    spec = quant.QuantSpec(8, True, True, per_channel, axis=0)
     ref = _output_means(model, feeds, ["a"])["a"]
     naive = _output_means(_fake_quantized(model, spec), feeds, ["a"])["a"]
     fixed = _output_means(_fake_quantized(out, spec), feeds, ["a"])["a"]

@@ -7,6 +7,7 @@ from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.prune.prune import PruneConfig, PrunePass
+from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
 SINGLE_GEMM = """
@@ -36,10 +37,12 @@ def test_dfq_beats_naive_per_tensor_on_spread_channels():
             graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed, decades=3.0
         )
         feeds = graphs.feeds_for(model, seed=seed, batch=8)
-        # the test inputs are white N(0, 1), so the statistics use that prior too
-        full, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
+        # the test inputs are white N(0, 1), so the statistics use that prior too;
+        # per-tensor weights: the hard-benchmark / per-tensor-hardware profile
+        pt = {"prior": "normal", "per_channel": False}
+        full, res = graphs.apply(model, DfqPass(DfqConfig(**pt)))
         naive, _ = graphs.apply(
-            model, DfqPass(DfqConfig(equalize=False, absorb=False, correct=False, prior="normal"))
+            model, DfqPass(DfqConfig(equalize=False, absorb=False, correct=False, **pt))
         )
         onnx.checker.check_model(full)
         assert graphs.op_count(full, "QuantizeLinear") >= 3
@@ -73,14 +76,35 @@ def test_nothing_to_equalize_still_quantizes_and_says_so():
     assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 25
 
 
-def test_opset_11_model_is_quantized_per_tensor():
+def test_opset_11_model_per_tensor_profile_stays_at_opset_11():
     model = graphs.build(graphs.CONV_DW_CONV, opset=11)
-    out, _ = graphs.apply(model, DfqPass())
+    out, _ = graphs.apply(model, DfqPass(DfqConfig(per_channel=False)))
     onnx.checker.check_model(out)
+    assert out.opset_import[0].version == 11
     dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
     assert dq and all(not any(a.name == "axis" for a in n.attribute) for n in dq)
     feeds = graphs.feeds_for(model, batch=4)
     assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 15
+
+
+def test_opset_11_model_is_raised_to_13_for_per_channel_weights_by_default():
+    model = graphs.build(graphs.CONV_DW_CONV, opset=11)
+    out, res = graphs.apply(model, DfqPass())
+    onnx.checker.check_model(out)
+    assert out.opset_import[0].version == 13
+    assert res.record("dfq/qdq-core").result.notes["opset"] == "converted 11 -> 13"
+    conv_weights = {n.input[1] for n in out.graph.node if n.op_type == "Conv"}
+    dq = [n for n in out.graph.node if n.op_type == "DequantizeLinear"]
+    per_channel = [n for n in dq if n.output[0] in conv_weights]
+    assert len(per_channel) == 3
+    assert all(np.size(_init(out, n.input[1])) > 1 for n in per_channel)
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _sqnr(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 15
+
+
+def _init(model, name):
+    inits = {i.name: i for i in model.graph.initializer}
+    return onnx.numpy_helper.to_array(inits[name])
 
 
 def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
@@ -127,7 +151,7 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
 
 def test_dfq_runs_as_checked_steps_and_simplifies_once():
     model = graphs.build(graphs.CONV_BN_RELU_CONV)
-    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True)))
+    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True, correct=True)))
     assert [r.result.name for r in res.records] == [
         "dfq/simplify",
         "dfq/fold-bn",
@@ -161,3 +185,37 @@ def test_prune_then_dfq_does_not_read_statistics_from_before_the_prune():
     assert ctx.stats["n"].source == "synthetic" and np.size(ctx.stats["n"].mean) == 2
     _, res = graphs.apply(model, FoldBnPass(), DfqPass())  # no prune: BN statistics kept
     assert res.record("dfq/stats").result.notes["stat_sources"] == {"bn": 1, "synthetic": 1}
+
+
+LN_HEAD = """
+g (float[N, 32] x, float[32, 32] w_m, float[32] g_ln, float[32] b_ln, float[32, 8] w_h,
+   float[8] b_h) => (float[N, 8] y) {
+    s = MatMul (x, w_m)
+    h = LayerNormalization <axis = -1> (s, g_ln, b_ln)
+    y = Gemm (h, w_h, b_h)
+}
+"""
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_outlier_prone_gemm_input_stays_float_as_in_qdq(per_channel):
+    gamma = np.ones(32, np.float32)
+    gamma[5] = 80.0  # one LayerNorm channel dwarfs the others (BERT-like outlier)
+    model = graphs.build(LN_HEAD, g_ln=gamma)
+    out, res = graphs.apply(model, DfqPass(DfqConfig(per_channel=per_channel)))
+    core = res.record("dfq/qdq-core").result.notes
+    assert core["transformer"] and "h" in core["left_float"]
+    assert "outlier channels" in core["left_float"]["h"]
+    _, ref = graphs.apply(model, QdqPass(QdqConfig(per_channel=per_channel)))
+    assert set(ref.record("qdq/qdq-core").result.notes["left_float"]) == set(core["left_float"])
+
+
+def test_bias_correct_runs_by_default_only_for_per_tensor_weights():
+    names = {
+        pc: [s.name for s in DfqPass(DfqConfig(per_channel=pc)).steps()] for pc in (True, False)
+    }
+    assert "bias-correct" in names[False] and "bias-correct" not in names[True]
+    assert (
+        DfqConfig(correct=True).corrects
+        and not DfqConfig(correct=False, per_channel=False).corrects
+    )

@@ -153,3 +153,18 @@ def test_table_marks_failed_rows():
     text = rb.table(rows, {"m": fam})
     assert "| m | float | agreement | 1.0000 |" in text
     assert "| m | gc-qdq | agreement | - |" in text and "CRASH KeyError" in text
+
+
+def test_extra_graphcomp_rows_parse_and_reject_taken_names():
+    assert rb.parse_extra(["pt=dfq(per_channel=false)", " q = qdq "]) == {
+        "pt": "dfq(per_channel=false)",
+        "q": "qdq",
+    }
+    for bad in (["dfq"], ["=dfq"], ["x="], ["dfq=dfq"], ["a=dfq", "a=qdq"]):
+        with pytest.raises(ValueError, match="NAME=SPEC"):
+            rb.parse_extra(bad)
+
+
+def test_scored_split_defaults_to_evaluation():
+    assert rb.scored_split() == "eval"
+    assert rb.SPLITS == {"evaluation": "eval", "tuning": "tune"}
