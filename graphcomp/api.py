@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from graphcomp import pipeline
+from graphcomp import pipeline, speed
 from graphcomp.core import analysis, model_io, specs
 from graphcomp.core.errors import ConfigError, UnsupportedModelError, VerificationError
 from graphcomp.core.pass_base import Pass, PassContext
@@ -167,6 +167,10 @@ def compress(
         limits = _limits(thresholds, result.lossless)
         feeds = Path(inputs) if inputs is not None else None
         report.verification = verify(proto, result.model, limits, feeds, ctx.input_shapes)
+        report.latency_ratio = speed.latency_ratio(proto, result.model, ctx.input_shapes)
+        slower = speed.warning(report.latency_ratio)
+        if slower:
+            report.warnings.append(slower)
         if report.verification.failed:
             raise VerificationFailedError(
                 "verification failed: " + "; ".join(report.verification.failures),

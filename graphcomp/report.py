@@ -30,6 +30,7 @@ class Report:
     verification: VerifyResult | None = None
     warnings: list[str] = field(default_factory=list)
     stat_sources: dict[str, str] = field(default_factory=dict)
+    latency_ratio: float | None = None  # output / original, quick check (graphcomp.speed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, every skip reason included."""
@@ -42,6 +43,7 @@ class Report:
             "passes": [r.to_dict() for r in self.passes],
             "verification": self.verification.to_dict() if self.verification else None,
             "warnings": self.warnings,
+            "latency_ratio": None if self.latency_ratio is None else round(self.latency_ratio, 3),
         }
 
     def write_json(self, path: str | Path) -> None:
@@ -59,6 +61,11 @@ class Report:
         console.print(size_line(self.before, self.after))
         if self.verification is not None:
             console.print(verify_table(self.verification))
+        if self.latency_ratio is not None:
+            console.print(
+                f"latency: {self.latency_ratio:.2f}x the original's (batch 1, one thread, "
+                "quick check; 'graphcomp bench' measures it)"
+            )
         for w in self.warnings:
             console.print(f"[yellow]warning:[/] {w}")
 
