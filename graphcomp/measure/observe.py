@@ -225,19 +225,18 @@ class Values:
         self._merge(take, before, finite.size)
 
     def _merge(self, take: np.ndarray, before: int, new: int) -> None:
-        """Keep `max_values` values: a weighted sample of the kept ones and `take`.
+        """Keep `max_values` values: uniform subsets of the kept ones and of `take`.
 
-        Each kept value stands for `before / count` values seen, each taken one for
-        `new / take.size`, so every value seen is equally likely to stay, whatever the
-        order and size of the batches.
+        The kept share follows the values seen (`before` against `new`), so every value
+        seen is about equally likely to stay, whatever the order and size of the batches.
         """
         old = self.values()
-        weights = np.concatenate(
-            [np.full(old.size, before / old.size), np.full(take.size, new / take.size)]
-        )
         size = int(self.max_values or old.size + take.size)
-        keep = self.rng.choice(old.size + take.size, size, replace=False, p=weights / weights.sum())
-        self.kept = [np.concatenate([old, take])[keep]]
+        from_old = int(self.rng.binomial(size, before / (before + new)))
+        from_old = min(max(from_old, size - take.size), old.size)
+        keep_old = self.rng.choice(old.size, from_old, replace=False)
+        keep_new = self.rng.choice(take.size, size - from_old, replace=False)
+        self.kept = [np.concatenate([old[keep_old], take[keep_new]])]
         self.count = size
 
     def _track_channels(self, values: np.ndarray) -> None:
