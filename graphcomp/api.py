@@ -14,6 +14,7 @@ the model, and the original must load in onnxruntime (when verifying).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 
 from graphcomp import pipeline, speed
-from graphcomp.core import analysis, model_io, specs
+from graphcomp.core import analysis, lazy_weights, model_io, specs
 from graphcomp.core.errors import ConfigError, UnsupportedModelError, VerificationError
 from graphcomp.core.pass_base import Pass, PassContext
 from graphcomp.measure import inputs as measure_inputs
@@ -137,11 +139,57 @@ def compress(
     verify_output: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> tuple[onnx.ModelProto, Report]:
-    """Compress `model` with `passes`, verify it, optionally save it; see module doc."""
-    source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
-    proto = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
+    """Compress `model` with `passes`, verify it, optionally save it; see module doc.
+
+    A model file with external data saved to `output` runs with its large weights on
+    disk (graphcomp/core/lazy_weights.py, in a temporary folder beside `output`): the
+    returned proto is then the saved one, its weights referenced in `<output>.data`.
+    """
     if output is not None and not isinstance(model, onnx.ModelProto):
         _check_output_path(Path(model), Path(output))
+    run = functools.partial(
+        _compress,
+        model,
+        passes,
+        config_file=config_file,
+        output=output,
+        calibration_data=calibration_data,
+        inputs=inputs,
+        input_shapes=input_shapes,
+        thresholds=thresholds,
+        verify_output=verify_output,
+        progress=progress,
+    )
+    if output is None or isinstance(model, onnx.ModelProto) or not _external(Path(model)):
+        return run()
+    with lazy_weights.folder(Path(output).parent):
+        _, report = run()
+    return onnx.load(str(output), load_external_data=False), report
+
+
+def _external(path: Path) -> bool:
+    """True for a model file with external data (False for what load will refuse)."""
+    try:
+        return path.is_file() and model_io.has_external_data(path)
+    except (OSError, DecodeError, ValueError, RuntimeError):
+        return False
+
+
+def _compress(
+    model: onnx.ModelProto | str | os.PathLike[str],
+    passes: str | list[Any] | None,
+    *,
+    config_file: str | os.PathLike[str] | None,
+    output: str | os.PathLike[str] | None,
+    calibration_data: Calibration | None,
+    inputs: str | os.PathLike[str] | None,
+    input_shapes: dict[str, list[int]] | None,
+    thresholds: Thresholds | None,
+    verify_output: bool,
+    progress: Callable[[str], None] | None,
+) -> tuple[onnx.ModelProto, Report]:
+    source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
+    proto = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
     opset = model_io.check_opset(proto)
     chosen = resolve_passes(passes, config_file)
     calibration = load_calibration(calibration_data)

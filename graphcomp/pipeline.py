@@ -16,12 +16,11 @@ field it did not declare (`reads`/`writes`), or wrote a run input, is a bug
 
 from __future__ import annotations
 
+import gc
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import onnx
@@ -89,7 +88,7 @@ def run(
 ) -> PipelineResult:
     """Apply `passes` in order to a copy of `model`; composites run step by step."""
     ctx = ctx or PassContext(opset=model_io.default_opset(model))
-    graph = gs.import_onnx(model)
+    graph = model_io.import_graph(model)
     graph_utils.name_nodes(graph)
     state = _Run(model, ctx, PipelineResult(model=model, passes=list(passes)), progress)
     state.total = sum(_count_steps(p) for p in passes)
@@ -149,7 +148,9 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     run.out.records.append(_record(p, result, run, current, seconds))
     run.out.model = current
     run.done.append(label)
-    return gs.import_onnx(current)
+    if model_io.is_lazy(current):
+        gc.collect()  # a replaced weight is a reference cycle (gs tensors): unmap it now
+    return model_io.import_graph(current)
 
 
 def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:
@@ -302,18 +303,12 @@ def check(model: onnx.ModelProto, label: str, done: list[str]) -> None:
         dupes = sorted({n for n in names if names.count(n) > 1})[:5]
         raise PassFailedError(f"pass '{label}' produced duplicate node names {dupes}{_after(done)}")
     try:
-        if model_io.needs_external_data(model):
-            _check_by_path(model)
+        if model_io.needs_external_data(model) or model_io.is_lazy(model):
+            with model_io.on_disk(model) as path:
+                onnx.checker.check_model(str(path))
         else:
             onnx.checker.check_model(model)
     except (onnx.checker.ValidationError, ValueError) as e:
         raise PassFailedError(
             f"pass '{label}' produced an invalid model: {str(e).splitlines()[0]}{_after(done)}"
         ) from e
-
-
-def _check_by_path(model: onnx.ModelProto) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        model_io.save(model, path, external=True)
-        onnx.checker.check_model(str(path))

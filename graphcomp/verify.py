@@ -11,6 +11,7 @@ String outputs compare exactly.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -235,17 +236,17 @@ def verify(
     seed: int = 0,
     batch: int = 8,
 ) -> VerifyResult:
-    """Compare the two models output by output on the same inputs."""
+    """Compare the two models output by output on the same inputs.
+
+    One session at a time: the original runs, its outputs are kept and its session
+    dropped before the compressed model is loaded, so a big model's weights are never
+    held twice.
+    """
     thresholds = thresholds or Thresholds()
     ref_sess = _guarded(
         lambda: session(original),
         UnsupportedModelError,
         "onnxruntime cannot load the original model",
-    )
-    new_sess = _guarded(
-        lambda: session(compressed),
-        PassFailedError,
-        "onnxruntime cannot load the compressed model (a graphcomp bug)",
     )
     if inputs is not None:
         feeds, source = load_inputs(inputs, ref_sess), f"file {inputs}"
@@ -253,16 +254,22 @@ def verify(
         feeds = make_inputs(ref_sess, input_shapes, seed, batch)
         source = f"seeded N(0,1), seed {seed}"
     names = [o.name for o in ref_sess.get_outputs()]
+    shapes = describe(feeds)
+    ref_out = _guarded(
+        functools.partial(ref_sess.run, names, feeds),
+        ConfigError,
+        f"onnxruntime cannot run the original model on {shapes}; {SHAPE_HINT}",
+    )
+    del ref_sess  # its weights go before the compressed model's load
+    new_sess = _guarded(
+        lambda: session(compressed),
+        PassFailedError,
+        "onnxruntime cannot load the compressed model (a graphcomp bug)",
+    )
     new_names = {o.name for o in new_sess.get_outputs()}
     missing = [n for n in names if n not in new_names]
     if missing:
         return VerifyResult([], thresholds, [f"outputs missing from the result: {missing}"], source)
-    shapes = describe(feeds)
-    ref_out = _guarded(
-        lambda: ref_sess.run(names, feeds),
-        ConfigError,
-        f"onnxruntime cannot run the original model on {shapes}; {SHAPE_HINT}",
-    )
     new_out = _guarded(
         lambda: new_sess.run(names, feeds),
         PassFailedError,

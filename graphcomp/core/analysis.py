@@ -170,12 +170,10 @@ def _layers_vague(model: onnx.ModelProto, vague: set[str]) -> bool:
 
 def _fold(model: onnx.ModelProto) -> onnx.ModelProto | None:
     """`model` with its constant shape arithmetic folded (graphcomp.core.simplify), or None."""
-    import onnx_graphsurgeon as gs
-
     from graphcomp.core import simplify
 
     try:
-        graph = gs.import_onnx(model)
+        graph = model_io.import_graph(model)
         if not simplify.fold_constants(graph):
             return None
         folded = model_io.export(graph)

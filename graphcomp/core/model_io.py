@@ -1,16 +1,21 @@
 """Load and save ONNX models safely.
 
 - load: refuses what is not an ONNX model with one sentence, checks that external
-  data stays inside the model's folder, never writes to the input.
+  data stays inside the model's folder, never writes to the input. Inside
+  `lazy_weights.folder()` large external weights stay on disk (graphcomp/core/lazy_weights.py).
 - save: writes into a temporary folder beside the target and renames into place, so a
-  reader never sees a half-written file; external data when the model is large.
+  reader never sees a half-written file; external data when the model is large or
+  has weights on disk (streamed from their files, never held in memory).
+- import_graph / export: the one way between a ModelProto and a gs.Graph.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +24,9 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 from onnx import external_data_helper
 
+from graphcomp.core import lazy_weights
 from graphcomp.core.errors import ModelLoadError, UnsupportedModelError
+from graphcomp.core.lazy_weights import is_lazy
 
 EXTERNAL_DATA_THRESHOLD = int(1.8 * 2**30)  # bytes; protobuf's hard limit is 2 GiB
 MIN_OPSET = 7
@@ -29,7 +36,11 @@ MIN_IR = 4
 
 
 def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX model with its external data, after validating the file."""
+    """Read an ONNX model with its external data, after validating the file.
+
+    Inside `lazy_weights.folder()`, external initializers of at least
+    `lazy_weights.LAZY_BYTES` stay on disk (see graphcomp/core/lazy_weights.py).
+    """
     path = Path(path)
     if not path.exists():
         raise ModelLoadError(f"{path}: no such file")
@@ -44,11 +55,21 @@ def load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     _check_is_model(path, model)
     if check_external_locations(model, path.parent):
         try:
-            onnx.load_external_data_for_model(model, str(path.parent))
+            _load_external_data(model, path.parent)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{path}: cannot read external data ({_first_line(e)})") from e
     check_opset(model, str(path))
     return model
+
+
+def _load_external_data(model: onnx.ModelProto, base_dir: Path) -> None:
+    """onnx.load_external_data_for_model, except for the tensors that stay on disk."""
+    for tensor in model.graph.initializer:
+        lazy_weights.keep_on_disk(tensor, base_dir.resolve())
+    for tensor in external_data_helper._get_all_tensors(model):
+        lazy = lazy_weights.location(tensor) is not None
+        if not lazy and external_data_helper.uses_external_data(tensor):
+            external_data_helper.load_external_data_for_tensor(tensor, str(base_dir))
 
 
 def has_external_data(path: str | os.PathLike[str]) -> bool:
@@ -133,12 +154,13 @@ def tensor_bytes(model: onnx.ModelProto) -> int:
 
 
 def model_size(model: onnx.ModelProto) -> int:
-    """Bytes the model takes when serialized.
+    """Bytes the model takes when serialized, weights kept on disk included.
 
     Past 2 GB protobuf cannot compute the size, so it is the tensor data's size.
     """
     data = tensor_bytes(model)
-    return data if data > EXTERNAL_DATA_THRESHOLD else model.ByteSize()
+    held = data if data > EXTERNAL_DATA_THRESHOLD else model.ByteSize()
+    return held + lazy_weights.lazy_bytes(model)
 
 
 def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -148,7 +170,7 @@ def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def needs_external_data(model: onnx.ModelProto) -> bool:
-    """True when one protobuf could not hold the model."""
+    """True when one protobuf could not hold the data the model holds in memory."""
     return tensor_bytes(model) > EXTERNAL_DATA_THRESHOLD
 
 
@@ -158,18 +180,24 @@ def save(
     """Write `model` to `path` atomically; returns the files written.
 
     With `external` None, weights go to `<name>.data` beside the model only when the
-    model is too large for one protobuf. The files are first written into a temporary
-    folder in the target folder and then renamed into place (data first, model last).
+    model is too large for one protobuf or keeps weights on disk (those always go to
+    the data file, copied from their files in chunks). The files are first written into
+    a temporary folder in the target folder and then renamed into place (data first,
+    model last).
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise ModelLoadError(f"{path.parent}: output folder does not exist")
-    use_external = needs_external_data(model) if external is None else external
+    use_external = needs_external_data(model) or is_lazy(model) if external is None else external
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         data_name = f"{path.name}.data"
         tmp_model = tmp_dir / path.name
-        if use_external:
+        if use_external and is_lazy(model):
+            model = _copy(model)  # small: the large weights are on disk
+            lazy_weights.write_data(model, tmp_dir / data_name, data_name)
+            onnx.save_model(model, str(tmp_model))
+        elif use_external:
             model = _copy(model)  # save_model rewrites tensors to external references
             onnx.save_model(
                 model,
@@ -192,6 +220,28 @@ def save(
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
+    """A file of `model` for readers that need a path (onnxruntime, onnx.checker).
+
+    A model with weights on disk is written beside them with references to them (a few
+    KB); any other model with its data into a temporary folder (external data).
+    """
+    if is_lazy(model):
+        with lazy_weights.view(model) as path:
+            yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        save(model, path, external=True)
+        yield path
+
+
+def import_graph(model: onnx.ModelProto) -> gs.Graph:
+    """`model` as a gs.Graph; weights kept on disk are read-only memmaps when read."""
+    return lazy_weights.map_constants(gs.import_onnx(model))
+
+
 def ir_version_for(model: onnx.ModelProto, floor: int = 0) -> int:
     """The IR version an exported model gets: the one rule for every export.
 
@@ -203,7 +253,12 @@ def ir_version_for(model: onnx.ModelProto, floor: int = 0) -> int:
 
 
 def export(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:
-    """`graph` as a ModelProto as it stands (no cleanup), IR version by `ir_version_for`."""
+    """`graph` as a ModelProto as it stands (no cleanup), IR version by `ir_version_for`.
+
+    Weights on disk stay there (memmapped constants export as their references, large
+    new arrays are written to the open `lazy_weights.folder`).
+    """
+    lazy_weights.prepare_export(graph)
     model = gs.export_onnx(graph, do_type_check=False)
     model.ir_version = ir_version_for(model, ir_floor)
     return model

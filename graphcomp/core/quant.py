@@ -26,6 +26,7 @@ import dataclasses
 
 import numpy as np
 
+from graphcomp.core import lazy_weights
 from graphcomp.core.errors import ConfigError
 
 BITS = (4, 8, 16)
@@ -33,6 +34,7 @@ MIN_SCALE = 1e-12  # a zero range (constant tensor) still gets a usable scale
 INT32_LIMIT = 2**31 - 1
 MSE_GRID = 64  # clipping ratios tried by `mse`
 MSE_MAX_SAMPLES = 1 << 18  # values used by `mse` (a seeded subsample beyond that)
+CHUNK_BYTES = 64 << 20  # a larger weight is ranged and quantized in slices of axis 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,10 +116,47 @@ def _along(values: np.ndarray, ndim: int, spec: QuantSpec) -> np.ndarray:
     return values.reshape(shape)
 
 
+def row_slices(x: np.ndarray) -> list[slice]:
+    """Slices of axis 0 that cover `x` in pieces of about CHUNK_BYTES (one when small)."""
+    if x.ndim == 0 or x.nbytes <= CHUNK_BYTES or x.shape[0] <= 1:
+        return [slice(None)]
+    rows = max(1, CHUNK_BYTES * x.shape[0] // x.nbytes)
+    return [slice(i, i + rows) for i in range(0, x.shape[0], rows)]
+
+
 def quantize(
     x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec
 ) -> np.ndarray:
-    """Integer codes of `x` (dtype `spec.storage_dtype`), computed like QuantizeLinear."""
+    """Integer codes of `x` (dtype `spec.storage_dtype`), computed like QuantizeLinear.
+
+    A large `x` is quantized CHUNK_BYTES at a time along axis 0 (same codes: the math
+    is elementwise), so its temporaries stay small; the pages of a weight on disk are
+    handed back after each slice (graphcomp/core/lazy_weights.py).
+    """
+    x = np.asarray(x)
+    slices = row_slices(x)
+    if len(slices) == 1:
+        return _quantize(x, scale, zero_point, spec)
+    codes = np.empty(x.shape, spec.storage_dtype)
+    scale, zero_point = np.asarray(scale), np.asarray(zero_point)
+    along_rows = spec.per_channel and scale.ndim > 0 and spec.axis % x.ndim == 0
+    for rows in slices:
+        s, z = (
+            (scale.reshape(-1)[rows], zero_point.reshape(-1)[rows])
+            if along_rows
+            else (
+                scale,
+                zero_point,
+            )
+        )
+        codes[rows] = _quantize(x[rows], s, z, spec)
+        lazy_weights.drop_pages(x[rows])
+    return codes
+
+
+def _quantize(
+    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, spec: QuantSpec
+) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     s = _along(np.asarray(scale, dtype=np.float32), x.ndim, spec)
     z = _along(np.asarray(zero_point, dtype=np.int64), x.ndim, spec)
@@ -136,7 +175,24 @@ def dequantize(
 
 
 def weight_range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(lo, hi) of `w`: whole tensor, or per channel along `spec.axis`."""
+    """(lo, hi) of `w`: whole tensor, or per channel along `spec.axis`.
+
+    Read in `row_slices` (min and max are exact in any order), as float64.
+    """
+    w = np.asarray(w)
+    parts = []
+    for rows in row_slices(w):
+        parts.append(_range(w[rows], spec))
+        lazy_weights.drop_pages(w[rows])
+    if len(parts) == 1:
+        return parts[0]
+    if spec.per_channel and spec.axis % w.ndim == 0:
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    lo = np.asarray(np.minimum.reduce([p[0] for p in parts]))
+    return lo, np.asarray(np.maximum.reduce([p[1] for p in parts]))
+
+
+def _range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, dtype=np.float64)
     if not spec.per_channel:
         return np.asarray(w.min()), np.asarray(w.max())

@@ -47,7 +47,7 @@ def propagate(graph: gs.Graph, ctx: PassContext, names: list[str]) -> dict[str, 
     Any tensor with a channel axis can be asked for (layer outputs, layer inputs).
     """
     model = shape_inference.infer_shapes(model_io.to_model(graph), data_prop=True)
-    g = gs.import_onnx(model)
+    g = model_io.import_graph(model)
     flow: dict[str, Moments] = {}
     for tensor in g.inputs:
         shape = ctx.input_shapes.get(tensor.name) or tensor.shape

@@ -35,7 +35,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -116,7 +115,12 @@ class Arg:
 
 
 def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.InferenceSession:
-    """The one CPU onnxruntime session factory; large protos go through a temporary file."""
+    """The one CPU onnxruntime session factory; large protos go through a file.
+
+    A model with weights on disk (graphcomp/core/lazy_weights.py) opens from a file
+    beside them: onnxruntime memory-maps them, and with prepacking off it keeps no
+    second, packed copy, so the session costs the weights it touches and no more.
+    """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ORT_OPT_LEVEL
     opts.log_severity_level = 4  # graphcomp reports failures itself, in one line
@@ -125,11 +129,11 @@ def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.Infere
     providers = ["CPUExecutionProvider"]
     if isinstance(model, (str, Path)):
         return ort.InferenceSession(str(model), opts, providers=providers)
-    if not model_io.needs_external_data(model):
+    if model_io.is_lazy(model):
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    elif not model_io.needs_external_data(model):
         return ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        model_io.save(model, path, external=True)
+    with model_io.on_disk(model) as path:
         return ort.InferenceSession(str(path), opts, providers=providers)
 
 

@@ -70,7 +70,7 @@ def estimate(
     """
     if method not in METHODS:
         raise ConfigError(f"unknown statistics method '{method}'; choose from {METHODS}")
-    graph = model if isinstance(model, gs.Graph) else gs.import_onnx(model)
+    graph = model if isinstance(model, gs.Graph) else model_io.import_graph(model)
     axes = layer_outputs(graph)
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
     source = "bn" if method == "bn" else _data_source(method, ctx)

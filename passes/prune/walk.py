@@ -12,7 +12,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import graph_utils, simplify
+from graphcomp.core import graph_utils, model_io, simplify
 from graphcomp.passes.prune import prep as prune_prep
 from graphcomp.passes.prune import rules as prune_rules
 from graphcomp.passes.prune.groups import ChannelGraph
@@ -39,7 +39,7 @@ def analyze(graph: gs.Graph) -> ChannelGraph:
 
 def describe(model: onnx.ModelProto) -> list[dict[str, Any]]:
     """The channel groups of `model` (not modified) as rows; nodes named as the pipeline does."""
-    graph = gs.import_onnx(model)
+    graph = model_io.import_graph(model)
     graph_utils.name_nodes(graph)
     return summary(analyze(graph))
 

@@ -252,7 +252,7 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
             f"quantizing needs opset {need} (int4/int16: 21, per-channel: 13) but converting "
             f"the model from opset {have} failed ({e}); use 8-bit or per-tensor rules"
         ) from e
-    new = gs.import_onnx(converted)
+    new = model_io.import_graph(converted)
     graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs
     graph.opset, graph.import_domains = new.opset, new.import_domains
     graph_utils.name_nodes(graph)  # the converter may add unnamed nodes

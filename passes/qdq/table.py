@@ -17,7 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 from rich.table import Table
 
-from graphcomp.core import graph_utils
+from graphcomp.core import graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.qdq import ranges as qdq_ranges
@@ -49,7 +49,7 @@ class Row:
 def resolve(model: onnx.ModelProto, config: QdqConfig, ctx: PassContext | None = None) -> list[Row]:
     """Rows for every quantizable layer of `model` (the model is not changed)."""
     ctx = ctx or PassContext()
-    graph = gs.import_onnx(model)
+    graph = model_io.import_graph(model)
     graph_utils.name_nodes(graph)
     if config.fold_bn:  # as the pass does first (on this private copy)
         FoldBnPass().apply(graph, PassContext())

@@ -26,14 +26,23 @@ def test_external_data_model_round_trips_through_cleanup(tmp_path):
     assert graphs.op_count(onnx.load(out), "Identity") == 1
 
 
+ROWS = 1024  # rows of a huge weight written at a time
+
+
 def _write_huge_model(folder, side: int = 16384, layers: int = 2):
     """A MatMul chain whose weights (side x side float32 each) are written straight to
-    an external file, so the >2 GB model is never built in memory by the test."""
+    an external file in blocks of rows, so the >2 GB model is never built in memory by
+    the test. Entries are k / (8 sqrt(side)) for k in -8..8, varying along both axes:
+    every output column differs, so verification compares real numbers."""
     nodes, inits, name = [], [], "x"
+    cols = np.arange(side)
     with open(folder / "huge.bin", "wb") as f:
         for i in range(layers):
             offset = f.tell()
-            np.full((side, side), 1.0 / side, np.float32).tofile(f)
+            for start in range(0, side, ROWS):
+                rows = np.arange(start, min(start + ROWS, side))[:, None]
+                k = (rows * 7 + cols[None, :] * (13 + i)) % 17 - 8
+                (k / (8 * np.sqrt(side))).astype(np.float32).tofile(f)
             init = TensorProto(
                 name=f"w{i}",
                 data_type=TensorProto.FLOAT,
