@@ -138,8 +138,12 @@ def compress(
     thresholds: Thresholds | None = None,
     verify_output: bool = True,
     progress: Callable[[str], None] | None = None,
+    failed_output: str | os.PathLike[str] | None = None,
 ) -> tuple[onnx.ModelProto, Report]:
     """Compress `model` with `passes`, verify it, optionally save it; see module doc.
+
+    When verification fails nothing is written to `output`; the result goes to
+    `failed_output` when given.
 
     A model file with external data saved to `output` runs with its large weights on
     disk (graphcomp/core/lazy_weights.py, in a temporary folder beside `output`): the
@@ -159,6 +163,7 @@ def compress(
         thresholds=thresholds,
         verify_output=verify_output,
         progress=progress,
+        failed_output=failed_output,
     )
     if output is None or isinstance(model, onnx.ModelProto) or not _external(Path(model)):
         return run()
@@ -187,6 +192,7 @@ def _compress(
     thresholds: Thresholds | None,
     verify_output: bool,
     progress: Callable[[str], None] | None,
+    failed_output: str | os.PathLike[str] | None,
 ) -> tuple[onnx.ModelProto, Report]:
     source = str(model) if not isinstance(model, onnx.ModelProto) else "<ModelProto>"
     proto = model if isinstance(model, onnx.ModelProto) else model_io.load(model)
@@ -220,6 +226,8 @@ def _compress(
         if slower:
             report.warnings.append(slower)
         if report.verification.failed:
+            if failed_output is not None:  # here: a big model's weights live only this long
+                model_io.save(result.model, failed_output)
             raise VerificationFailedError(
                 "verification failed: " + "; ".join(report.verification.failures),
                 result.model,

@@ -145,12 +145,11 @@ def run(
                     thresholds=thresholds,
                     verify_output=not no_verify,
                     progress=view,
+                    failed_output=failed if keep_failed else None,
                 )
                 code = 0
             except api.VerificationFailedError as e:
                 rep, code = e.report, 1
-                if keep_failed:
-                    model_io.save(e.model, failed)
         if report:
             rep.write_json(report)
         _show(rep, json_out)

@@ -99,13 +99,16 @@ def keep_on_disk(tensor: onnx.TensorProto, base_dir: Path) -> bool:
         return False
     info = external_data_helper.ExternalDataInfo(tensor)
     length = int(np.prod(tensor.dims, dtype=np.int64)) * dtype.itemsize
-    if length < LAZY_BYTES or (info.length is not None and int(info.length) != length):
+    if length < max(LAZY_BYTES, 1) or (info.length is not None and int(info.length) != length):
         return False
     source = (base_dir / info.location).resolve()
+    offset = int(info.offset or 0)
+    if not source.is_file() or source.stat().st_size < offset + length:
+        return False  # loading it reports the problem
     copy = target / f"input-{_digest(source)}.bin"
     if not copy.exists():
         shutil.copyfile(source, copy)  # in the kernel: the bytes never enter this process
-    _set_reference(tensor, copy, int(info.offset or 0), length)
+    _set_reference(tensor, copy, offset, length)
     return True
 
 
@@ -198,7 +201,7 @@ def prepare_export(graph: gs.Graph) -> None:
 
 
 def _spillable(tensor: gs.Constant, values: object) -> bool:
-    if not isinstance(values, np.ndarray) or values.nbytes < LAZY_BYTES:
+    if not isinstance(values, np.ndarray) or values.nbytes < max(LAZY_BYTES, 1):
         return False
     data_type = onnx.helper.np_dtype_to_tensor_dtype(values.dtype)
     if _np_dtype(data_type) is None:

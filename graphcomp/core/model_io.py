@@ -180,20 +180,20 @@ def save(
     """Write `model` to `path` atomically; returns the files written.
 
     With `external` None, weights go to `<name>.data` beside the model only when the
-    model is too large for one protobuf or keeps weights on disk (those always go to
-    the data file, copied from their files in chunks). The files are first written into
+    model is too large for one protobuf. A model that keeps weights on disk always
+    goes there, its weights copied from their files in chunks. The files are first written into
     a temporary folder in the target folder and then renamed into place (data first,
     model last).
     """
     path = Path(path)
     if not path.parent.is_dir():
         raise ModelLoadError(f"{path.parent}: output folder does not exist")
-    use_external = needs_external_data(model) or is_lazy(model) if external is None else external
+    use_external = is_lazy(model) or (needs_external_data(model) if external is None else external)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         data_name = f"{path.name}.data"
         tmp_model = tmp_dir / path.name
-        if use_external and is_lazy(model):
+        if is_lazy(model):
             model = _copy(model)  # small: the large weights are on disk
             lazy_weights.write_data(model, tmp_dir / data_name, data_name)
             onnx.save_model(model, str(tmp_model))

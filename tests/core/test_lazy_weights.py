@@ -17,6 +17,7 @@ from onnx import external_data_helper
 import graphcomp
 from graphcomp.core import lazy_weights, model_io
 from graphcomp.core.errors import ModelLoadError
+from graphcomp.verify import Thresholds
 from tests import graphs
 
 
@@ -93,3 +94,24 @@ def test_outside_a_folder_nothing_stays_on_disk(tmp_path, monkeypatch):
     model = model_io.load(_external_model(tmp_path))
     assert not model_io.is_lazy(model)
     assert all(t.HasField("raw_data") for t in model.graph.initializer)
+
+
+def test_drop_pages_keeps_a_memmapped_weight_readable(tmp_path):
+    w = np.random.default_rng(4).standard_normal((64, 1024)).astype(np.float32)
+    w.tofile(tmp_path / "w.bin")
+    mapped = np.memmap(tmp_path / "w.bin", dtype=np.float32, mode="r", offset=0, shape=w.shape)
+    lazy_weights.drop_pages(np.asarray(mapped)[3:9])
+    np.testing.assert_array_equal(mapped, w)  # the pages come back from the file
+
+
+def test_a_failed_lazy_run_keeps_the_result_only_where_asked(tmp_path, monkeypatch):
+    monkeypatch.setattr(lazy_weights, "LAZY_BYTES", 0)
+    path = _external_model(tmp_path, graphs.QDQ_CNN)
+    out, failed = tmp_path / "out.onnx", tmp_path / "out.failed.onnx"
+    with pytest.raises(graphcomp.VerificationError):
+        graphcomp.compress(
+            path, "qdq", output=out, thresholds=Thresholds(min_cosine=1.5), failed_output=failed
+        )
+    assert not out.exists()
+    onnx.checker.check_model(str(failed))
+    assert graphs.op_count(onnx.load(failed), "DequantizeLinear") > 0

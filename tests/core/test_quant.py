@@ -128,3 +128,18 @@ def test_bad_spec_rejected():
         QuantSpec(bits=3)
     with pytest.raises(ConfigError):
         quant.percentile(np.ones(3), 10.0)
+
+
+@pytest.mark.parametrize(("axis", "per_channel"), [(0, True), (1, True), (-1, True), (0, False)])
+def test_large_weights_in_slices_give_the_same_ranges_and_codes(monkeypatch, axis, per_channel):
+    w = np.random.default_rng(3).standard_normal((96, 40)).astype(np.float32)
+    spec = QuantSpec(per_channel=per_channel, axis=axis)
+    lo, hi = quant.weight_range(w, spec)
+    scale, zp = quant.compute_scale_zero_point(lo, hi, spec)
+    codes = quant.quantize(w, scale, zp, spec)
+    monkeypatch.setattr(quant, "CHUNK_BYTES", 7 * 40 * 4)  # 14 slices, the last one short
+    assert len(quant.row_slices(w)) == 14
+    sliced = quant.weight_range(w, spec)
+    np.testing.assert_array_equal(sliced[0], lo)
+    np.testing.assert_array_equal(sliced[1], hi)
+    np.testing.assert_array_equal(quant.quantize(w, scale, zp, spec), codes)
