@@ -5,6 +5,10 @@ correction, activation ranges, and prune compensation. Sources, in precedence or
 
 - "bn": BatchNormalization beta / |gamma|, left in `ctx.stats` by fold-bn (Nagel et
   al., ICCV 2019, section 4.2). Always wins where present.
+- "bn-derived": a layer behind a global pool (a classifier head) whose input the "bn"
+  statistics reach through one activation (graphcomp.measure.analytic.derived): no
+  model run. Wins like "bn" (so a model with BN everywhere but its head needs no
+  forward pass for its statistics).
 - "calibration": the float model run on the user's samples (`ctx.calibration`).
 - "synthetic": the float model run on seeded generated inputs (no data).
 - "analytic": means and variances propagated layer by layer from an input prior
@@ -74,9 +78,14 @@ def estimate(
     axes = layer_outputs(graph)
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
     source = "bn" if method == "bn" else _data_source(method, ctx)
-    kept = ("bn", source) if method in ("auto", "data-free", "bn") else (source,)
+    from_bn = method in ("auto", "data-free", "bn")
+    kept = ("bn", analytic.DERIVED, source) if from_bn else (source,)
     out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source in kept}
     rest = [n for n in wanted if n not in out]
+    if rest and from_bn:
+        bn = {n: st for n, st in ctx.stats.items() if st.source == "bn"}
+        out.update(analytic.derived(graph, bn, rest) if bn else {})
+        rest = [n for n in wanted if n not in out]
     if not rest or method == "bn":
         return out
     if source == "analytic":
