@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
-from graphcomp.measure import fields
+from graphcomp.measure import fields, observe
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
 from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
@@ -51,6 +51,7 @@ from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifySt
 
 RANGE_MODES = ("stats", "measure")
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
+INPUT_RANGE_SAMPLES = 8  # synthetic samples for the ranges of graph inputs alone, at least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,6 +298,12 @@ class _MeasureRestStep(Pass):
         source = "calibration" if use_data else "synthetic"
         model = model_io.to_model(graph)
         inputs = channel_stats.measure_source(ctx, source, cfg.samples, cfg.seed, cfg.prior)
+        if not use_data and all(n in {t.name for t in graph.inputs} for n in names):
+            # graph inputs alone: no model run, and their range is a percentile of the
+            # prior itself, so only as many samples as give the values it keeps
+            per_sample = max(inputs.values_per_sample(model), 1)
+            needed = max(INPUT_RANGE_SAMPLES, -(-observe.MAX_VALUES // per_sample))
+            inputs = dataclasses.replace(inputs, samples=min(cfg.samples, needed))
         label = source if use_data else f"synthetic-{cfg.prior}"
         ctx.ranges.update(measured_ranges(model, names, inputs, qcfg.percentile, label))
         return len(names)
