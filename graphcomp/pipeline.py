@@ -245,7 +245,9 @@ def _record(
     p: Pass, result: PassResult, run: _Run, after: onnx.ModelProto, seconds: float
 ) -> PassRecord:
     b = run.size or _size(run.out.model, run.ctx)
-    a = run.size = _size(after, run.ctx)
+    # a step that changed nothing left the sizes as they were (the first one is measured:
+    # its cleanup may drop what the input model carried unused)
+    a = run.size = b if run.size is not None and not result.changes else _size(after, run.ctx)
     config = {k: _jsonable(v) for k, v in vars(p.config).items()}
     return PassRecord(result, config, (b[0], a[0]), (b[1], a[1]), (b[2], a[2]), seconds)
 
