@@ -168,9 +168,10 @@ class Moments:
         x = _channel_blocks(value, self.axis)
         if self.s1 is None or self.s2 is None:
             self.s1, self.s2 = np.zeros(x.shape[1]), np.zeros(x.shape[1])
-        # float64 sums over the contiguous last axis (no float64 copy of the tensor)
-        self.s1 += x.sum(axis=2, dtype=np.float64).sum(axis=0)
-        self.s2 += np.square(x).sum(axis=2, dtype=np.float64).sum(axis=0)
+        # per-row sums in the tensor's dtype over the contiguous last axis (relative error
+        # ~1e-7 in float32, no float64 copy), accumulated in float64 across rows and batches
+        self.s1 += x.sum(axis=2).sum(axis=0, dtype=np.float64)
+        self.s2 += np.einsum("ijk,ijk->ij", x, x).sum(axis=0, dtype=np.float64)
         self.count += x.shape[0] * x.shape[2]
 
     def result(self) -> tuple[np.ndarray, np.ndarray] | None:
