@@ -144,12 +144,25 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     if result.changes:
         _invalidate(p, before, ctx)
     result.name = label
+    if _unchanged(p, result, run):  # a measuring step: the checked model stays as it was
+        run.out.records.append(_record(p, result, run, run.out.model, time.perf_counter() - start))
+        run.done.append(label)
+        return graph
     current = finish_graph(graph, run.original, label=label, done=run.done)
     seconds = time.perf_counter() - start
     run.out.records.append(_record(p, result, run, current, seconds))
     run.out.model = current
     run.done.append(label)
     return gs.import_onnx(current)
+
+
+def _unchanged(p: Pass, result: PassResult, run: _Run) -> bool:
+    """True for a lossless step with no change after the first step (nothing to finish).
+
+    Such a step (dfq's stats, ranges, measure-ranges) only reads the graph; exporting,
+    re-inferring and checking the same graph again would cost time and find nothing.
+    """
+    return bool(run.out.records) and p.lossless and not result.changes
 
 
 def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:
