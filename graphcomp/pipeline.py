@@ -157,12 +157,14 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
 
 
 def _unchanged(p: Pass, result: PassResult, run: _Run) -> bool:
-    """True for a lossless step with no change after the first step (nothing to finish).
+    """True for a step that declares it edits nothing and reported no change (not first).
 
-    Such a step (dfq's stats, ranges, measure-ranges) only reads the graph; exporting,
-    re-inferring and checking the same graph again would cost time and find nothing.
+    Lossless, with empty `matches` and `creates` (dfq's stats, ranges, measure-ranges:
+    they only read the graph; tests/test_contracts.py holds passes to the declaration):
+    exporting, re-inferring and checking the same graph again would find nothing.
     """
-    return bool(run.out.records) and p.lossless and not result.changes
+    edits = p.matches or p.creates or not p.lossless
+    return bool(run.out.records) and not edits and not result.changes
 
 
 def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:

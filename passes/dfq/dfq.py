@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
-from graphcomp.measure import fields, observe
+from graphcomp.measure import analytic, fields, observe
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
 from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
@@ -51,6 +51,8 @@ from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifySt
 
 RANGE_MODES = ("stats", "measure")
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
+MEASURED = ("synthetic", "calibration")  # statistics sources that run the model
+FROM_BN = ("bn", analytic.DERIVED)
 INPUT_RANGE_SAMPLES = 8  # synthetic samples for the ranges of graph inputs alone, at least
 
 
@@ -239,7 +241,9 @@ class _StatsStep(Pass):
             graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior
         )
         ctx.stats.update(known)
-        result.notes["stat_sources"] = dict(Counter(s.source for s in known.values()))
+        sources = Counter(s.source for s in known.values())
+        result.notes["stat_sources"] = dict(sources)
+        result.notes["statistics"] = _statistics_note(sources, cfg.samples)
         return result
 
 
@@ -279,12 +283,15 @@ class _MeasureRestStep(Pass):
     writes = frozenset({"ranges"})
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        """Measure what has no range yet; the count is the note."""
+        """Measure what has no range yet; notes: the count and whether the model ran."""
         result = PassResult(self.name)
-        result.notes["ranges_measured"] = self._measure_rest(graph, ctx)
+        count, ran = self._measure_rest(graph, ctx)
+        result.notes["ranges_measured"] = count
+        result.notes["forward_pass"] = ran
         return result
 
-    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:
+    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> tuple[int, bool]:
+        """(tensors measured, whether the model ran: False when they are graph inputs)."""
         cfg, qcfg = self.config, _qdq_config(self.config)
         plan = build_plan(graph, qcfg)
         names = [
@@ -293,12 +300,13 @@ class _MeasureRestStep(Pass):
             if not a.dynamic and a.rule.method == "auto" and n not in ctx.ranges
         ]
         if not names:
-            return 0
+            return 0, False
         use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
         source = "calibration" if use_data else "synthetic"
         model = model_io.to_model(graph)
         inputs = channel_stats.measure_source(ctx, source, cfg.samples, cfg.seed, cfg.prior)
-        if not use_data and all(n in {t.name for t in graph.inputs} for n in names):
+        ran = any(n not in {t.name for t in graph.inputs} for n in names)
+        if not use_data and not ran:
             # graph inputs alone: no model run, and their range is a percentile of the
             # prior itself, so only as many samples as give the values it keeps
             per_sample = max(inputs.values_per_sample(model), 1)
@@ -306,7 +314,17 @@ class _MeasureRestStep(Pass):
             inputs = dataclasses.replace(inputs, samples=min(cfg.samples, needed))
         label = source if use_data else f"synthetic-{cfg.prior}"
         ctx.ranges.update(measured_ranges(model, names, inputs, qcfg.percentile, label))
-        return len(names)
+        return len(names), ran
+
+
+def _statistics_note(sources: Counter[str], samples: int) -> str:
+    """Where the statistics came from, in words (BatchNorm alone: no forward pass)."""
+    measured = sum(n for src, n in sources.items() if src in MEASURED)
+    from_bn = sum(n for src, n in sources.items() if src in FROM_BN)
+    if not measured:
+        return "from BatchNorm, no forward pass" if from_bn else "analytic, no forward pass"
+    data = "the calibration" if "calibration" in sources else f"{samples} synthetic"
+    return f"{measured} layers measured in one forward pass on {data} samples, {from_bn} from BN"
 
 
 def _weight_sqnr(graph: gs.Graph, cfg: DfqConfig) -> dict[str, float]:
