@@ -80,6 +80,11 @@ class Runner:
                 raise UnsupportedModelError(f"onnxruntime cannot load the model ({first})") from e
         return self._session
 
+    @property
+    def outputs(self) -> list[str]:
+        """Names of the session's outputs (the graph outputs and the tensors asked for)."""
+        return [o.name for o in self._load().get_outputs()]
+
     def __call__(self, feeds: Feeds, names: list[str] | None = None) -> dict[str, np.ndarray]:
         """Values of `names` (default: the names asked for) on one batch of `feeds`."""
         wanted = self.names if names is None else names
