@@ -40,8 +40,9 @@ from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
 from graphcomp.measure import analytic, fields, observe
 from graphcomp.measure import stats as channel_stats
+from graphcomp.passes.dfq import input_means
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
-from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
+from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass, skip_reason
 from graphcomp.passes.dfq.equalize import CLIP_MODES, EqualizeConfig, EqualizePass
 from graphcomp.passes.dfq.layers import out_rows
 from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
@@ -237,14 +238,29 @@ class _StatsStep(Pass):
         """Estimate and store; notes: sources and naive weight SQNR."""
         cfg, result = self.config, PassResult(self.name)
         result.notes["weight_sqnr_db"] = _weight_sqnr(graph, cfg)
+        extra = self._input_means_to_measure(graph, ctx)
         known = channel_stats.estimate(
-            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior
+            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior, extra=extra
         )
         ctx.stats.update(known)
-        sources = Counter(s.source for s in known.values())
+        if extra:
+            result.notes["input_means_measured"] = sum(n in known for n in extra)
+        sources = Counter(s.source for n, s in known.items() if n not in extra)
         result.notes["stat_sources"] = dict(sources)
         result.notes["statistics"] = _statistics_note(sources, cfg.samples)
         return result
+
+    def _input_means_to_measure(self, graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
+        """Layer inputs bias-correct will need measured, to measure in this same run.
+
+        Only when bias-correct runs and absorb-bias does not (its shift is not a
+        rescaling: the measured means would not follow it).
+        """
+        cfg = self.config
+        if not cfg.corrects or cfg.absorb:
+            return {}
+        layers = [n for n in graph_utils.nodes_of(graph, ("Conv", "Gemm")) if not skip_reason(n)]
+        return input_means.to_measure(graph, ctx, layers)
 
 
 class _RangesStep(Pass):

@@ -36,7 +36,7 @@ def input_means(
     """Layer name -> (E[x] per input feature of its data input, source of the estimate)."""
     out: dict[str, tuple[np.ndarray, str]] = {}
     if method in ("auto", "data-free", "bn"):
-        known = stats.estimate(graph, ctx, "bn")
+        known = {n: st for n, st in stats.estimate(graph, ctx, "bn").items() if st.source == "bn"}
         for node in nodes:
             mean = pushed_mean(node, known)
             if mean is not None:
@@ -44,6 +44,12 @@ def input_means(
     if method == "bn":
         return out
     rest = [n for n in nodes if n.name not in out]
+    measured = _measured_source(method, ctx)
+    for node in list(rest):  # measured with the statistics (dfq's stats step), in step
+        st = ctx.stats.get(node.inputs[0].name)
+        if measured is not None and st is not None and st.source == measured:
+            out[node.name] = (np.asarray(st.mean, np.float64), measured)
+            rest.remove(node)
     if rest and method == "analytic":
         flow = analytic.propagate(graph, ctx, [n.inputs[0].name for n in rest])
         out.update(
@@ -64,6 +70,27 @@ def pushed_mean(node: gs.Node, known: dict[str, ChannelStats]) -> np.ndarray | N
     return None if pushed is None else pushed.mean
 
 
+def to_measure(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node]) -> dict[str, int]:
+    """Data inputs (name -> channel axis) of `nodes` whose mean BN statistics cannot give.
+
+    dfq's stats step measures them in its own forward pass (and equalize keeps them in
+    step), so bias-correct needs no second one.
+    """
+    known = {n: st for n, st in ctx.stats.items() if st.source == "bn"}
+    return {
+        node.inputs[0].name: -1 if node.op == "MatMul" else 1
+        for node in nodes
+        if pushed_mean(node, known) is None
+    }
+
+
+def _measured_source(method: str, ctx: PassContext) -> str | None:
+    """The measured source `method` resolves to, None for bn / analytic."""
+    if method == "calibration" or (method == "auto" and ctx.calibration is not None):
+        return "calibration"
+    return "synthetic" if method in ("auto", "data-free", "synthetic") else None
+
+
 def _measured(
     graph: gs.Graph,
     ctx: PassContext,
@@ -73,11 +100,7 @@ def _measured(
     seed: int,
     prior: str,
 ) -> dict[str, tuple[np.ndarray, str]]:
-    source = (
-        "calibration"
-        if method == "calibration" or (method == "auto" and ctx.calibration is not None)
-        else "synthetic"
-    )
+    source = _measured_source(method, ctx) or "synthetic"
     model = model_io.to_model(graph)
     src = stats.measure_source(ctx, source, samples, seed, prior)
     axes = {n.inputs[0].name: -1 if n.op == "MatMul" else 1 for n in nodes}
