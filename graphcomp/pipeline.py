@@ -143,6 +143,10 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     if result.changes:
         _invalidate(p, before, ctx)
     result.name = label
+    if _unchanged(p, result, run):  # a measuring step: the checked model stays as it was
+        run.out.records.append(_record(p, result, run, run.out.model, time.perf_counter() - start))
+        run.done.append(label)
+        return graph
     current = finish_graph(graph, run.original, label=label, done=run.done)
     seconds = time.perf_counter() - start
     run.out.records.append(_record(p, result, run, current, seconds))
@@ -151,6 +155,17 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     if model_io.is_lazy(current):
         gc.collect()  # a replaced weight is a reference cycle (gs tensors): unmap it now
     return model_io.import_graph(current)
+
+
+def _unchanged(p: Pass, result: PassResult, run: _Run) -> bool:
+    """True for a step that declares it edits nothing and reported no change (not first).
+
+    Lossless, with empty `matches` and `creates` (dfq's stats, ranges, measure-ranges:
+    they only read the graph; tests/test_contracts.py holds passes to the declaration):
+    exporting, re-inferring and checking the same graph again would find nothing.
+    """
+    edits = p.matches or p.creates or not p.lossless
+    return bool(run.out.records) and not edits and not result.changes
 
 
 def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:
@@ -246,7 +261,9 @@ def _record(
     p: Pass, result: PassResult, run: _Run, after: onnx.ModelProto, seconds: float
 ) -> PassRecord:
     b = run.size or _size(run.out.model, run.ctx)
-    a = run.size = _size(after, run.ctx)
+    # a step that changed nothing left the sizes as they were (the first one is measured:
+    # its cleanup may drop what the input model carried unused)
+    a = run.size = b if run.size is not None and not result.changes else _size(after, run.ctx)
     config = {k: _jsonable(v) for k, v in vars(p.config).items()}
     return PassRecord(result, config, (b[0], a[0]), (b[1], a[1]), (b[2], a[2]), seconds)
 

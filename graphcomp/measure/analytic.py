@@ -14,11 +14,24 @@ assuming independent elements (the approximation that makes it cheap):
 - Identity, Dropout, Pad, Flatten/Reshape (channel blocks repeated), Concat on axis 1.
 Anything else stops the flow: layers behind it get no analytic estimate.
 Cost: one pass over the weights, linear in the parameter count.
+
+`pushed_input` starts from known statistics instead of the prior (BatchNorm's beta /
+|gamma| that fold-bn kept): the moments of a layer's data input through one activation
+and mean-preserving ops (average / global pooling, zero Pad, Identity, Dropout,
+a Flatten or Reshape to [N, C H W]). Pooling keeps the variance (neighbouring
+pixels of a feature map are highly correlated, so var / kernel would be far too
+small; keeping it over-estimates the spread, the safe side for ranges). `derived`
+applies the `_linear` rule to it: the output statistics of a layer behind a global
+pool (a classifier head) from BatchNorm statistics, with no model run (source
+"bn-derived"). Not pushed through MaxPool (the mean of a max is not the max of
+means) nor through any op but one activation.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -39,6 +52,10 @@ MAX_OF_N = {
 }
 PASS_THROUGH = ("Identity", "Dropout", "Pad", "Cast")
 SOURCE = "analytic"
+DERIVED = "bn-derived"  # a layer's output statistics computed from BatchNorm statistics
+MEAN_PRESERVING = ("AveragePool", "GlobalAveragePool", "Identity", "Dropout", "Pad")
+ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu")
+MAX_WALK = 16  # nodes walked back from a layer to known statistics
 
 
 def propagate(graph: gs.Graph, ctx: PassContext, names: list[str]) -> dict[str, ChannelStats]:
@@ -173,3 +190,102 @@ def _flatten(node: gs.Node, x: Moments) -> Moments | None:
         return None
     block = math.prod(shape[2:])
     return np.repeat(x[0], block), np.repeat(x[1], block)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pushed:
+    """Moments of a layer's data input pushed from a producer's statistics."""
+
+    mean: np.ndarray  # per input feature (channel blocks of a Flatten repeated)
+    var: np.ndarray
+    source: str  # the producer statistics' source
+    pooled: bool  # a global pool lies on the way (one feature per channel)
+
+
+def pushed_input(node: gs.Node, known: Mapping[str, ChannelStats]) -> Pushed | None:
+    """`node`'s data input moments from `known` statistics upstream, None if not provable."""
+    tensor, act, block, pooled = node.inputs[0], None, 1, False
+    for _ in range(MAX_WALK):
+        prev = graph_utils.producer(tensor)
+        if prev is None:
+            return None
+        if tensor.name in known:
+            st = known[tensor.name]
+            moments = normal.activation_moments(st, act)
+            if moments is None:
+                return None
+            mean, std = (np.repeat(np.asarray(m, np.float64), block) for m in moments)
+            return Pushed(mean, std * std, st.source, pooled)
+        if prev.op in ACTIVATIONS and act is None:
+            act = prev
+        elif prev.op in ("Flatten", "Reshape") and block == 1:
+            found = flatten_block(prev)
+            if found is None:
+                return None
+            block = found
+        elif prev.op not in MEAN_PRESERVING or (prev.op == "Pad" and not _zero_pad(prev)):
+            return None
+        pooled = pooled or prev.op == "GlobalAveragePool"
+        tensor = prev.inputs[0]
+    return None
+
+
+def derived(
+    graph: gs.Graph, known: Mapping[str, ChannelStats], names: list[str]
+) -> dict[str, ChannelStats]:
+    """Output statistics of the layers writing `names` behind a global pool, from `known`.
+
+    Layers are taken in graph order, so a derived layer can feed the next (an MLP head).
+    Source "bn-derived"; the layers this cannot reach are absent.
+    """
+    wanted, have, out = set(names), dict(known), {}
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul") or not node.outputs:
+            continue
+        name = node.outputs[0].name
+        if name not in wanted or name in have:
+            continue
+        pushed = pushed_input(node, have)
+        if pushed is None or not (pushed.pooled or pushed.source == DERIVED):
+            continue
+        moments = _linear(node, (pushed.mean, pushed.var))
+        if moments is not None:
+            have[name] = out[name] = ChannelStats(
+                moments[0], np.sqrt(np.maximum(moments[1], 0.0)), DERIVED
+            )
+    return out
+
+
+def _zero_pad(node: gs.Node) -> bool:
+    value = graph_utils.const_input(node, 2)
+    return value is None or float(np.max(np.abs(value))) == 0.0
+
+
+def flatten_block(node: gs.Node) -> int | None:
+    """H W when `node` (Flatten axis 1, or Reshape) makes [N, C, H...] into [N, C H...].
+
+    Each channel then owns H W consecutive features; None for any other reshaping.
+    """
+    shape, out = node.inputs[0].shape, node.outputs[0].shape
+    if shape is None or len(shape) < 2 or any(not isinstance(d, int) for d in shape[1:]):
+        return None
+    block = math.prod(shape[2:])
+    if node.op == "Flatten":
+        return block if int(np.asarray(graph_utils.attr(node, "axis", 1))) == 1 else None
+    if out is not None:
+        return block if len(out) == 2 and out[1] == shape[1] * block else None
+    # a runtime target shape (x.view(n, -1)): provable when only Gemms read it as A
+    # with K = C H W features (A is then [N, C H W])
+    readers = graph_utils.consumers(node.outputs[0])
+    features = [_gemm_features(r, node.outputs[0]) for r in readers]
+    return block if readers and all(k == shape[1] * block for k in features) else None
+
+
+def _gemm_features(node: gs.Node, tensor: gs.Tensor) -> int | None:
+    """K of a Gemm reading `tensor` as its (untransposed) A input, else None."""
+    if node.op != "Gemm" or node.inputs[0] is not tensor or graph_utils.attr_int(node, "transA", 0):
+        return None
+    w = graph_utils.const_input(node, 1)
+    if w is None or w.ndim != 2:
+        return None
+    return int(w.shape[1] if graph_utils.attr_int(node, "transB", 0) else w.shape[0])

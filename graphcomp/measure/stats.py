@@ -5,6 +5,10 @@ correction, activation ranges, and prune compensation. Sources, in precedence or
 
 - "bn": BatchNormalization beta / |gamma|, left in `ctx.stats` by fold-bn (Nagel et
   al., ICCV 2019, section 4.2). Always wins where present.
+- "bn-derived": a layer behind a global pool (a classifier head) whose input the "bn"
+  statistics reach through one activation (graphcomp.measure.analytic.derived): no
+  model run. Wins like "bn" (so a model with BN everywhere but its head needs no
+  forward pass for its statistics).
 - "calibration": the float model run on the user's samples (`ctx.calibration`).
 - "synthetic": the float model run on seeded generated inputs (no data).
 - "analytic": means and variances propagated layer by layer from an input prior
@@ -24,6 +28,7 @@ axis; those names are simply absent from the result.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import numpy as np
 import onnx
@@ -61,12 +66,15 @@ def estimate(
     samples: int = SYNTHETIC_SAMPLES,
     seed: int = 0,
     prior: str = DEFAULT_PRIOR,
+    extra: Mapping[str, int] | None = None,
 ) -> dict[str, ChannelStats]:
     """Statistics for the pre-activation tensors `names` (default: every layer output).
 
     Entries of `ctx.stats` with source "bn" take precedence under "auto" and "bn";
     entries of the resolved source itself are reused (passes that rescale a layer keep
     them in step). Tensors that no source can estimate are absent from the result.
+    `extra` (tensor name -> channel axis, e.g. layer inputs) are measured in the same
+    model run as the layers when the source is a measured one, and returned too.
     """
     if method not in METHODS:
         raise ConfigError(f"unknown statistics method '{method}'; choose from {METHODS}")
@@ -74,16 +82,22 @@ def estimate(
     axes = layer_outputs(graph)
     wanted = [n for n in (names if names is not None else list(axes)) if n in axes]
     source = "bn" if method == "bn" else _data_source(method, ctx)
-    kept = ("bn", source) if method in ("auto", "data-free", "bn") else (source,)
+    from_bn = method in ("auto", "data-free", "bn")
+    kept = ("bn", analytic.DERIVED, source) if from_bn else (source,)
     out = {n: ctx.stats[n] for n in wanted if n in ctx.stats and ctx.stats[n].source in kept}
     rest = [n for n in wanted if n not in out]
-    if not rest or method == "bn":
+    if rest and from_bn:
+        bn = {n: st for n, st in ctx.stats.items() if st.source == "bn"}
+        out.update(analytic.derived(graph, bn, rest) if bn else {})
+        rest = [n for n in wanted if n not in out]
+    more = dict(extra or {}) if source in ("synthetic", "calibration") else {}
+    if (not rest and not more) or method == "bn":
         return out
     if source == "analytic":
         out.update(analytic.propagate(graph, ctx, rest))
     else:
         src = measure_source(ctx, source, samples, seed, prior)
-        out.update(_measure(graph, rest, axes, src))
+        out.update(_measure(graph, {**{n: axes[n] for n in rest}, **more}, src))
     return out
 
 
@@ -109,11 +123,11 @@ def measure_source(
 
 
 def _measure(
-    graph: gs.Graph, names: list[str], axes: dict[str, int], src: inputs.Source
+    graph: gs.Graph, axes: Mapping[str, int], src: inputs.Source
 ) -> dict[str, ChannelStats]:
-    """Run the float model (as it is now) on `src`, one session for every tensor."""
+    """Run the float model (as it is now) on `src` once, one session for every tensor."""
     model = model_io.to_model(graph)
-    found = observe.channel_moments(model, {n: axes[n] for n in names}, src)
+    found = observe.channel_moments(model, axes, src)
     return {
         name: ChannelStats(mean, np.maximum(std, normal.MIN_STD), src.label)
         for name, (mean, std) in found.items()

@@ -87,7 +87,7 @@ class BiasCorrectPass(Pass):
         result = PassResult(self.name)
         todo = []
         for node in graph_utils.nodes_of(graph, LAYERS):
-            if reason := _reason(node):
+            if reason := skip_reason(node):
                 result.skip(node, reason)
             else:
                 todo.append(node)
@@ -111,7 +111,8 @@ class BiasCorrectPass(Pass):
         return result
 
 
-def _reason(node: gs.Node) -> str | None:
+def skip_reason(node: gs.Node) -> str | None:
+    """Why bias correction leaves `node` alone, or None."""
     w = graph_utils.const_input(node, 1)
     if w is None:
         return "weight is not a constant"

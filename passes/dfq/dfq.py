@@ -38,10 +38,11 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
-from graphcomp.measure import fields
+from graphcomp.measure import analytic, fields, observe
 from graphcomp.measure import stats as channel_stats
+from graphcomp.passes.dfq import input_means
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
-from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass
+from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass, skip_reason
 from graphcomp.passes.dfq.equalize import CLIP_MODES, EqualizeConfig, EqualizePass
 from graphcomp.passes.dfq.layers import out_rows
 from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
@@ -51,6 +52,9 @@ from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifySt
 
 RANGE_MODES = ("stats", "measure")
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
+MEASURED = ("synthetic", "calibration")  # statistics sources that run the model
+FROM_BN = ("bn", analytic.DERIVED)
+INPUT_RANGE_SAMPLES = 8  # synthetic samples for the ranges of graph inputs alone, at least
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,12 +241,29 @@ class _StatsStep(Pass):
         """Estimate and store; notes: sources and naive weight SQNR."""
         cfg, result = self.config, PassResult(self.name)
         result.notes["weight_sqnr_db"] = _weight_sqnr(graph, cfg)
+        extra = self._input_means_to_measure(graph, ctx)
         known = channel_stats.estimate(
-            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior
+            graph, ctx, cfg.stats, samples=cfg.samples, seed=cfg.seed, prior=cfg.prior, extra=extra
         )
         ctx.stats.update(known)
-        result.notes["stat_sources"] = dict(Counter(s.source for s in known.values()))
+        if extra:
+            result.notes["input_means_measured"] = sum(n in known for n in extra)
+        sources = Counter(s.source for n, s in known.items() if n not in extra)
+        result.notes["stat_sources"] = dict(sources)
+        result.notes["statistics"] = _statistics_note(sources, cfg.samples)
         return result
+
+    def _input_means_to_measure(self, graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
+        """Layer inputs bias-correct will need measured, to measure in this same run.
+
+        Only when bias-correct runs and absorb-bias does not (its shift is not a
+        rescaling: the measured means would not follow it).
+        """
+        cfg = self.config
+        if not cfg.corrects or cfg.absorb:
+            return {}
+        layers = [n for n in graph_utils.nodes_of(graph, ("Conv", "Gemm")) if not skip_reason(n)]
+        return input_means.to_measure(graph, ctx, layers)
 
 
 class _RangesStep(Pass):
@@ -281,12 +302,15 @@ class _MeasureRestStep(Pass):
     writes = frozenset({"ranges"})
 
     def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        """Measure what has no range yet; the count is the note."""
+        """Measure what has no range yet; notes: the count and whether the model ran."""
         result = PassResult(self.name)
-        result.notes["ranges_measured"] = self._measure_rest(graph, ctx)
+        count, ran = self._measure_rest(graph, ctx)
+        result.notes["ranges_measured"] = count
+        result.notes["forward_pass"] = ran
         return result
 
-    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> int:
+    def _measure_rest(self, graph: gs.Graph, ctx: PassContext) -> tuple[int, bool]:
+        """(tensors measured, whether the model ran: False when they are graph inputs)."""
         cfg, qcfg = self.config, _qdq_config(self.config)
         plan = build_plan(graph, qcfg)
         names = [
@@ -295,14 +319,31 @@ class _MeasureRestStep(Pass):
             if not a.dynamic and a.rule.method == "auto" and n not in ctx.ranges
         ]
         if not names:
-            return 0
+            return 0, False
         use_data = ctx.calibration is not None and cfg.stats in ("auto", "calibration")
         source = "calibration" if use_data else "synthetic"
         model = model_io.to_model(graph)
         inputs = channel_stats.measure_source(ctx, source, cfg.samples, cfg.seed, cfg.prior)
+        ran = any(n not in {t.name for t in graph.inputs} for n in names)
+        if not use_data and not ran:
+            # graph inputs alone: no model run, and their range is a percentile of the
+            # prior itself, so only as many samples as give the values it keeps
+            per_sample = max(inputs.values_per_sample(model), 1)
+            needed = max(INPUT_RANGE_SAMPLES, -(-observe.MAX_VALUES // per_sample))
+            inputs = dataclasses.replace(inputs, samples=min(cfg.samples, needed))
         label = source if use_data else f"synthetic-{cfg.prior}"
         ctx.ranges.update(measured_ranges(model, names, inputs, qcfg.percentile, label))
-        return len(names)
+        return len(names), ran
+
+
+def _statistics_note(sources: Counter[str], samples: int) -> str:
+    """Where the statistics came from, in words (BatchNorm alone: no forward pass)."""
+    measured = sum(n for src, n in sources.items() if src in MEASURED)
+    from_bn = sum(n for src, n in sources.items() if src in FROM_BN)
+    if not measured:
+        return "from BatchNorm, no forward pass" if from_bn else "analytic, no forward pass"
+    data = "the calibration" if "calibration" in sources else f"{samples} synthetic"
+    return f"{measured} layers measured in one forward pass on {data} samples, {from_bn} from BN"
 
 
 def _weight_sqnr(graph: gs.Graph, cfg: DfqConfig) -> dict[str, float]:

@@ -249,10 +249,20 @@ def _store(graph: gs.Graph, link: Link, state: _State, k: int, ctx: PassContext)
         graph_utils.set_const_input(graph, node, 1, state.weight[node.name].astype(dtype))
     dtype = graph_utils.checked_const_input(link.first, 1).dtype
     layers.set_bias(graph, link.first, state.bias[link.first.name], dtype)
-    name = link.first.outputs[0].name
+    name, total = link.first.outputs[0].name, state.total[k]
     if name in ctx.stats:
-        old, total = ctx.stats[name], state.total[k]
+        old = ctx.stats[name]
         ctx.stats[name] = ChannelStats(old.mean / total, old.std / total, old.source)
+    for node in link.path:  # measured layer inputs on the path scale with the channels
+        out = node.outputs[0].name
+        if out not in ctx.stats:
+            continue
+        old, size = ctx.stats[out], np.size(ctx.stats[out].mean)
+        if size % link.channels or len(link.readers) > 1:
+            del ctx.stats[out]  # a channel mapping this cannot prove: measured again
+            continue
+        per = np.repeat(total, size // link.channels)  # a Flatten's channel blocks
+        ctx.stats[out] = ChannelStats(old.mean / per, old.std / per, old.source)
 
 
 def channel_ranges(graph: gs.Graph) -> dict[str, np.ndarray]:

@@ -3,8 +3,8 @@
 Pushed ("bn"): when the layer's input comes from a layer with BatchNorm statistics
 (beta, gamma) through one activation and mean-preserving ops (average / global
 pooling, zero Pad, Identity, Dropout, Flatten), E[x_c] is the mean of N(beta_c,
-gamma_c^2) through that activation (graphcomp.measure.normal.activation_moments), repeated over
-the `block` features a Flatten gives each channel. Measured ("synthetic" /
+gamma_c^2) through that activation, repeated over the `block` features a Flatten gives
+each channel (graphcomp.measure.analytic.pushed_input). Measured ("synthetic" /
 "calibration"): the mean of the input tensor itself over every axis but the channel,
 with the float model run on generated or user samples (graphcomp.measure.observe).
 
@@ -19,13 +19,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphcomp.core import graph_utils, model_io
+from graphcomp.core import model_io
 from graphcomp.core.pass_base import ChannelStats, PassContext
-from graphcomp.measure import analytic, normal, observe, stats
-
-MEAN_PRESERVING = ("AveragePool", "GlobalAveragePool", "Identity", "Dropout", "Pad")
-ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "PRelu")
-MAX_WALK = 16
+from graphcomp.measure import analytic, observe, stats
 
 
 def input_means(
@@ -40,7 +36,7 @@ def input_means(
     """Layer name -> (E[x] per input feature of its data input, source of the estimate)."""
     out: dict[str, tuple[np.ndarray, str]] = {}
     if method in ("auto", "data-free", "bn"):
-        known = stats.estimate(graph, ctx, "bn")
+        known = {n: st for n, st in stats.estimate(graph, ctx, "bn").items() if st.source == "bn"}
         for node in nodes:
             mean = pushed_mean(node, known)
             if mean is not None:
@@ -48,6 +44,12 @@ def input_means(
     if method == "bn":
         return out
     rest = [n for n in nodes if n.name not in out]
+    measured = _measured_source(method, ctx)
+    for node in list(rest):  # measured with the statistics (dfq's stats step), in step
+        st = ctx.stats.get(node.inputs[0].name)
+        if measured is not None and st is not None and st.source == measured:
+            out[node.name] = (np.asarray(st.mean, np.float64), measured)
+            rest.remove(node)
     if rest and method == "analytic":
         flow = analytic.propagate(graph, ctx, [n.inputs[0].name for n in rest])
         out.update(
@@ -64,38 +66,29 @@ def input_means(
 
 def pushed_mean(node: gs.Node, known: dict[str, ChannelStats]) -> np.ndarray | None:
     """E[x] of `node`'s data input from a producer's statistics, or None if not provable."""
-    tensor, act, block = node.inputs[0], None, 1
-    for _ in range(MAX_WALK):
-        prev = graph_utils.producer(tensor)
-        if prev is None:
-            return None
-        if tensor.name in known:
-            moments = normal.activation_moments(known[tensor.name], act)
-            return None if moments is None else np.repeat(moments[0], block)
-        if prev.op in ACTIVATIONS and act is None:
-            act = prev
-        elif prev.op == "Flatten" and block == 1:
-            found = _block(prev)
-            if found is None:
-                return None
-            block = found
-        elif prev.op not in MEAN_PRESERVING or (prev.op == "Pad" and not _zero_pad(prev)):
-            return None
-        tensor = prev.inputs[0]
-    return None
+    pushed = analytic.pushed_input(node, known)
+    return None if pushed is None else pushed.mean
 
 
-def _zero_pad(node: gs.Node) -> bool:
-    value = graph_utils.const_input(node, 2)
-    return value is None or float(np.max(np.abs(value))) == 0.0
+def to_measure(graph: gs.Graph, ctx: PassContext, nodes: list[gs.Node]) -> dict[str, int]:
+    """Data inputs (name -> channel axis) of `nodes` whose mean BN statistics cannot give.
+
+    dfq's stats step measures them in its own forward pass (and equalize keeps them in
+    step), so bias-correct needs no second one.
+    """
+    known = {n: st for n, st in ctx.stats.items() if st.source == "bn"}
+    return {
+        node.inputs[0].name: -1 if node.op == "MatMul" else 1
+        for node in nodes
+        if pushed_mean(node, known) is None
+    }
 
 
-def _block(flat: gs.Node) -> int | None:
-    shape = flat.inputs[0].shape
-    if shape is None or any(not isinstance(d, int) for d in shape[2:]):
-        return None
-    axis = int(np.asarray(graph_utils.attr(flat, "axis", 1)))
-    return int(np.prod(shape[2:])) if axis == 1 else None
+def _measured_source(method: str, ctx: PassContext) -> str | None:
+    """The measured source `method` resolves to, None for bn / analytic."""
+    if method == "calibration" or (method == "auto" and ctx.calibration is not None):
+        return "calibration"
+    return "synthetic" if method in ("auto", "data-free", "synthetic") else None
 
 
 def _measured(
@@ -107,11 +100,7 @@ def _measured(
     seed: int,
     prior: str,
 ) -> dict[str, tuple[np.ndarray, str]]:
-    source = (
-        "calibration"
-        if method == "calibration" or (method == "auto" and ctx.calibration is not None)
-        else "synthetic"
-    )
+    source = _measured_source(method, ctx) or "synthetic"
     model = model_io.to_model(graph)
     src = stats.measure_source(ctx, source, samples, seed, prior)
     axes = {n.inputs[0].name: -1 if n.op == "MatMul" else 1 for n in nodes}

@@ -7,8 +7,13 @@ and moments (mean_c, var_c):
 - an activation maps the interval through itself (Relu [max(lo, 0), max(hi, 0)],
   Clip(a, b) and Min(c) clip it, LeakyRelu/PRelu scale its negative end) and the
   moments through the clipped / leaky normal (graphcomp.measure.stats);
-- pooling, zero Pad, Identity, Dropout keep both (the output stays inside the
-  interval; zero padding adds 0);
+- pooling (global average pooling too), zero Pad, Identity, Dropout keep both (the
+  output stays inside the interval; zero padding adds 0; the variance of a pooled
+  channel is kept, not divided by the window: neighbouring pixels are highly
+  correlated, and on EfficientNet-Lite0's head the kept spread gives the classifier
+  input a range close to the one measured on photos);
+- Flatten (axis 1) or Reshape of [N, C, H, W] to [N, C H W]: each channel's interval
+  and moments repeat over its H W features;
 - Add of two carried tensors: means and variances add (independent branches), the
   interval is mean +- k std of the sum (residual junctions);
 - Concat along the channel axis of carried tensors: the channels' intervals and moments
@@ -16,7 +21,7 @@ and moments (mean_c, var_c):
 A tensor's range is the union over its channels (qdq caps a Relu output read only by
 a per-channel Min at the Min's range, passes/qdq/clamp.py).
 
-Tensors the flow does not reach (graph inputs, global pooling outputs, ...)
+Tensors the flow does not reach (graph inputs, residual sums of unknown branches, ...)
 are measured on the same inputs the statistics came from (`measured_ranges`, a
 percentile of the observed values).
 """
@@ -31,10 +36,19 @@ import onnx_graphsurgeon as gs
 
 from graphcomp.core import graph_utils, quant
 from graphcomp.core.pass_base import ChannelStats
-from graphcomp.measure import inputs, normal, observe
+from graphcomp.measure import analytic, inputs, normal, observe
 
 Range = tuple[float, float, str]
-KEEP = ("MaxPool", "AveragePool", "Identity", "Dropout", "Pad")
+KEEP = (
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "Identity",
+    "Dropout",
+    "Pad",
+)
+FLATTEN = ("Flatten", "Reshape")
 PER_BATCH = 1 << 15  # values kept per tensor and batch for the percentile
 
 
@@ -103,6 +117,13 @@ def _step(node: gs.Node, flow: _Flow, k: float) -> None:
         return
     if node.op == "Concat":
         _concat(node, flow)
+        return
+    if node.op in FLATTEN:
+        block = analytic.flatten_block(node)
+        shape = node.inputs[0].shape
+        if block is not None and shape is not None and shape[1] == lo.size:
+            moments = None if mo is None else (np.repeat(mo[0], block), np.repeat(mo[1], block))
+            flow.put(out, (np.repeat(lo, block), np.repeat(hi, block)), moments, src)
         return
     if node.op == "Add" and len(node.inputs) == 2:
         other = node.inputs[1].name

@@ -223,3 +223,22 @@ def test_invalidating_pass_that_changed_nothing_keeps_the_entries():
     model = graphs.build(graphs.CONV_BN_RELU)
     result = pipeline.run(model, [FoldBnPass(), _Reshapes("own"), _DeclaredReads()])
     assert result.records[-1].result.notes["seen"] == ["n", "own"]
+
+
+class _Reader(Pass):
+    """Declares no edit (lossless, no matches, no creates): a measuring step."""
+
+    name = "reader"
+    lossless = True
+
+    def apply(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        return PassResult(self.name)
+
+
+def test_a_step_that_declares_no_edit_keeps_the_checked_model_and_sizes():
+    model = graphs.build(graphs.CONV_BN_RELU)
+    result = pipeline.run(model, [FoldBnPass(), _Reader(), CleanupPass()])
+    folded, read, cleaned = result.records
+    assert read.params == (folded.params[1],) * 2 and read.macs == (folded.macs[1],) * 2
+    assert cleaned.params == folded.params[1:] * 2
+    assert graphs.op_count(result.model, "BatchNormalization") == 0

@@ -3,10 +3,11 @@ import math
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
+from onnx import numpy_helper
 
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import ChannelStats, PassContext
-from graphcomp.measure import normal, stats
+from graphcomp.measure import normal, observe, stats
 from graphcomp.passes.fold_bn import FoldBnPass
 from tests import graphs
 
@@ -156,3 +157,23 @@ def test_data_free_ignores_calibration_but_keeps_bn():
     ctx = PassContext(calibration=graphs.feeds_for(plain, batch=8))
     assert {s.source for s in stats.estimate(plain, ctx, "data-free").values()} == {"synthetic"}
     assert {s.source for s in stats.estimate(plain, ctx, "auto").values()} == {"calibration"}
+
+
+def test_head_behind_a_global_pool_is_derived_from_bn_without_a_model_run(monkeypatch):
+    model = graphs.build(graphs.CONV_BN_POOL_FC)
+    ctx = PassContext()
+    folded, _ = graphs.apply(model, FoldBnPass(), ctx=ctx)
+
+    def no_session(*_args, **_kwargs):
+        raise AssertionError("the model was run")
+
+    monkeypatch.setattr(observe.inputs, "session", no_session)
+    out = stats.estimate(folded, ctx)
+    assert sorted(s.source for s in out.values()) == ["bn", "bn-derived"]
+    bn = next(s for s in out.values() if s.source == "bn")
+    head = next(s for s in out.values() if s.source == "bn-derived")
+    relu_mean, relu_std = normal.clipped_moments(bn.mean, bn.std, 0.0, math.inf)
+    inits = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}
+    w = inits["w_fc"].astype(np.float64)
+    np.testing.assert_allclose(head.mean, relu_mean @ w, rtol=1e-6)
+    np.testing.assert_allclose(head.std, np.sqrt(relu_std**2 @ (w * w)), rtol=1e-6)

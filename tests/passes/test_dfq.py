@@ -4,6 +4,7 @@ import pytest
 
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import PassContext
+from graphcomp.passes.dfq import input_means
 from graphcomp.passes.dfq.dfq import DfqConfig, DfqPass
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.prune.prune import PruneConfig, PrunePass
@@ -219,3 +220,23 @@ def test_bias_correct_runs_by_default_only_for_per_tensor_weights():
         DfqConfig(correct=True).corrects
         and not DfqConfig(correct=False, per_channel=False).corrects
     )
+
+
+@pytest.mark.parametrize("text", [graphs.CONV_DW_CONV, graphs.CONV_PRELU_POOL_FC])
+def test_input_means_from_the_stats_pass_follow_equalization(text, monkeypatch):
+    """Per-tensor profile: one forward pass gives bias-correct the means it would measure."""
+    model = graphs.spread_channels(graphs.build(text), seed=1)
+    cfg = DfqConfig(per_channel=False, prior="normal")
+    one, res = graphs.apply(model, DfqPass(cfg))
+    assert res.record("dfq/stats").result.notes["input_means_measured"] >= 2
+    sources = res.record("dfq/bias-correct").result.notes["input_mean_sources"]
+    monkeypatch.setattr(input_means, "to_measure", lambda *_args: {})
+    two, res = graphs.apply(model, DfqPass(cfg))  # bias-correct measures them itself
+    assert "input_means_measured" not in res.record("dfq/stats").result.notes
+    assert res.record("dfq/bias-correct").result.notes["input_mean_sources"] == sources
+    inits = [
+        {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer} for m in (one, two)
+    ]
+    assert inits[0].keys() == inits[1].keys()
+    for name, value in inits[0].items():  # biases corrected alike, so every code is equal
+        np.testing.assert_allclose(value, inits[1][name], rtol=1e-5, atol=1e-6, err_msg=name)

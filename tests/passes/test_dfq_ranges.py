@@ -1,6 +1,7 @@
 """passes/dfq/ranges.py: activation ranges carried from per-channel statistics."""
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 import pytest
 
@@ -40,3 +41,11 @@ def test_concat_with_an_uncarried_input_is_left_to_measurement():
     known = {"b": ChannelStats(np.array([3.0, -2.0]), np.array([0.5, 0.1]), "bn")}
     ranges = activation_ranges(graph, known, 4.0)
     assert "rb" in ranges and "cat" not in ranges and "ra" not in ranges
+
+
+def test_global_pool_and_flatten_keep_the_channel_intervals():
+    model = onnx.shape_inference.infer_shapes(graphs.build(graphs.CONV_BN_POOL_FC))
+    known = {"n": ChannelStats(np.array([0.0, 1.0, -1.0, 2.0]), np.ones(4), "bn")}
+    got = activation_ranges(gs.import_onnx(model), known, 3.0)
+    # a channel's mean stays inside its interval; Flatten [N, 4, 1, 1] -> [N, 4] keeps it
+    assert got["r"][:2] == got["p"][:2] == got["f"][:2] == (0.0, 5.0)
