@@ -48,12 +48,15 @@ class QuantSpec:
     axis: int = 0  # channel axis when per_channel
     pow2: bool = False  # scales are exact powers of two (fixed point)
     reduced: bool = False  # codes in +-2^(bits-2): no int16 saturation in u8s8 kernels
+    # weight axes in a u8s8 kernel's order (output, then the reduction slowest to
+    # fastest): same-sign code pairs along it keep |a| + |b| <= PAIR_LIMIT
+    pairs: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise ConfigError(f"bits must be one of {BITS}, got {self.bits}")
-        if self.reduced and not (self.signed and self.symmetric):
-            raise ConfigError("a reduced range needs signed symmetric codes")
+        if (self.reduced or self.pairs) and not (self.signed and self.symmetric):
+            raise ConfigError("a reduced range or code pairs need signed symmetric codes")
 
     @property
     def qmin(self) -> int:
@@ -124,10 +127,13 @@ def _along(values: np.ndarray, ndim: int, spec: QuantSpec) -> np.ndarray:
 
 
 def row_slices(x: np.ndarray) -> list[slice]:
-    """Slices of axis 0 that cover `x` in pieces of about CHUNK_BYTES (one when small)."""
+    """Slices of axis 0 that cover `x` in pieces of about CHUNK_BYTES (one when small).
+
+    Each has an even number of rows, so code pairs along axis 0 stay in one slice.
+    """
     if x.ndim == 0 or x.nbytes <= CHUNK_BYTES or x.shape[0] <= 1:
         return [slice(None)]
-    rows = max(1, CHUNK_BYTES * x.shape[0] // x.nbytes)
+    rows = max(2, CHUNK_BYTES * x.shape[0] // x.nbytes // 2 * 2)
     return [slice(i, i + rows) for i in range(0, x.shape[0], rows)]
 
 
@@ -167,8 +173,42 @@ def _quantize(
     x = np.asarray(x, dtype=np.float32)
     s = _along(np.asarray(scale, dtype=np.float32), x.ndim, spec)
     z = _along(np.asarray(zero_point, dtype=np.int64), x.ndim, spec)
-    q = np.rint(x / s).astype(np.int64) + z
-    return np.clip(q, spec.qmin, spec.qmax).astype(spec.storage_dtype)
+    real = x / s
+    q = np.clip(np.rint(real).astype(np.int64) + z, spec.qmin, spec.qmax)
+    if spec.pairs and q.ndim == len(spec.pairs):
+        q = limit_pairs(q, real, spec.pairs)
+    return q.astype(spec.storage_dtype)
+
+
+PAIR_LIMIT = 128  # 255 * 128 < 32768: a uint8 pair times these never leaves int16
+
+
+def limit_pairs(q: np.ndarray, real: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """Codes whose same-sign neighbours along the kernel's reduction sum to <= PAIR_LIMIT.
+
+    onnxruntime's u8s8 GEMM on x86 without VNNI (VPMADDUBSW) adds the products of
+    reduction elements 2j and 2j+1 in int16, saturating at 32767; it reads a Conv weight
+    as [out, kh, kw, in] (in fastest), a MatMul weight along K. A pair over the limit
+    (both codes large, same sign: rare) moves to the nearest point of |a| + |b| = 128;
+    every other code keeps its full 8-bit rounding.
+    """
+    perm = [a % q.ndim for a in order]
+    flat_q = np.transpose(q, perm).reshape(q.shape[perm[0]], -1)
+    flat_r = np.transpose(real, perm).reshape(flat_q.shape)
+    n = flat_q.shape[1] // 2 * 2
+    a, b = flat_q[:, 0:n:2], flat_q[:, 1:n:2]
+    over = (np.sign(a) == np.sign(b)) & (np.abs(a) + np.abs(b) > PAIR_LIMIT)
+    if not over.any():
+        return q
+    ra, rb = np.abs(flat_r[:, 0:n:2][over]), np.abs(flat_r[:, 1:n:2][over])
+    half = (ra + rb - PAIR_LIMIT) / 2.0
+    ma = np.clip(np.rint(ra - half), PAIR_LIMIT - 127, 127).astype(np.int64)
+    sign = np.sign(a[over])
+    out = flat_q.copy()
+    pa, pb = out[:, 0:n:2], out[:, 1:n:2]  # views into out
+    pa[over], pb[over] = sign * ma, sign * (PAIR_LIMIT - ma)
+    inverse = np.argsort(perm)
+    return np.transpose(out.reshape([q.shape[i] for i in perm]), inverse)
 
 
 def dequantize(
@@ -202,10 +242,27 @@ def weight_range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray
 def _range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
     w = np.asarray(w, dtype=np.float64)
     if not spec.per_channel:
-        return np.asarray(w.min()), np.asarray(w.max())
-    axis = spec.axis % w.ndim
-    other = tuple(i for i in range(w.ndim) if i != axis)
-    return w.min(axis=other), w.max(axis=other)
+        lo, hi = np.asarray(w.min()), np.asarray(w.max())
+    else:
+        axis = spec.axis % w.ndim
+        other = tuple(i for i in range(w.ndim) if i != axis)
+        lo, hi = w.min(axis=other), w.max(axis=other)
+    if spec.pairs and w.ndim == len(spec.pairs):
+        # the scale that keeps every same-sign pair within qmax after rounding (<= 128)
+        pair = _pair_sums(w, spec.pairs)
+        hi = np.maximum(hi, pair if spec.per_channel else pair.max())
+    return lo, hi
+
+
+def _pair_sums(w: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """Per output row (order[0]): the largest |a| + |b| of same-sign kernel pairs."""
+    perm = [a % w.ndim for a in order]
+    flat = np.transpose(w, perm).reshape(w.shape[perm[0]], -1)
+    n = flat.shape[1] // 2 * 2
+    a, b = flat[:, 0:n:2], flat[:, 1:n:2]
+    same = np.sign(a) == np.sign(b)
+    sums = np.where(same, np.abs(a) + np.abs(b), 0.0)
+    return sums.max(axis=1) if n else np.zeros(flat.shape[0])
 
 
 def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

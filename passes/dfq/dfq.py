@@ -72,7 +72,7 @@ class DfqConfig:
     range_k: float = 6.0  # 8-bit; chosen by top-1 agreement with float (README dfq)
     absorb_k: float = 3.0
     weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
-    reduce_range: str = "auto"  # int8 weights in +-64 where u8s8 kernels saturate (qdq)
+    reduce_range: str = "auto"  # no saturating int8 code pairs in u8s8 kernels (see qdq)
     clip_k: float = 4.0  # act_aware / absorb: a channel reaches mean + clip_k std
     act_aware: bool = False  # equalize never widens an activation tensor's range
     strength: float = 0.75  # equalize applies s^strength of the converged scales

@@ -65,6 +65,7 @@ class TensorRule:
     zero_point: int | None = None
     dynamic: bool | None = None  # None: the placement decides
     reduce_range: bool = False  # weight codes in +-64 (see QdqConfig.reduce_range)
+    pairs: tuple[int, ...] = ()  # u8s8 kernel order: no same-sign pair sums over 128
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -85,7 +86,14 @@ class TensorRule:
         """The quantizer of this rule (per-channel along `axis` when asked)."""
         pc = self.per_channel if per_channel is None else per_channel
         return QuantSpec(
-            self.bits, self.signed, self.symmetric, pc, axis, self.pow2, self.reduce_range
+            self.bits,
+            self.signed,
+            self.symmetric,
+            pc,
+            axis,
+            self.pow2,
+            self.reduce_range,
+            self.pairs,
         )
 
     def describe(self) -> str:
@@ -122,7 +130,7 @@ class QdqConfig:
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
     outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
     # x86 without VNNI sums uint8 x int8 pairs in int16 (VPMADDUBSW saturates silently)
-    reduce_range: str = "auto"  # auto: +-64 weights on u8s8 GEMMs (not depthwise); on; off
+    reduce_range: str = "auto"  # auto: no pair over 128 on u8s8 GEMMs; on: +-64; off
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
 

@@ -16,6 +16,7 @@ SPECS = [
     QuantSpec(16, True, True),
     QuantSpec(8, True, True, pow2=True),
     QuantSpec(8, True, True, reduced=True),
+    QuantSpec(8, True, True, True, 1, pairs=(1, 0)),
     QuantSpec(8, False, False, pow2=True),
 ]
 
@@ -138,9 +139,27 @@ def test_large_weights_in_slices_give_the_same_ranges_and_codes(monkeypatch, axi
     lo, hi = quant.weight_range(w, spec)
     scale, zp = quant.compute_scale_zero_point(lo, hi, spec)
     codes = quant.quantize(w, scale, zp, spec)
-    monkeypatch.setattr(quant, "CHUNK_BYTES", 7 * 40 * 4)  # 14 slices, the last one short
-    assert len(quant.row_slices(w)) == 14
+    monkeypatch.setattr(quant, "CHUNK_BYTES", 9 * 40 * 4)  # 12 slices of 8 rows (even)
+    assert len(quant.row_slices(w)) == 12
     sliced = quant.weight_range(w, spec)
     np.testing.assert_array_equal(sliced[0], lo)
     np.testing.assert_array_equal(sliced[1], hi)
     np.testing.assert_array_equal(quant.quantize(w, scale, zp, spec), codes)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_kernel_pairs_never_leave_int16(seed, per_channel):
+    """Same-sign code pairs along the reduction sum to <= 128 (255 * 128 < 32768), and
+    the scale is no coarser than a 7-bit range."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((10, 6, 3, 3)) * rng.uniform(0.1, 3, (10, 1, 1, 1))).astype(np.float32)
+    spec = QuantSpec(8, True, True, per_channel, 0, pairs=(0, 2, 3, 1))
+    q, scale, _ = quant.quantize_weight(w, spec)
+    flat = np.transpose(q.astype(int), (0, 2, 3, 1)).reshape(10, -1)
+    a, b = flat[:, 0::2], flat[:, 1::2]
+    assert np.where(np.sign(a) == np.sign(b), np.abs(a) + np.abs(b), 0).max() <= 128
+    _, reduced_scale, _ = quant.quantize_weight(
+        w, QuantSpec(8, True, True, per_channel, 0, reduced=True)
+    )
+    assert np.all(scale <= reduced_scale * (1 + 1e-6))

@@ -443,12 +443,22 @@ def _weight_codes(model):
     return codes
 
 
-def test_weights_stay_in_pm64_where_u8s8_kernels_saturate_full_range_in_depthwise():
+def _max_pair(codes):
+    """Largest |a| + |b| of same-sign input-channel pairs (2j, 2j+1) of one conv tap."""
+    flat = np.transpose(codes.astype(int), (0, 2, 3, 1)).reshape(codes.shape[0], -1)
+    a, b = flat[:, 0::2], flat[:, 1::2]
+    return int(np.where(np.sign(a) == np.sign(b), np.abs(a) + np.abs(b), 0).max())
+
+
+def test_no_weight_pair_can_saturate_u8s8_kernels_depthwise_keeps_full_range():
     model = graphs.build(graphs.CONV_DW_CONV)
-    conv_a, depthwise, conv_b = (np.abs(c.astype(int)).max() for c in _weight_codes(_qdq(model)[0]))
-    assert conv_a == conv_b == 64 and depthwise == 127
+    conv_a, depthwise, conv_b = _weight_codes(_qdq(model)[0])
+    assert _max_pair(conv_b) <= 128 and np.abs(conv_b.astype(int)).max() > 64
+    assert np.abs(depthwise.astype(int)).max() == 127
+    reduced = _weight_codes(_qdq(model, reduce_range="on")[0])
+    assert [np.abs(c.astype(int)).max() for c in reduced] == [64, 64, 64]
     full = _weight_codes(_qdq(model, reduce_range="off")[0])
-    assert [np.abs(c.astype(int)).max() for c in full] == [127, 127, 127]
+    assert _max_pair(full[2]) > 128
 
 
 def test_integer_kernels_compute_what_the_qdq_graph_says(tmp_path):
