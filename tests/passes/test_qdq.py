@@ -472,3 +472,12 @@ def test_integer_kernels_compute_what_the_qdq_graph_says(tmp_path):
     feeds = {"input": np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32)}
     # one-code rounding flips only (saturation: cosine 0.98)
     assert _cosine(graphs.run(model, feeds)[0], _unfused(model, feeds)) > 0.9999
+
+
+@pytest.mark.parametrize("dynamic", ["auto", "off"])
+def test_integer_matmul_kernels_compute_what_the_qdq_graph_says(dynamic):
+    model = graphs.qdq_encoder(outlier=60.0)
+    out, _ = _qdq(model, dynamic=dynamic)
+    feeds = graphs.feeds_for(model, batch=4)
+    # rounding flips and MatMulNBits' own arithmetic only (full-range saturation: 0.99)
+    assert _cosine(graphs.run(out, feeds)[0], _unfused(out, feeds)) > 0.9995
