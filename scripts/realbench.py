@@ -16,6 +16,8 @@ time). Inputs are made locally and preprocessed as each package does it:
   photos bundled in the scikit-image, scikit-learn, matplotlib and PyWavelets wheels,
   cut into crops and flips, resized to 256 on the shorter side, center crop 224,
   ImageNet mean/std. `imagenet_eval()` gives (model path, eval feeds) to other scripts.
+- `captcha` (ddddocr: common.onnx, Conv/SiLU + LSTM + CTC): random letters and digits
+  rendered captcha-style with PIL, preprocessed by ddddocr's own code (gray, height 64).
 
 Each family has a TUNING split (calibration of onnxruntime's static quantizer) and an
 EVALUATION split (every reported number) drawn from different sentences, fonts,
@@ -1265,6 +1267,112 @@ def family_imagenet_folded() -> Family:
     return _family_imagenet(folded=True)
 
 
+# ---------------------------------------------------------------- captcha OCR (ddddocr)
+
+CAPTCHA_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+N_CAPTCHA_TUNE, N_CAPTCHA_EVAL = 128, 256
+CAPTCHA_WIDTH = 224  # the fixed width graphcomp's synthetic inputs use (height is 64)
+
+
+def captcha_texts(split: str) -> list[str]:
+    """Random 4-6 character strings of `split` (tuning and evaluation seeds differ)."""
+    if split not in ("tune", "eval"):
+        raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
+    rng = np.random.default_rng(31 if split == "tune" else 32)
+    count = N_CAPTCHA_TUNE if split == "tune" else N_CAPTCHA_EVAL
+    chars = list(CAPTCHA_CHARS)
+    return ["".join(rng.choice(chars, int(rng.integers(4, 7)))) for _ in range(count)]
+
+
+def _color(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in rng.integers(low, high, 3))
+    return r, g, b
+
+
+def render_captcha(text: str, font: str, rng: np.random.Generator) -> Any:
+    """A captcha-like RGB PIL image of `text`.
+
+    Tinted background, each character in its own color, size and rotation, then noise
+    lines and dots.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    h = int(rng.integers(40, 60))
+    w = int(len(text) * h * 0.62 + rng.integers(10, 30))
+    img = Image.new("RGB", (w, h), _color(rng, 170, 256))
+    x = int(rng.integers(4, 12))
+    for ch in text:
+        size = int(h * rng.uniform(0.55, 0.8))
+        face = ImageFont.truetype(str(FONT_DIR / font), size)
+        tile = Image.new("RGBA", (2 * size, 2 * size), (0, 0, 0, 0))
+        ImageDraw.Draw(tile).text((size // 2, size // 3), ch, font=face, fill=_color(rng, 0, 120))
+        tile = tile.rotate(float(rng.uniform(-25, 25)), resample=Image.Resampling.BICUBIC)
+        tile = tile.crop(tile.getbbox() or (0, 0, 1, 1))
+        img.paste(tile, (x, int(rng.integers(0, max(1, h - tile.size[1])))), tile)
+        x += tile.size[0] + int(rng.integers(-3, 4))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 4))):
+        ends = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(2)]
+        draw.line(ends, fill=_color(rng, 0, 160), width=int(rng.integers(1, 3)))
+    for _ in range(w * h // 100):
+        draw.point((int(rng.integers(0, w)), int(rng.integers(0, h))), fill=_color(rng, 0, 256))
+    return img
+
+
+def family_captcha() -> Family:
+    """The float captcha model of ddddocr (Conv/SiLU, LSTM, CTC); metric: char agreement."""
+    import ddddocr
+    from ddddocr.core.ocr_engine import OCREngine
+    from ddddocr.models.charset_manager import CharsetManager
+
+    # common.onnx is the float model (ddddocr's beta=True); the default common_old.onnx
+    # is already int8 (ConvInteger, DynamicQuantizeLSTM), nothing to compress
+    model = Path(ddddocr.__file__).parent / "common.onnx"
+    charset = CharsetManager()._get_beta_charset()
+    me = SimpleNamespace(use_import_onnx=False)  # ddddocr's default preprocessing
+
+    def feeds(split: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+        rng = np.random.default_rng(33 if split == "tune" else 34)
+        fonts = font_split(split)
+        texts = captcha_texts(split)
+        imgs = [render_captcha(t, fonts[i % len(fonts)], rng) for i, t in enumerate(texts)]
+        return texts, [{"input1": OCREngine._preprocess_image(me, im, False)} for im in imgs]
+
+    _, tune = feeds("tune")
+    texts, eval_feeds = feeds(scored_split())
+
+    def decode(out: np.ndarray) -> list[int]:
+        return ctc_greedy(out.reshape(-1, out.shape[-1]))  # (T, 1, C): batch 1
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        pairs = [(decode(r), decode(h)) for r, h in zip(ref, hyp, strict=True)]
+        exact = np.mean([r == h for r, h in pairs])
+        return float(np.mean([char_agreement(r, h) for r, h in pairs])), f"identical {exact:.3f}"
+
+    rng = np.random.default_rng(17)
+    random_feeds = [
+        {"input1": rng.uniform(0, 1, (1, 1, 64, CAPTCHA_WIDTH)).astype(np.float32)}
+        for _ in range(64)
+    ]
+    fam = Family(
+        "captcha",
+        model,
+        "CTC char agreement",
+        tune,
+        random_feeds,
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"input1": [1, 1, 64, CAPTCHA_WIDTH]},
+        dynamic=True,
+    )
+    reads = _run_all(eval_feeds)(session(model))
+    got = ["".join(charset[i] for i in decode(o)) for o in reads]
+    right = np.mean([g.lower() == t.lower() for g, t in zip(got, texts, strict=True)])
+    fam.notes.append(f"float reads {right:.3f} of the eval captchas right (case ignored)")
+    return fam
+
+
 FAMILIES: dict[str, Callable[[], Family]] = {
     "ocr-rec": family_ocr_rec,
     "ocr-det": family_ocr_det,
@@ -1273,6 +1381,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {
     "minilm": family_minilm,
     "imagenet": family_imagenet,
     "imagenet-folded": family_imagenet_folded,
+    "captcha": family_captcha,
 }
 
 

@@ -214,3 +214,20 @@ def test_topk_overlap():
     assert rb.topk_overlap(ref, ref) == 1.0
     assert rb.topk_overlap(ref, -ref) == pytest.approx(0.8)  # 6 classes: top-5s share 4
     assert rb.topk_overlap(ref, ref[:, ::-1], k=1) == 0.0
+
+
+def test_captcha_texts_differ_between_splits():
+    tune, evals = rb.captcha_texts("tune"), rb.captcha_texts("eval")
+    assert len(tune) == rb.N_CAPTCHA_TUNE and len(evals) == rb.N_CAPTCHA_EVAL
+    assert not set(tune) & set(evals)
+    assert all(4 <= len(t) <= 6 and set(t) <= set(rb.CAPTCHA_CHARS) for t in tune + evals)
+    assert tune == rb.captcha_texts("tune")  # seeded
+    with pytest.raises(ValueError, match="split"):
+        rb.captcha_texts("train")
+
+
+def test_render_captcha_is_an_rgb_image_sized_to_the_text():
+    img = rb.render_captcha("a1B2c", rb.font_split("tune")[0], np.random.default_rng(0))
+    assert img.mode == "RGB" and 40 <= img.size[1] < 60
+    assert img.size[0] >= 5 * img.size[1] * 0.62
+    assert np.asarray(img).std() > 10  # something was drawn
