@@ -30,7 +30,9 @@ random inputs; `quantize_dynamic` where a family asks for it. The metric always 
 a row's outputs with the float model's on the evaluation split (see FAMILIES). A
 graphcomp or onnxruntime failure becomes the row's result; the run goes on.
 
-Usage, from the repo root (about 10 minutes for everything on 2 cores):
+Usage, from the repo root (about 10 minutes for the OCR, VAD and MiniLM families on 2
+cores; on a shared, loaded machine each imagenet family took 5 minutes, captcha 9,
+yolo 21):
 `nice -n 15 python scripts/realbench.py [--family ocr-rec] [--out table.md]`.
 Choosing a default: `--split tuning` scores every row on the tuning split instead
 (the onnxruntime static rows are then scored on their own calibration data, so only the
