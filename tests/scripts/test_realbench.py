@@ -1,8 +1,9 @@
 """scripts/realbench.py: its metric functions and its split rules, without any wheel.
 
 The benchmark's numbers are only as good as these pure functions (CTC decode, edit
-distance, box matching, cosine, decision and top-1 agreement, mean pooling) and the
-promise that the tuning and evaluation splits share no sentence, font or voice.
+distance, box matching, cosine, decision and top-1 agreement, top-k overlap, mean
+pooling, the photo views and their preprocessing) and the promise that the tuning and
+evaluation splits share no sentence, font, voice or photo.
 """
 
 from __future__ import annotations
@@ -168,3 +169,101 @@ def test_extra_graphcomp_rows_parse_and_reject_taken_names():
 def test_scored_split_defaults_to_evaluation():
     assert rb.scored_split() == "eval"
     assert rb.SPLITS == {"evaluation": "eval", "tuning": "tune"}
+
+
+def test_photo_splits_share_no_photo():
+    tune, evals = rb.photo_split("tune"), rb.photo_split("eval")
+    assert len(tune) >= 8 and len(evals) >= 8
+    assert not set(tune) & set(evals)
+    names = [Path(rel).stem for _, rel in tune + evals]
+    assert len(set(names)) == len(names)  # one file name once: pywt's camera is skimage's
+    assert not {"motorcycle_right", "motorcycle_left"} <= set(names)  # one stereo pair
+    with pytest.raises(ValueError, match="split"):
+        rb.photo_split("train")
+
+
+def test_view_boxes_stay_inside_the_photo():
+    views = rb.view_boxes(300, 200, 32, np.random.default_rng(0))
+    assert len(views) == 32 and views[0] == (0, 0, 300, 200, False)
+    for left, top, right, bottom, _ in views:
+        assert 0 <= left < right <= 300 and 0 <= top < bottom <= 200
+        assert (right - left) * (bottom - top) >= 0.25 * 300 * 200
+    assert sum(flip for *_, flip in views) == 16  # every other view mirrored
+    assert views == rb.view_boxes(300, 200, 32, np.random.default_rng(0))
+
+
+def test_imagenet_preprocess_resizes_crops_and_normalizes():
+    from PIL import Image
+
+    x = rb.imagenet_preprocess(Image.new("RGB", (640, 300), (128, 64, 255)))
+    assert x.shape == (3, 224, 224) and x.dtype == np.float32
+    want = (np.array([128, 64, 255]) / 255 - rb.IMAGENET_MEAN) / rb.IMAGENET_STD
+    np.testing.assert_allclose(x.mean(axis=(1, 2)), want, atol=1e-5)
+
+
+def test_load_photo_reads_npz_data(tmp_path):
+    path = tmp_path / "img.npz"
+    np.savez(path, data=np.full((20, 30), 7, np.uint8))
+    img = rb.load_photo(path)
+    assert img.size == (30, 20) and img.mode == "RGB"
+    assert np.asarray(img)[0, 0].tolist() == [7, 7, 7]
+
+
+def test_topk_overlap():
+    ref = np.array([[5.0, 4, 3, 2, 1, 0], [0, 1, 2, 3, 4, 5]])
+    assert rb.topk_overlap(ref, ref) == 1.0
+    assert rb.topk_overlap(ref, -ref) == pytest.approx(0.8)  # 6 classes: top-5s share 4
+    assert rb.topk_overlap(ref, ref[:, ::-1], k=1) == 0.0
+
+
+def test_captcha_texts_differ_between_splits():
+    tune, evals = rb.captcha_texts("tune"), rb.captcha_texts("eval")
+    assert len(tune) == rb.N_CAPTCHA_TUNE and len(evals) == rb.N_CAPTCHA_EVAL
+    assert not set(tune) & set(evals)
+    assert all(4 <= len(t) <= 6 and set(t) <= set(rb.CAPTCHA_CHARS) for t in tune + evals)
+    assert tune == rb.captcha_texts("tune")  # seeded
+    with pytest.raises(ValueError, match="split"):
+        rb.captcha_texts("train")
+
+
+def test_render_captcha_is_an_rgb_image_sized_to_the_text():
+    img = rb.render_captcha("a1B2c", rb.font_split("tune")[0], np.random.default_rng(0))
+    assert img.mode == "RGB" and 40 <= img.size[1] < 60
+    assert img.size[0] >= 5 * img.size[1] * 0.62
+    assert np.asarray(img).std() > 10  # something was drawn
+
+
+def test_scene_layout_tiles_the_canvas():
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        (w, h), cells = rb.scene_layout(rng, 5)
+        assert 480 <= w <= 960 and 480 <= h <= 960 and len(cells) in (1, 4)
+        assert all(0 <= i < 5 for i, _ in cells)
+        assert sum((x1 - x0) * (y1 - y0) for _, (x0, y0, x1, y1) in cells) == w * h
+        assert all(0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h for _, (x0, y0, x1, y1) in cells)
+
+
+def test_render_scene_is_bgr_of_the_layout_size():
+    from PIL import Image
+
+    photos = [Image.new("RGB", (300, 200), (255, 0, 0)), Image.new("RGB", (250, 400), (255, 0, 0))]
+    scene = rb.render_scene(photos, np.random.default_rng(4))
+    assert scene.dtype == np.uint8 and scene.ndim == 3 and scene.shape[2] == 3
+    assert 480 <= scene.shape[0] <= 960 and 480 <= scene.shape[1] <= 960
+    assert (scene[..., 2] == 255).all() and (scene[..., 0] == 0).all()  # red in BGR
+
+
+def box(x0, y0, x1, y1):
+    return np.array([[x0, y0], [x1, y1]], np.float32)
+
+
+def test_detection_f1_pools_images_and_needs_the_class():
+    a, b = box(0, 0, 10, 10), box(20, 20, 40, 40)
+    assert rb.detection_f1([[(0, a)], []], [[(0, a)], []]) == 1.0
+    assert rb.detection_f1([[(0, a)]], [[(1, a)]]) == 0.0  # same box, other class
+    # image 1: 2 float boxes, 1 found; image 2: nothing anywhere (does not count)
+    assert rb.detection_f1([[(0, a), (1, b)], []], [[(0, a)], []]) == pytest.approx(2 / 3)
+    # pooled, not averaged: 1 of 1 on image 1, 0 of 3 on image 2 -> 2 * 1 / (1 + 1 + 3)
+    ref = [[(0, a)], [(0, a), (0, b), (1, b)]]
+    assert rb.detection_f1(ref, [[(0, a)], []]) == pytest.approx(2 / 5)
+    assert rb.detection_f1([[], []], [[], []]) == 1.0
