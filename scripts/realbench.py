@@ -76,6 +76,7 @@ PAGE = 640
 NICE = 15  # the run lowers its own priority to this
 PER_CHANNEL_OPSET = 13  # onnxruntime writes per-channel DequantizeLinear (axis) from here
 MAX_CALIB_FEEDS = 256  # calibration feeds passed to quantize_static
+CALIB_SAMPLES = 32  # tuning-split samples given to --gc-cal rows
 BOX_IOU = 0.5  # a detected box matches a float box at this IoU or more
 VAD_THRESHOLD = 0.5  # silero's default speech threshold
 
@@ -442,13 +443,20 @@ class Row:
 # ---------------------------------------------------------------- building the rows
 
 
-def build_graphcomp(spec: str, fam: Family, out: Path) -> str:
-    """Run graphcomp `spec` without data; "ok" or the exception as the row's result."""
+def build_graphcomp(
+    spec: str, fam: Family, out: Path, calibration: dict[str, np.ndarray] | None = None
+) -> str:
+    """Run graphcomp `spec` (no data unless `calibration`); "ok" or the exception."""
     import graphcomp
 
     try:
         graphcomp.compress(
-            str(fam.model), spec, output=out, input_shapes=fam.input_shapes, verify_output=False
+            str(fam.model),
+            spec,
+            output=out,
+            calibration_data=calibration,
+            input_shapes=fam.input_shapes,
+            verify_output=False,
         )
     except graphcomp.GraphcompError as e:
         return f"GraphcompError {type(e).__name__}: {_one_line(e)}"
@@ -533,12 +541,37 @@ VARIANTS = [
 ]
 
 
+def stack_feeds(feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Feeds joined on axis 0, each array zero-padded to the largest shape first.
+
+    Sentences of different lengths become one batch whose padding has attention mask 0
+    (and token id 0, BERT's [PAD]); equal shapes are simply concatenated.
+    """
+    out = {}
+    for name in feeds[0]:
+        arrays = [f[name] for f in feeds]
+        top = np.max([a.shape for a in arrays], axis=0)
+        out[name] = np.concatenate(
+            [
+                np.pad(
+                    a, [(0, 0), *((0, t - d) for t, d in zip(top[1:], a.shape[1:], strict=True))]
+                )
+                for a in arrays
+            ]
+        )
+    return out
+
+
 def run_family(
-    fam: Family, only: Sequence[str] | None = None, extra: dict[str, str] | None = None
+    fam: Family,
+    only: Sequence[str] | None = None,
+    extra: dict[str, str] | None = None,
+    calibrated: Sequence[str] = (),
 ) -> list[Row]:
     """The variants of one family (all, or `only`; float always), scored against float.
 
-    `extra` maps more graphcomp row names (`gc-NAME`) to their spec.
+    `extra` maps more graphcomp row names (`gc-NAME`) to their spec; the `calibrated`
+    names among them get CALIB_SAMPLES tuning-split samples as calibration data.
     """
     work = CACHE / fam.name / "variants"
     shutil.rmtree(work, ignore_errors=True)
@@ -559,7 +592,9 @@ def run_family(
         if variant == "float":
             path, result = fam.model, "ok"
         elif variant in specs:
-            result = build_graphcomp(specs[variant], fam, path)
+            cal = variant[3:] in calibrated
+            samples = stack_feeds(spread(fam.tune_feeds, CALIB_SAMPLES)) if cal else None
+            result = build_graphcomp(specs[variant], fam, path, samples)
         elif variant == "ort-static-pc-rand":
             result = build_ort("static-pc", fam, path, fam.random_feeds)
         else:
@@ -1541,9 +1576,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gc", action="append", default=[], metavar="NAME=SPEC", help="extra graphcomp row"
     )
+    parser.add_argument(
+        "--gc-cal",
+        action="append",
+        default=[],
+        metavar="NAME=SPEC",
+        help=f"extra graphcomp row with {CALIB_SAMPLES} tuning-split samples as calibration",
+    )
     args = parser.parse_args(argv)
     SCORED["split"] = SPLITS[args.split]
-    extra = parse_extra(args.gc)
+    extra = parse_extra(args.gc + args.gc_cal)
+    calibrated = list(parse_extra(args.gc_cal))
     if os.nice(0) < NICE:
         os.nice(NICE - os.nice(0))
     sys.path.insert(0, str(ROOT))
@@ -1558,11 +1601,15 @@ def main(argv: list[str] | None = None) -> int:
             _log_crash(name, "setup", traceback.format_exc())
             print(f"[{name}] skipped: {type(e).__name__}: {e}", file=sys.stderr)
             continue
-        rows += run_family(fams[name], args.row, extra)
+        rows += run_family(fams[name], args.row, extra, calibrated)
     text = table(rows, fams)
     notes = [f"- {n}: {note}" for n, f in fams.items() for note in f.notes]
     legend = [f"- `{v}`: {d}" for v, d in VARIANTS]
-    legend += [f"- `gc-{k}`: graphcomp `{v}`, no data" for k, v in extra.items()]
+    legend += [
+        f"- `gc-{k}`: graphcomp `{v}`, "
+        + (f"{CALIB_SAMPLES} tuning-split samples" if k in calibrated else "no data")
+        for k, v in extra.items()
+    ]
     header = f"Scored on the {args.split} split."
     out = "\n".join([header, "", text, "", *notes, "", *legend])
     print(out)

@@ -182,6 +182,11 @@ def _budget(
             svd_sense.relative_energy(cands)
             log.warning("svd: sensitivity probe failed (%s); relative energy used", e)
             plan.notes["allocation"] = f"relative energy per layer (probe failed: {str(e)[:120]})"
+        if plan.notes["allocation"].startswith("relative energy"):  # the probe fell back
+            plan.notes["probe_warning"] = (
+                f"sensitivity probe fell back to {plan.notes['allocation']}: ranks follow "
+                "each layer's own energy, not the model's measured loss"
+            )
     fixed = {
         i: _per_layer(c, "energy", 1.0, config)
         for i, c in enumerate(cands)

@@ -166,4 +166,21 @@ def test_probe_failure_falls_back_to_relative_energy() -> None:
     _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
     notes = run.records[0].result.notes
     assert "probe failed" in notes["allocation"] and "probe run failed" in notes["shapes"]
+    assert "fell back" in notes["probe_warning"]  # a warning in the summary, not a silent note
     assert run.records[0].result.changes
+
+
+def test_sensitivity_probe_keeps_quiet_when_it_measured() -> None:
+    model = graphs.build(
+        """
+        g (float[N, 96] x, float[96, 256] w_a, float[256, 96] w_b) => (float[N, 96] y) {
+            h = MatMul (x, w_a)
+            r = Relu (h)
+            y = MatMul (r, w_b)
+        }
+        """
+    )
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
+    notes = run.records[0].result.notes
+    assert notes["allocation"].startswith("measured sensitivity")
+    assert "probe_warning" not in notes

@@ -267,3 +267,21 @@ def test_detection_f1_pools_images_and_needs_the_class():
     ref = [[(0, a)], [(0, a), (0, b), (1, b)]]
     assert rb.detection_f1(ref, [[(0, a)], []]) == pytest.approx(2 / 5)
     assert rb.detection_f1([[], []], [[], []]) == 1.0
+
+
+def test_stack_feeds_pads_short_sentences_with_mask_zero():
+    short = {"ids": np.array([[101, 7, 102]]), "mask": np.ones((1, 3), np.int64)}
+    long = {"ids": np.array([[101, 7, 8, 9, 102]]), "mask": np.ones((1, 5), np.int64)}
+    out = rb.stack_feeds([short, long])
+    assert out["ids"].shape == (2, 5)
+    np.testing.assert_array_equal(out["ids"][0], [101, 7, 102, 0, 0])
+    np.testing.assert_array_equal(out["mask"][0], [1, 1, 1, 0, 0])
+    np.testing.assert_array_equal(out["mask"][1], [1] * 5)
+
+
+def test_stack_feeds_concatenates_equal_shapes():
+    feeds = [{"input": np.full((1, 3, 2, 2), float(i), np.float32)} for i in range(3)]
+    out = rb.stack_feeds(feeds)
+    assert out["input"].shape == (3, 3, 2, 2)
+    assert out["input"].dtype == np.float32
+    np.testing.assert_array_equal(out["input"][:, 0, 0, 0], [0.0, 1.0, 2.0])
