@@ -46,10 +46,12 @@ from graphcomp.passes.dfq.equalize import CLIP_MODES, EqualizeConfig, EqualizePa
 from graphcomp.passes.dfq.layers import out_rows
 from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
 from graphcomp.passes.fold_bn import FoldBnPass
+from graphcomp.passes.qdq.config import check_fidelity
 from graphcomp.passes.qdq.place import build_plan
 from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifyStep
 
 RANGE_MODES = ("stats", "measure")
+DEFAULT_FIDELITY = 30.0  # dB; chosen on the realbench tuning split (docs/dfq.md)
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
 
 
@@ -75,6 +77,8 @@ class DfqConfig:
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
     plot: str | None = None  # directory for the weight-range and error charts
+    fidelity: float | None = DEFAULT_FIDELITY  # output SNR target (dB); None: no probe
+    probe_samples: int = 8  # synthetic inputs of the sensitivity probe
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -86,6 +90,7 @@ class DfqConfig:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
         if not (self.range_k > 0 and self.absorb_k >= 0):
             raise ConfigError("range_k must be > 0 and absorb_k >= 0")
+        check_fidelity(self)
         fields.check(self)
 
     @property
@@ -215,6 +220,8 @@ def _qdq_config(cfg: DfqConfig) -> QdqConfig:
         samples=cfg.samples,
         prior=cfg.prior,
         seed=cfg.seed,
+        fidelity=cfg.fidelity,
+        probe_samples=cfg.probe_samples,
     )
 
 
