@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import time
 from collections import Counter
 
 import numpy as np
@@ -300,6 +301,7 @@ def _sensitivity(
     config: QdqConfig,
 ) -> qdq_sense.Outcome:
     """Emit every quantizer into the `probe` copy, mask them, measure, choose."""
+    start = time.perf_counter()
     float_model = model_io.to_model(probe)
     source = measure_inputs.Source(
         ctx.calibration,
@@ -320,7 +322,8 @@ def _sensitivity(
         _emit_activations(probe, plan, params)
         _emit_layers(probe, plan, inputs)
         units = qdq_sense.masked(probe, float_weights, set(plan.acts))
-    return qdq_sense.choose(qdq_sense.Probe(probe, units, feeds), float(config.fidelity or 0.0))
+    probed = qdq_sense.Probe(probe, units, feeds)
+    return qdq_sense.choose(probed, float(config.fidelity or 0.0), start)
 
 
 def _keep_float(outcome: qdq_sense.Outcome) -> tuple[dict[str, str], dict[str, str]]:
@@ -328,7 +331,9 @@ def _keep_float(outcome: qdq_sense.Outcome) -> tuple[dict[str, str], dict[str, s
     acts: dict[str, str] = {}
     layers: dict[str, str] = {}
     for unit in outcome.floated:
-        why = f"kept float for the fidelity target ({outcome.alone_db[unit]:.1f} dB alone)"
+        why = (
+            f"kept float for the fidelity target (output SNR {outcome.alone_db[unit]:.1f} dB alone)"
+        )
         (layers if unit.kind == qdq_sense.WEIGHT else acts)[unit.name] = why
     return acts, layers
 
@@ -337,7 +342,8 @@ def _sensitivity_notes(result: PassResult, outcome: qdq_sense.Outcome) -> None:
     result.notes["sensitivity"] = outcome.summary()
     worst = outcome.table(most=SENSITIVITY_LINE)
     result.notes["sensitivity_worst"] = ", ".join(
-        f"{r['tensor']} {r['kind']} {r['snr_alone_db']} dB" for r in worst
+        f"{r['tensor']} {r['kind']} {r['output_snr_alone_db'] or r['local_sqnr_db']} dB"
+        for r in worst
     )
     result.notes["sensitivity_table"] = outcome.table()
 

@@ -12,12 +12,15 @@ inputs with any subset of quantizers on: mask 0 is the float model, 1 the fully
 quantized one, a one-hot mask the error tensor t causes alone. Fidelity is the output
 SNR in dB (float output power over error power, the lowest over the graph outputs).
 
-`choose` measures every quantizer alone (the sensitivity table) and keeps in float
-the tensors that cause the most error alone, worst first, until the measured SNR with
-the rest quantized meets the target, at most `MAX_FLOAT_SHARE` of the quantizers
-(rounded up: the few that matter; past that the target is reported as missed).
-Cost: one run of the probe inputs per quantizer and one per tensor kept float, in one
-session (the seconds are in the report).
+Two stages keep the cost at a few runs. The float run (mask 0) also returns, per
+tensor, the power of x_t and of dq_t - x_t: its local SQNR, every tensor at once (the
+first-order estimate of its output SNR alone, if relative error passed unchanged to the
+output). The `MAX_FLOAT_SHARE` worst by local SQNR are then measured alone at the output
+(one run each), and `choose` keeps the worst of those float, one at a time, until the
+measured output SNR with the rest quantized meets the target (one run each; at most
+`MAX_FLOAT_SHARE` of the quantizers, rounded up; past that the target is reported as
+missed). Runs: 2 + candidates + tensors kept float, in one session; the seconds are in
+the report.
 """
 
 from __future__ import annotations
@@ -55,18 +58,28 @@ class Outcome:
     target: float
     full_db: float  # every quantizer on
     final_db: float  # the chosen ones float
-    alone_db: dict[Unit, float]  # SNR with only this quantizer on
+    local_db: dict[Unit, float]  # the tensor's own SQNR (every quantizer, one run)
+    alone_db: dict[Unit, float]  # output SNR with only this quantizer on (candidates)
     floated: list[Unit]
     seconds: float
     runs: int
 
     def table(self, most: int | None = None) -> list[dict[str, object]]:
-        """Rows, worst first: unit, kind, SNR alone, whether it stays float."""
-        rows = sorted(self.alone_db.items(), key=lambda kv: kv[1])
+        """Rows, worst first: tensor, kind, local SQNR, output SNR alone, stays float."""
         kept = set(self.floated)
+
+        def key(u: Unit) -> tuple[float, float]:
+            return (self.alone_db.get(u, np.inf), self.local_db[u])
+
         return [
-            {"tensor": u.name, "kind": u.kind, "snr_alone_db": round(db, 2), "float": u in kept}
-            for u, db in rows[:most]
+            {
+                "tensor": u.name,
+                "kind": u.kind,
+                "local_sqnr_db": _round(self.local_db[u]),
+                "output_snr_alone_db": _round(self.alone_db[u]) if u in self.alone_db else None,
+                "float": u in kept,
+            }
+            for u in sorted(self.local_db, key=key)[:most]
         ]
 
     def summary(self) -> str:
@@ -74,7 +87,7 @@ class Outcome:
         met = "met" if self.final_db >= self.target else "missed"
         return (
             f"output SNR {self.full_db:.1f} dB all quantized -> {self.final_db:.1f} dB with "
-            f"{len(self.floated)} of {len(self.alone_db)} tensors float (target "
+            f"{len(self.floated)} of {len(self.local_db)} tensors float (target "
             f"{self.target:g} dB, {met}); {self.runs} probe runs, {self.seconds:.1f} s"
         )
 
@@ -125,6 +138,26 @@ def _switch(graph: gs.Graph, mask: gs.Tensor, i: int, x: gs.Tensor, y: gs.Tensor
     for reader in readers:
         reader.inputs = [z if t is y else t for t in reader.inputs]
     graph.outputs = [z if t is y else t for t in graph.outputs]
+    for base, a in ((f"{MASK}_noise_{i}", d), (f"{MASK}_power_{i}", x)):
+        sq = gs.Variable(graph_utils.fresh_name(graph, f"{base}_sq"))
+        total = gs.Variable(base, np.float32)
+        graph.outputs.append(total)
+        graph.nodes.append(
+            gs.Node("Mul", graph_utils.fresh_name(graph, "Mul"), inputs=[a, a], outputs=[sq])
+        )
+        graph.nodes.append(
+            gs.Node(
+                "ReduceSum",
+                graph_utils.fresh_name(graph, "ReduceSum"),
+                {"keepdims": 0},
+                [sq],
+                [total],
+            )
+        )
+
+
+def _round(db: float) -> float | None:
+    return round(db, 2) if np.isfinite(db) else None
 
 
 class Probe:
@@ -132,10 +165,23 @@ class Probe:
 
     def __init__(self, graph: gs.Graph, units: list[Unit], feeds: Sequence[inputs.Feeds]) -> None:
         self.units, self.feeds, self.runs = units, list(feeds), 0
-        model = model_io.to_model(graph)
-        self.outputs = [o.name for o in model.graph.output]
-        self.runner = observe.Runner(model)
-        self.reference = self._outputs(np.zeros(len(units), np.float32))
+        self.outputs = [t.name for t in graph.outputs if not t.name.startswith(MASK)]
+        powers = [f"{MASK}_{k}_{i}" for i in range(len(units)) for k in ("noise", "power")]
+        self.runner = observe.Runner(model_io.to_model(graph), powers)
+        sums = np.zeros(len(powers))
+        self.reference: list[list[np.ndarray]] = []
+        for one in self.feeds:
+            got = self.runner(
+                {**one, MASK: np.zeros(len(units), np.float32)}, powers + self.outputs
+            )
+            sums += [float(got[n]) for n in powers]
+            self.reference.append([got[n] for n in self.outputs])
+        self.runs += 1
+        noise, power = sums[0::2], sums[1::2]
+        self.local = {
+            u: 10.0 * np.log10(max(p, TINY) / max(e, TINY))
+            for u, e, p in zip(units, noise, power, strict=True)
+        }
 
     def _outputs(self, mask: np.ndarray) -> list[list[np.ndarray]]:
         self.runs += 1
@@ -158,18 +204,25 @@ class Probe:
         return float(worst)
 
 
-def choose(probe: Probe, target: float) -> Outcome:
-    """Measure each quantizer alone; keep the worst float until `target` dB is met."""
-    start = time.perf_counter()
+def choose(probe: Probe, target: float, start: float) -> Outcome:
+    """The worst tensors by local SQNR measured alone; the worst kept float to `target`.
+
+    `start` is when the probe began (time.perf_counter), for the reported cost.
+    """
     n = len(probe.units)
     full = probe.snr([True] * n)
-    alone = {u: probe.snr([j == i for j in range(n)]) for i, u in enumerate(probe.units)}
+    cap = math.ceil(MAX_FLOAT_SHARE * n)
+    alone: dict[Unit, float] = {}
+    if full < target:
+        worst = sorted(range(n), key=lambda i: probe.local[probe.units[i]])[:cap]
+        alone = {probe.units[i]: probe.snr([j == i for j in range(n)]) for i in worst}
     order = sorted(range(n), key=lambda i: alone.get(probe.units[i], np.inf))
     on, floated, now = [True] * n, list[Unit](), full
-    for i in order[: math.ceil(MAX_FLOAT_SHARE * n)]:
+    for i in order[: len(alone)]:
         if now >= target:
             break
         on[i] = False
         floated.append(probe.units[i])
         now = probe.snr(on)
-    return Outcome(target, full, now, alone, floated, time.perf_counter() - start, probe.runs)
+    seconds = time.perf_counter() - start
+    return Outcome(target, full, now, probe.local, alone, floated, seconds, probe.runs)
