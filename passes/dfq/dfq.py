@@ -51,7 +51,9 @@ from graphcomp.passes.qdq.place import build_plan
 from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifyStep
 
 RANGE_MODES = ("stats", "measure")
-DEFAULT_FIDELITY = 30.0  # dB; chosen on the realbench tuning split (docs/dfq.md)
+# dB: a safety net for a broken output (noise near the signal); 30 dB and 40 dB floated
+# tensors that cost accuracy on the realbench tuning split (docs/dfq.md, sensitivity)
+DEFAULT_FIDELITY = 5.0
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
 
 
@@ -77,8 +79,9 @@ class DfqConfig:
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
     plot: str | None = None  # directory for the weight-range and error charts
-    fidelity: float | None = DEFAULT_FIDELITY  # output SNR target (dB); None: no probe
-    probe_samples: int = 8  # synthetic inputs of the sensitivity probe
+    fidelity: float | None = DEFAULT_FIDELITY  # output SNR (dB) below which the worst
+    # tensors stay float (passes/qdq/sense.py); none: no probe, no sensitivity table
+    probe_samples: int = 4  # inputs of the sensitivity probe (the prior, or your samples)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -166,6 +169,7 @@ class DfqPass(Pass):
             from graphcomp.passes.dfq import plot
 
             notes = {"equalize": eq.notes if eq is not None else {}, **ranges}
+            notes["sensitivity_table"] = core.notes.get("sensitivity_table") if core else None
             ranges["plots"] = plot.dfq_charts(cfg.plot, notes)
 
     def _data_free_steps(self) -> list[Pass]:

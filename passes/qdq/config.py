@@ -120,8 +120,8 @@ class QdqConfig:
     outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
-    fidelity: float | None = None  # output SNR target (dB): keep the worst tensors float
-    probe_samples: int = 8  # inputs of the sensitivity probe (passes/qdq/sense.py)
+    fidelity: float | None = None  # output SNR target (dB): the worst tensors stay float
+    probe_samples: int = 4  # inputs of the sensitivity probe (passes/qdq/sense.py)
 
     def __post_init__(self) -> None:
         checks = [
