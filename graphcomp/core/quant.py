@@ -45,14 +45,19 @@ class QuantSpec:
     per_channel: bool = False
     axis: int = 0  # channel axis when per_channel
     pow2: bool = False  # scales are exact powers of two (fixed point)
+    reduced: bool = False  # codes in +-2^(bits-2): no int16 saturation in u8s8 kernels
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
             raise ConfigError(f"bits must be one of {BITS}, got {self.bits}")
+        if self.reduced and not (self.signed and self.symmetric):
+            raise ConfigError("a reduced range needs signed symmetric codes")
 
     @property
     def qmin(self) -> int:
         """Smallest integer code used."""
+        if self.reduced:
+            return -(2 ** (self.bits - 2))
         if self.signed:
             return -(2 ** (self.bits - 1)) + (1 if self.symmetric else 0)
         return 1 if self.symmetric else 0
@@ -60,6 +65,8 @@ class QuantSpec:
     @property
     def qmax(self) -> int:
         """Largest integer code used."""
+        if self.reduced:
+            return 2 ** (self.bits - 2)
         return 2 ** (self.bits - 1) - 1 if self.signed else 2**self.bits - 1
 
     @property

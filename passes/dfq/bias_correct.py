@@ -28,6 +28,8 @@ from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import input_means as stats_inputs
 from graphcomp.passes.dfq import layers as layers
+from graphcomp.passes.qdq.config import REDUCE_RANGE
+from graphcomp.passes.qdq.place import saturates
 
 LAYERS = ("Conv", "Gemm")
 WEIGHT_RANGES = ("minmax", "mse")
@@ -44,6 +46,7 @@ class BiasCorrectConfig:
     pow2: bool = False
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     weight_range: str = "minmax"  # mse: clip weights to the quantization-MSE-optimal range
+    reduce_range: str = "auto"  # as qdq: +-64 codes where u8s8 kernels saturate
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
@@ -54,11 +57,18 @@ class BiasCorrectConfig:
         fields.check(self)
         if self.weight_range not in WEIGHT_RANGES:
             raise ConfigError(f"weight_range must be one of {WEIGHT_RANGES}")
+        if self.reduce_range not in REDUCE_RANGE:
+            raise ConfigError(f"reduce_range must be one of {REDUCE_RANGE}")
 
     def spec(self, node: gs.Node) -> quant.QuantSpec:
         """The qdq weight quantizer of `node` (output-channel axis when per-channel)."""
         axis = 0 if node.op == "Conv" or graph_utils.attr_int(node, "transB", 0) else 1
-        return quant.QuantSpec(self.bits, True, True, self.per_channel, axis, self.pow2)
+        weight = graph_utils.const_value(node.inputs[1])
+        reduced = self.bits == 8 and (
+            self.reduce_range == "on"
+            or (self.reduce_range == "auto" and weight is not None and saturates(node, weight))
+        )
+        return quant.QuantSpec(self.bits, True, True, self.per_channel, axis, self.pow2, reduced)
 
 
 class BiasCorrectPass(Pass):

@@ -72,6 +72,7 @@ class DfqConfig:
     range_k: float = 6.0  # 8-bit; chosen by top-1 agreement with float (README dfq)
     absorb_k: float = 3.0
     weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
+    reduce_range: str = "auto"  # int8 weights in +-64 where u8s8 kernels saturate (qdq)
     clip_k: float = 4.0  # act_aware / absorb: a channel reaches mean + clip_k std
     act_aware: bool = False  # equalize never widens an activation tensor's range
     strength: float = 0.75  # equalize applies s^strength of the converged scales
@@ -207,6 +208,7 @@ class DfqPass(Pass):
                         bits=cfg.bits,
                         per_channel=cfg.per_channel,
                         weight_range=cfg.weight_range,
+                        reduce_range=cfg.reduce_range,
                         **fields.forward(cfg),
                     )
                 )
@@ -223,6 +225,7 @@ def _qdq_config(cfg: DfqConfig) -> QdqConfig:
         per_channel=cfg.per_channel,
         samples=cfg.samples,
         prior=cfg.prior,
+        reduce_range=cfg.reduce_range,
         seed=cfg.seed,
         fidelity=cfg.fidelity,
         probe_samples=cfg.probe_samples,
@@ -324,7 +327,8 @@ def _weight_sqnr(graph: gs.Graph, cfg: DfqConfig) -> dict[str, float]:
         w = graph_utils.const_input(node, 1)
         if w is None:
             continue
-        spec = BiasCorrectConfig(cfg.bits, cfg.per_channel).spec(node)
+        corrector = BiasCorrectConfig(cfg.bits, cfg.per_channel, reduce_range=cfg.reduce_range)
+        spec = corrector.spec(node)
         err = quant.fake_quant(w, spec).astype(np.float64) - w
         rows_w = out_rows(node, w.astype(np.float64))
         rows_e = out_rows(node, err)

@@ -49,6 +49,7 @@ METHODS = ("auto", "fixed", "none")
 PROFILES = ("ort", "trt")
 CALIBRATION = ("minmax", "percentile", "mse")
 DYNAMIC = ("auto", "on", "off")
+REDUCE_RANGE = ("auto", "on", "off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +66,7 @@ class TensorRule:
     frac_bits: int | None = None
     zero_point: int | None = None
     dynamic: bool | None = None  # None: the placement decides
+    reduce_range: bool = False  # weight codes in +-64 (see QdqConfig.reduce_range)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -84,7 +86,9 @@ class TensorRule:
     def spec(self, axis: int = 0, per_channel: bool | None = None) -> QuantSpec:
         """The quantizer of this rule (per-channel along `axis` when asked)."""
         pc = self.per_channel if per_channel is None else per_channel
-        return QuantSpec(self.bits, self.signed, self.symmetric, pc, axis, self.pow2)
+        return QuantSpec(
+            self.bits, self.signed, self.symmetric, pc, axis, self.pow2, self.reduce_range
+        )
 
     def describe(self) -> str:
         """Short text: 'int8 asym per-tensor pow2'."""
@@ -96,7 +100,8 @@ class TensorRule:
             "sym" if self.symmetric else "asym",
             "per-channel" if self.per_channel else "per-tensor",
         ]
-        return " ".join(parts + (["pow2"] if self.pow2 else []))
+        parts += ["pow2"] if self.pow2 else []
+        return " ".join(parts + (["7-bit range"] if self.reduce_range else []))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +123,8 @@ class QdqConfig:
     dynamic: str = "auto"  # MatMul inputs at run time: auto = in transformer graphs
     concat_ratio: float = 16.0  # Concat inputs keep own scales above this range ratio
     outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
+    # x86 without VNNI sums uint8 x int8 pairs in int16 (VPMADDUBSW saturates silently)
+    reduce_range: str = "auto"  # auto: +-64 weights on u8s8 GEMMs (not depthwise); on; off
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
     fidelity: float | None = None  # output SNR target (dB): the worst tensors stay float
@@ -128,6 +135,7 @@ class QdqConfig:
             (self.profile, PROFILES, "profile"),
             (self.calibration, CALIBRATION, "calibration"),
             (self.dynamic, DYNAMIC, "dynamic"),
+            (self.reduce_range, REDUCE_RANGE, "reduce_range"),
         ]
         for value, allowed, name in checks:
             if value not in allowed:

@@ -207,6 +207,8 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
         rules["weight"] = dataclasses.replace(rules["weight"], method="none")
     axis = _weight_axis(node)
     weight = graph_utils.const_value(node.inputs[1]) if weighted else None
+    if weight is not None and _reduces_range(node, weight, rules, book.config):
+        rules["weight"] = dataclasses.replace(rules["weight"], reduce_range=True)
     if weight is not None and node.op in ("MatMul", "Gemm") and weight.ndim != 2:
         rules["weight"] = dataclasses.replace(rules["weight"], per_channel=False)
     bias = graph_utils.const_input(node, 2) if weight is not None else None
@@ -218,6 +220,33 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
     ):
         rules["bias"] = TensorRule(method="none")  # ConvTranspose: no fused kernel
     return Layer(node, kind, acts, rules, _fused_out(graph, node), axis)
+
+
+def saturates(node: gs.Node, weight: np.ndarray) -> bool:
+    """True where onnxruntime's CPU kernel sums uint8 x int8 products in int16 pairs.
+
+    MLAS's u8s8 GEMM (QLinearConv, QLinearMatMul, MatMulInteger, QGemm) on x86 without
+    VNNI uses VPMADDUBSW, which saturates a pair of products at 32767: two codes near
+    255 times two weights near 127 come out halved. Depthwise convolutions run another
+    kernel that accumulates in int32. Weight codes in +-64 can never saturate
+    (2 * 255 * 64 < 32768).
+    """
+    if node.op == "Conv":
+        group = graph_utils.attr_int(node, "group", 1)
+        return not (group > 1 and weight.ndim > 1 and weight.shape[1] == 1)
+    return node.op in ("MatMul", "Gemm")
+
+
+def _reduces_range(
+    node: gs.Node, weight: np.ndarray, rules: dict[str, TensorRule], config: QdqConfig
+) -> bool:
+    rule, act = rules["weight"], rules["input"]
+    if not rule.enabled or rule.bits != 8 or not (rule.signed and rule.symmetric):
+        return False
+    if config.reduce_range != "auto":
+        return config.reduce_range == "on"
+    unsigned = act.bits == 8 and (not act.signed or act.dynamic is True)  # dynamic: uint8
+    return config.profile == "ort" and unsigned and saturates(node, weight)
 
 
 def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:

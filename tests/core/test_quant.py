@@ -15,6 +15,7 @@ SPECS = [
     QuantSpec(4, True, True),
     QuantSpec(16, True, True),
     QuantSpec(8, True, True, pow2=True),
+    QuantSpec(8, True, True, reduced=True),
     QuantSpec(8, False, False, pow2=True),
 ]
 

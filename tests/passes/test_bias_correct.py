@@ -55,7 +55,8 @@ def test_first_layer_mean_is_exact_with_calibration(seed, per_channel):
     )
     result = res.records[0].result
     assert len(result.changes) == 3 and result.notes["input_mean_sources"] == {"calibration": 3}
-    spec = quant.QuantSpec(8, True, True, per_channel, axis=0)
+    # layer a is a full conv: qdq keeps its weights in +-64 (u8s8 kernels saturate)
+    spec = quant.QuantSpec(8, True, True, per_channel, axis=0, reduced=True)
     ref = _output_means(model, feeds, ["a"])["a"]
     naive = _output_means(_fake_quantized(model, spec), feeds, ["a"])["a"]
     fixed = _output_means(_fake_quantized(out, spec), feeds, ["a"])["a"]

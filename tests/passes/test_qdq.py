@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -8,6 +10,8 @@ from graphcomp.core.pass_base import PassContext
 from graphcomp.measure import observe
 from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
+
+ZOO = Path(__file__).resolve().parents[2] / "models"
 
 INTEGER_KERNELS = {
     "QLinearConv",
@@ -244,12 +248,27 @@ def test_transformer_keeps_cosine_with_dynamic_matmul_inputs(tmp_path):
     assert result.notes["transformer"] and len(result.notes["dynamic"]) == 8
     feeds = graphs.feeds_for(model, batch=4)
     ref = graphs.run(model, feeds)[0]
-    dynamic_cos = _cosine(ref, graphs.run(out, feeds)[0])
-    naive, _ = _qdq(model, dynamic="off", outlier_ratio=1e9)  # static int8 everywhere
-    assert dynamic_cos >= 0.99 and dynamic_cos > _cosine(ref, graphs.run(naive, feeds)[0])
+    # 0.98: int8 weights in +-64 (onnxruntime's u8s8 kernels would saturate on hosts
+    # without VNNI); this toy's 60x outlier channel costs that bit (0.983 measured), the
+    # real MiniLM gains from it (docs/qdq.md)
+    assert _cosine(ref, graphs.run(out, feeds)[0]) >= 0.98
+    # the quantization math (unfused, full-range weights): dynamic beats static int8
+    full, _ = _qdq(model, reduce_range="off")
+    naive, _ = _qdq(model, dynamic="off", outlier_ratio=1e9, reduce_range="off")
+    assert _cosine(ref, _unfused(full, feeds)) > _cosine(ref, _unfused(naive, feeds))
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert "MatMul" not in ops and sum(o in INTEGER_KERNELS for o in ops) == 8
     assert "LayerNormalization" in ops and "QuantizeLinear" not in ops
+
+
+def _unfused(model, feeds):
+    """Outputs of onnxruntime running the QDQ graph op by op (no integer kernels)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
 
 
 def test_context_range_of_a_pre_activation_reaches_the_relu_output():
@@ -375,7 +394,8 @@ def test_static_transformer_leaves_outlier_prone_matmul_inputs_float(profile):
     assert not result.notes["dynamic"]
     assert not any(n.op_type == "DynamicQuantizeLinear" for n in out.graph.node)
     feeds = graphs.feeds_for(model, batch=4)
-    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.99
+    # 0.98 as above; trt's int8 activations run on onnxruntime's CPU kernels here
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.98
 
 
 def test_batchnorm_is_folded_first_so_the_conv_fuses(tmp_path):
@@ -411,3 +431,34 @@ def test_old_opset_with_a_computed_weight_is_raised_to_11_and_runs(opset):
     assert any("weight is not a constant" in s.reason for s in result.skipped)
     feeds = graphs.feeds_for(model, batch=4)
     assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+def _weight_codes(model):
+    """Per Conv (graph order): its int8 weight codes."""
+    inits = _inits(model)
+    codes = []
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = _dq_feeding(model, node.name, 1)
+        codes.append(numpy_helper.to_array(inits[dq.input[0]]))
+    return codes
+
+
+def test_weights_stay_in_pm64_where_u8s8_kernels_saturate_full_range_in_depthwise():
+    model = graphs.build(graphs.CONV_DW_CONV)
+    conv_a, depthwise, conv_b = (np.abs(c.astype(int)).max() for c in _weight_codes(_qdq(model)[0]))
+    assert conv_a == conv_b == 64 and depthwise == 127
+    full = _weight_codes(_qdq(model, reduce_range="off")[0])
+    assert [np.abs(c.astype(int)).max() for c in full] == [127, 127, 127]
+
+
+def test_integer_kernels_compute_what_the_qdq_graph_says(tmp_path):
+    """onnxruntime's fused integer kernels match the QDQ graph's own arithmetic (no
+    int16 saturation on hosts without VNNI): optimizations on and off agree."""
+    from graphcomp import api
+
+    out = tmp_path / "q.onnx"
+    api.compress(ZOO / "mobilenetv2_s_bn.onnx", "qdq", output=out, verify_output=False)
+    model = onnx.load(out)
+    feeds = {"input": np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32)}
+    # one-code rounding flips only (saturation: cosine 0.98)
+    assert _cosine(graphs.run(model, feeds)[0], _unfused(model, feeds)) > 0.9999
