@@ -16,11 +16,11 @@ Two stages keep the cost at a few runs. The float run (mask 0) also returns, per
 tensor, the power of x_t and of dq_t - x_t: its local SQNR, every tensor at once (the
 first-order estimate of its output SNR alone, if relative error passed unchanged to the
 output). The `MAX_FLOAT_SHARE` worst by local SQNR are then measured alone at the output
-(one run each), and `choose` keeps the worst of those float, one at a time, until the
-measured output SNR with the rest quantized meets the target (one run each; at most
-`MAX_FLOAT_SHARE` of the quantizers, rounded up; past that the target is reported as
-missed). Runs: 2 + candidates + tensors kept float, in one session; the seconds are in
-the report.
+(one run each), and `choose` keeps the worst of those float, one at a time (unless that
+does not raise the measured output SNR with the rest quantized), until the target is
+met (one run each; at most `MAX_FLOAT_SHARE` of the quantizers, rounded up; past that
+the target is reported as missed). Runs: 2 + 2 x candidates at most, in one session;
+the seconds are in the report.
 """
 
 from __future__ import annotations
@@ -222,7 +222,11 @@ def choose(probe: Probe, target: float, start: float) -> Outcome:
         if now >= target:
             break
         on[i] = False
+        got = probe.snr(on)
+        if got <= now:  # no gain with the others quantized: it stays quantized
+            on[i] = True
+            continue
         floated.append(probe.units[i])
-        now = probe.snr(on)
+        now = got
     seconds = time.perf_counter() - start
     return Outcome(target, full, now, probe.local, alone, floated, seconds, probe.runs)
