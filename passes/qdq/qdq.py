@@ -125,9 +125,14 @@ class QdqCorePass(Pass):
             probe = graph.copy()
             probe_plan = build_plan(probe, self.config, book)
             probe_params, _, _ = _settle(probe_plan, ranges, outliers, ({}, {}), self.config)
-            outcome = _sensitivity(probe, probe_plan, probe_params, ctx, self.config)
-            floats = _keep_float(outcome)
-            _sensitivity_notes(result, outcome)
+            try:
+                outcome = _sensitivity(probe, probe_plan, probe_params, ctx, self.config)
+            except Exception as e:  # noqa: BLE001 - the probe is advice: quantize without it
+                log.debug("sensitivity probe failed: %r", e)
+                result.notes["sensitivity"] = f"probe failed, nothing kept float ({e})"[:300]
+            else:
+                floats = _keep_float(outcome)
+                _sensitivity_notes(result, outcome)
         params, dropped, notes = _settle(plan, ranges, outliers, floats, self.config)
         inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
         texts = _layer_texts(plan)

@@ -84,6 +84,8 @@ def _dfq(**fields):
     return [DfqPass(DfqConfig(**fields))]
 
 
-def test_bad_target_is_refused():
+def test_bad_target_is_refused_and_none_switches_it_off():
     with pytest.raises(ConfigError, match="fidelity"):
         QdqConfig(fidelity=float("inf"))
+    assert QdqConfig(fidelity="none").fidelity is None
+    assert DfqConfig(fidelity=30).fidelity == 30.0
