@@ -47,10 +47,14 @@ from graphcomp.passes.dfq.equalize import CLIP_MODES, EqualizeConfig, EqualizePa
 from graphcomp.passes.dfq.layers import out_rows
 from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
 from graphcomp.passes.fold_bn import FoldBnPass
+from graphcomp.passes.qdq.config import check_fidelity
 from graphcomp.passes.qdq.place import build_plan
 from graphcomp.passes.qdq.qdq import QdqConfig, QdqCorePass, QdqPass, SimplifyStep
 
 RANGE_MODES = ("stats", "measure")
+# dB: a safety net for a broken output (noise near the signal); 30 dB and 40 dB floated
+# tensors that cost accuracy on the realbench tuning split (docs/dfq.md, sensitivity)
+DEFAULT_FIDELITY = 5.0
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
 MEASURED = ("synthetic", "calibration")  # statistics sources that run the model
 FROM_BN = ("bn", analytic.DERIVED)
@@ -80,6 +84,9 @@ class DfqConfig:
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     quantize: bool = True  # False: stop before qdq (float model with dfq weights)
     plot: str | None = None  # directory for the weight-range and error charts
+    fidelity: float | None = DEFAULT_FIDELITY  # output SNR (dB) below which the worst
+    # tensors stay float (passes/qdq/sense.py); none: no probe, no sensitivity table
+    probe_samples: int = 4  # inputs of the sensitivity probe (the prior, or your samples)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -91,6 +98,7 @@ class DfqConfig:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
         if not (self.range_k > 0 and self.absorb_k >= 0):
             raise ConfigError("range_k must be > 0 and absorb_k >= 0")
+        check_fidelity(self)
         fields.check(self)
 
     @property
@@ -166,6 +174,7 @@ class DfqPass(Pass):
             from graphcomp.passes.dfq import plot
 
             notes = {"equalize": eq.notes if eq is not None else {}, **ranges}
+            notes["sensitivity_table"] = core.notes.get("sensitivity_table") if core else None
             ranges["plots"] = plot.dfq_charts(cfg.plot, notes)
 
     def _data_free_steps(self) -> list[Pass]:
@@ -222,6 +231,8 @@ def _qdq_config(cfg: DfqConfig) -> QdqConfig:
         prior=cfg.prior,
         reduce_range=cfg.reduce_range,
         seed=cfg.seed,
+        fidelity=cfg.fidelity,
+        probe_samples=cfg.probe_samples,
     )
 
 

@@ -5,6 +5,9 @@
   spread a per-tensor quantizer has to cover, and how equalization closed it.
 - `weight_sqnr.png`: per layer, the mean per-channel SQNR (dB) of the per-tensor weight quantizer on
   the BN-folded weights (naive) and on the weights dfq hands to qdq.
+- `sensitivity.png`: per quantized tensor (graph order), its local SQNR (dB) and, for
+  the ones the fidelity probe measured, the output SNR it causes alone; the tensors
+  kept float are marked (passes/qdq/sense.py).
 
 matplotlib is imported lazily; without it a `ConfigError` says how to install it.
 """
@@ -42,6 +45,9 @@ def dfq_charts(directory: str | Path, notes: dict[str, Any]) -> list[str]:
     sqnr = notes.get("weight_sqnr_db", {})
     if sqnr:
         written.append(str(sqnr_chart(plt, sqnr, out / "weight_sqnr.png")))
+    table = notes.get("sensitivity_table") or []
+    if table:
+        written.append(str(sensitivity_chart(plt, table, out / "sensitivity.png")))
     return written
 
 
@@ -83,6 +89,29 @@ def sqnr_chart(plt: Any, sqnr: dict[str, list[float]], path: Path) -> Path:
     ax.set_xticks(list(xs), names, rotation=90, fontsize=7)
     ax.set_ylabel("weight SQNR (dB), higher is better")
     ax.set_title("per-layer weight quantization error")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def sensitivity_chart(plt: Any, table: list[dict[str, Any]], path: Path) -> Path:
+    """Per tensor: local SQNR bars, output SNR alone dots, the float ones in red."""
+    rows = [r for r in table if r["local_sqnr_db"] is not None]
+    rows = rows[:: max(1, -(-len(rows) // MAX_LAYERS))]
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.3 * len(rows)), 4.5))
+    xs = list(range(len(rows)))
+    colors = ["tab:red" if r["float"] else "tab:blue" for r in rows]
+    ax.bar(xs, [r["local_sqnr_db"] for r in rows], 0.7, color=colors, label="local SQNR")
+    alone = [(x, r["output_snr_alone_db"]) for x, r in zip(xs, rows, strict=True)]
+    alone = [(x, v) for x, v in alone if v is not None]
+    if alone:
+        ax.plot(*zip(*alone, strict=True), "k.", label="output SNR, this tensor alone")
+    ax.set_xticks(xs, [f"{r['tensor']} ({r['kind'][0]})" for r in rows], rotation=90, fontsize=6)
+    ax.set_ylabel("dB, higher is better (red: kept float)")
+    ax.set_title("per-tensor quantization sensitivity (worst first)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -37,6 +37,8 @@ import fnmatch
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from graphcomp.core import specs
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.quant import BITS, QuantSpec
@@ -133,6 +135,8 @@ class QdqConfig:
     reduce_range: str = "auto"  # auto: no pair over 128 on u8s8 GEMMs; on: +-64; off
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
+    fidelity: float | None = None  # output SNR target (dB): the worst tensors stay float
+    probe_samples: int = 4  # inputs of the sensitivity probe (passes/qdq/sense.py)
 
     def __post_init__(self) -> None:
         checks = [
@@ -151,6 +155,7 @@ class QdqConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.concat_ratio < 1.0 or self.outlier_ratio < 1.0:
             raise ConfigError("concat_ratio and outlier_ratio must be >= 1")
+        check_fidelity(self)
         fields.check(self)
 
     def builtin(self, role: str) -> dict[str, Any]:
@@ -175,6 +180,19 @@ class QdqConfig:
             "per_channel": False,
             "pow2": self.pow2,
         }
+
+
+def check_fidelity(config: Any) -> None:
+    """`fidelity`: a finite output SNR in dB, or None (also spelled none / off): no probe."""
+    value = config.fidelity
+    if isinstance(value, str) and value.lower() in ("none", "off"):
+        object.__setattr__(config, "fidelity", None)
+        return
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise ConfigError(f"fidelity must be an output SNR in dB or none, got {value!r}")
+    object.__setattr__(config, "fidelity", float(value))
 
 
 RULE_KEYS = frozenset(f.name for f in dataclasses.fields(TensorRule))

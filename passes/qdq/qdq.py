@@ -19,8 +19,10 @@ is converted up (onnx.version_converter) or the pass refuses.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
+import time
 from collections import Counter
 
 import numpy as np
@@ -37,6 +39,7 @@ from graphcomp.passes.qdq import clamp as qdq_clamp
 from graphcomp.passes.qdq import emit as qdq_emit
 from graphcomp.passes.qdq import ranges as qdq_ranges
 from graphcomp.passes.qdq import scales as qdq_scales
+from graphcomp.passes.qdq import sense as qdq_sense
 from graphcomp.passes.qdq.config import QdqConfig, RuleBook
 from graphcomp.passes.qdq.place import QUANTIZABLE, Act, Layer, Plan, build_plan
 
@@ -48,6 +51,7 @@ CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, fol
 # 11, not 10: onnxruntime's loader quantizes the weight of a float Conv that reads a DQ
 # with a Round (opset 11), and refuses an opset-10 graph; its own quantizer moves to 11
 MIN_OPSET, PER_CHANNEL_OPSET, LOW_BIT_OPSET = 11, 13, 21
+SENSITIVITY_LINE = 5  # the most sensitive tensors named in the summary line
 
 
 class SimplifyStep(Pass):
@@ -116,14 +120,20 @@ class QdqCorePass(Pass):
             result.notes["ranges_error"] = error
         qdq_clamp.cap_ranges(graph, plan, ranges)
         outliers = _outlier_prone(plan, spreads, self.config.outlier_ratio)
-        for name in outliers:
-            plan.acts.pop(name)
-        params, dropped, notes = qdq_scales.activation_params(
-            plan, ranges, self.config.concat_ratio
-        )
-        dropped.update(outliers)
-        for name in dropped:
-            plan.acts.pop(name, None)
+        floats: tuple[dict[str, str], dict[str, str]] = ({}, {})
+        if self.config.fidelity is not None and (plan.layers or plan.acts):
+            probe = graph.copy()
+            probe_plan = build_plan(probe, self.config, book)
+            probe_params, _, _ = _settle(probe_plan, ranges, outliers, ({}, {}), self.config)
+            try:
+                outcome = _sensitivity(probe, probe_plan, probe_params, ctx, self.config)
+            except Exception as e:  # noqa: BLE001 - the probe is advice: quantize without it
+                log.debug("sensitivity probe failed: %r", e)
+                result.notes["sensitivity"] = f"probe failed, nothing kept float ({e})"[:300]
+            else:
+                floats = _keep_float(outcome)
+                _sensitivity_notes(result, outcome)
+        params, dropped, notes = _settle(plan, ranges, outliers, floats, self.config)
         inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
         texts = _layer_texts(plan)
         with graph_utils.naming(graph):
@@ -258,6 +268,89 @@ def ensure_opset(graph: gs.Graph, plan: Plan, result: PassResult) -> bool:
     graph_utils.name_nodes(graph)  # the converter may add unnamed nodes
     result.notes["opset"] = f"converted {have} -> {need}"
     return True
+
+
+def _settle(
+    plan: Plan,
+    ranges: dict,
+    outliers: dict[str, str],
+    floats: tuple[dict[str, str], dict[str, str]],
+    config: QdqConfig,
+) -> tuple[dict[str, qdq_scales.Params], dict[str, str], list[str]]:
+    """Drop the outlier-prone and the chosen-float tensors, then the scales of the rest.
+
+    `floats` is (activation tensor -> reason, layer whose weight stays float -> reason).
+    Returns the activation params, every tensor left float with its reason, and notes.
+    """
+    float_acts, float_layers = floats
+    for name in [*outliers, *float_acts]:
+        plan.acts.pop(name, None)
+    for layer in plan.layers:
+        if layer.node.name in float_layers:
+            layer.rules["weight"] = dataclasses.replace(layer.rules["weight"], method="none")
+            layer.rules["bias"] = dataclasses.replace(layer.rules["bias"], method="none")
+            layer.weight_note = float_layers[layer.node.name]
+    params, dropped, notes = qdq_scales.activation_params(plan, ranges, config.concat_ratio)
+    dropped.update(outliers)
+    dropped.update(float_acts)
+    for name in dropped:
+        plan.acts.pop(name, None)
+    return params, dropped, notes
+
+
+def _sensitivity(
+    probe: gs.Graph,
+    plan: Plan,
+    params: dict[str, qdq_scales.Params],
+    ctx: PassContext,
+    config: QdqConfig,
+) -> qdq_sense.Outcome:
+    """Emit every quantizer into the `probe` copy, mask them, measure, choose."""
+    start = time.perf_counter()
+    float_model = model_io.to_model(probe)
+    source = measure_inputs.Source(
+        ctx.calibration,
+        config.prior,
+        config.probe_samples,
+        config.seed,
+        ctx.input_shapes,
+        limit=config.probe_samples,
+    )
+    feeds = list(source.batches(float_model))
+    float_weights = {
+        layer.node.name: np.asarray(graph_utils.const_value(layer.node.inputs[1]))
+        for layer in plan.layers
+        if layer.rules["weight"].enabled
+    }
+    inputs = {layer.node.name: _input_params(layer, plan, params) for layer in plan.layers}
+    with graph_utils.naming(probe):
+        _emit_activations(probe, plan, params)
+        _emit_layers(probe, plan, inputs)
+        units = qdq_sense.masked(probe, float_weights, set(plan.acts))
+    probed = qdq_sense.Probe(probe, units, feeds)
+    return qdq_sense.choose(probed, float(config.fidelity or 0.0), start)
+
+
+def _keep_float(outcome: qdq_sense.Outcome) -> tuple[dict[str, str], dict[str, str]]:
+    """(activation tensor -> reason, layer -> reason) for what the probe keeps float."""
+    acts: dict[str, str] = {}
+    layers: dict[str, str] = {}
+    for unit in outcome.floated:
+        why = (
+            f"kept float for the fidelity target (output SNR {outcome.alone_db[unit]:.1f} dB alone)"
+        )
+        (layers if unit.kind == qdq_sense.WEIGHT else acts)[unit.name] = why
+    return acts, layers
+
+
+def _sensitivity_notes(result: PassResult, outcome: qdq_sense.Outcome) -> None:
+    result.notes["sensitivity"] = outcome.summary()
+    worst = outcome.table(most=SENSITIVITY_LINE)
+    result.notes["sensitivity_worst"] = ", ".join(
+        f"{r['tensor']} {r['kind']} {r['output_snr_alone_db'] or r['local_sqnr_db']} dB"
+        for r in worst
+    )
+    result.notes["sensitivity_table"] = outcome.table()
 
 
 def _emit_activations(graph: gs.Graph, plan: Plan, params: dict[str, qdq_scales.Params]) -> None:
