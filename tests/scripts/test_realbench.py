@@ -193,6 +193,7 @@ def test_view_boxes_stay_inside_the_photo():
 
 
 def test_imagenet_preprocess_resizes_crops_and_normalizes():
+    pytest.importorskip("PIL")  # the benchmark's own dependency, not graphcomp's
     from PIL import Image
 
     x = rb.imagenet_preprocess(Image.new("RGB", (640, 300), (128, 64, 255)))
@@ -202,6 +203,7 @@ def test_imagenet_preprocess_resizes_crops_and_normalizes():
 
 
 def test_load_photo_reads_npz_data(tmp_path):
+    pytest.importorskip("PIL")
     path = tmp_path / "img.npz"
     np.savez(path, data=np.full((20, 30), 7, np.uint8))
     img = rb.load_photo(path)
@@ -227,6 +229,7 @@ def test_captcha_texts_differ_between_splits():
 
 
 def test_render_captcha_is_an_rgb_image_sized_to_the_text():
+    pytest.importorskip("PIL")
     img = rb.render_captcha("a1B2c", rb.font_split("tune")[0], np.random.default_rng(0))
     assert img.mode == "RGB" and 40 <= img.size[1] < 60
     assert img.size[0] >= 5 * img.size[1] * 0.62
@@ -244,6 +247,7 @@ def test_scene_layout_tiles_the_canvas():
 
 
 def test_render_scene_is_bgr_of_the_layout_size():
+    pytest.importorskip("PIL")
     from PIL import Image
 
     photos = [Image.new("RGB", (300, 200), (255, 0, 0)), Image.new("RGB", (250, 400), (255, 0, 0))]
