@@ -188,27 +188,37 @@ def limit_pairs(q: np.ndarray, real: np.ndarray, order: tuple[int, ...]) -> np.n
 
     onnxruntime's u8s8 GEMM on x86 without VNNI (VPMADDUBSW) adds the products of
     reduction elements 2j and 2j+1 in int16, saturating at 32767; it reads a Conv weight
-    as [out, kh, kw, in] (in fastest), a MatMul weight along K. A pair over the limit
-    (both codes large, same sign: rare) moves to the nearest point of |a| + |b| = 128;
-    every other code keeps its full 8-bit rounding.
+    as [out, kh, kw, in] (in fastest), a MatMul weight along K. The min/max scale already
+    keeps pairs in bounds (`_range`); where a given scale does not (method `fixed`), a
+    pair over the limit moves to the nearest point of |a| + |b| = 128.
     """
-    perm = [a % q.ndim for a in order]
-    flat_q = np.transpose(q, perm).reshape(q.shape[perm[0]], -1)
-    flat_r = np.transpose(real, perm).reshape(flat_q.shape)
-    n = flat_q.shape[1] // 2 * 2
-    a, b = flat_q[:, 0:n:2], flat_q[:, 1:n:2]
-    over = (np.sign(a) == np.sign(b)) & (np.abs(a) + np.abs(b) > PAIR_LIMIT)
+    flat_q, flat_r = _kernel_rows(q, order), _kernel_rows(real, order)
+    over = _same_sign_sums(flat_q) > PAIR_LIMIT
     if not over.any():
         return q
+    n = 2 * over.shape[1]
     ra, rb = np.abs(flat_r[:, 0:n:2][over]), np.abs(flat_r[:, 1:n:2][over])
     half = (ra + rb - PAIR_LIMIT) / 2.0
     ma = np.clip(np.rint(ra - half), PAIR_LIMIT - 127, 127).astype(np.int64)
-    sign = np.sign(a[over])
     out = flat_q.copy()
     pa, pb = out[:, 0:n:2], out[:, 1:n:2]  # views into out
+    sign = np.sign(pa[over])
     pa[over], pb[over] = sign * ma, sign * (PAIR_LIMIT - ma)
-    inverse = np.argsort(perm)
-    return np.transpose(out.reshape([q.shape[i] for i in perm]), inverse)
+    perm = [a % q.ndim for a in order]
+    return np.transpose(out.reshape([q.shape[i] for i in perm]), np.argsort(perm))
+
+
+def _kernel_rows(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
+    """`x` as [out, reduction] in the kernel's order (`order`: output axis first)."""
+    perm = [a % x.ndim for a in order]
+    return np.transpose(x, perm).reshape(x.shape[perm[0]], -1)
+
+
+def _same_sign_sums(rows: np.ndarray) -> np.ndarray:
+    """|a| + |b| of each kernel pair (columns 2j, 2j+1) of the same sign, else 0."""
+    n = rows.shape[1] // 2 * 2
+    a, b = rows[:, 0:n:2], rows[:, 1:n:2]
+    return np.where(np.sign(a) == np.sign(b), np.abs(a) + np.abs(b), 0)
 
 
 def dequantize(
@@ -256,13 +266,8 @@ def _range(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray]:
 
 def _pair_sums(w: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
     """Per output row (order[0]): the largest |a| + |b| of same-sign kernel pairs."""
-    perm = [a % w.ndim for a in order]
-    flat = np.transpose(w, perm).reshape(w.shape[perm[0]], -1)
-    n = flat.shape[1] // 2 * 2
-    a, b = flat[:, 0:n:2], flat[:, 1:n:2]
-    same = np.sign(a) == np.sign(b)
-    sums = np.where(same, np.abs(a) + np.abs(b), 0.0)
-    return sums.max(axis=1) if n else np.zeros(flat.shape[0])
+    sums = _same_sign_sums(_kernel_rows(w, order))
+    return sums.max(axis=1) if sums.shape[1] else np.zeros(sums.shape[0])
 
 
 def quantize_weight(w: np.ndarray, spec: QuantSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -72,6 +72,10 @@ def weight_range_chart(plt: Any, ranges: dict[str, dict[str, list[float]]], path
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     axes[1].set_xticks(range(1, len(names) + 1), names, rotation=90, fontsize=7)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -91,10 +95,7 @@ def sqnr_chart(plt: Any, sqnr: dict[str, list[float]], path: Path) -> Path:
     ax.set_title("per-layer weight quantization error")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def sensitivity_chart(plt: Any, table: list[dict[str, Any]], path: Path) -> Path:
@@ -114,7 +115,4 @@ def sensitivity_chart(plt: Any, table: list[dict[str, Any]], path: Path) -> Path
     ax.set_title("per-tensor quantization sensitivity (worst first)")
     ax.legend()
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
