@@ -137,13 +137,14 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     _check_declarations(p, label)
     start = time.perf_counter()
     before = _snapshot(ctx)
+    wired = _wiring(graph)
     with ctx.tracking() as touched:
         result = _apply_one(p, label, graph, ctx, run.done)
     _check_context(p, label, before, touched, ctx, run.done)
     if result.changes:
         _invalidate(p, before, ctx)
     result.name = label
-    if _unchanged(p, result, run):  # a measuring step: the checked model stays as it was
+    if _unchanged(p, result, run, wired == _wiring(graph)):  # the checked model stays as it was
         run.out.records.append(_record(p, result, run, run.out.model, time.perf_counter() - start))
         run.done.append(label)
         return graph
@@ -157,15 +158,27 @@ def _run_step(p: Pass, label: str, graph: gs.Graph, run: _Run) -> gs.Graph:
     return model_io.import_graph(current)
 
 
-def _unchanged(p: Pass, result: PassResult, run: _Run) -> bool:
-    """True for a step that declares it edits nothing and reported no change (not first).
+def _unchanged(p: Pass, result: PassResult, run: _Run, same_wiring: bool) -> bool:
+    """True for a lossless step that changed nothing (not the first step).
 
-    Lossless, with empty `matches` and `creates` (dfq's stats, ranges, measure-ranges:
-    they only read the graph; tests/test_contracts.py holds passes to the declaration):
-    exporting, re-inferring and checking the same graph again would find nothing.
+    A step that declares it edits nothing (empty `matches` and `creates`: dfq's stats,
+    ranges, measure-ranges; tests/test_contracts.py holds passes to the declaration), or
+    any lossless step that reported no change and left the nodes and their wiring as they
+    were (fold-bn on a model without BatchNorm, equalize with no pair): exporting,
+    re-inferring and checking the same graph again would find nothing.
     """
-    edits = p.matches or p.creates or not p.lossless
-    return bool(run.out.records) and not edits and not result.changes
+    if not run.out.records or not p.lossless or result.changes:
+        return False
+    return same_wiring or not (p.matches or p.creates)
+
+
+def _wiring(graph: gs.Graph) -> tuple:
+    """The nodes and the tensors they connect (compared by identity first; no values read)."""
+    return (
+        tuple(graph.inputs),
+        tuple(graph.outputs),
+        tuple((n, tuple(n.inputs), tuple(n.outputs)) for n in graph.nodes),
+    )
 
 
 def _guarded(label: str, done: list[str], call: Callable[[], None]) -> None:

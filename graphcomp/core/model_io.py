@@ -264,6 +264,18 @@ def export(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:
     return model
 
 
+def inputs_model(graph: gs.Graph) -> onnx.ModelProto:
+    """A model holding only the graph's inputs: what reading input shapes needs, cheaply."""
+    exporter = gs.exporters.onnx_exporter.OnnxExporter
+    proto = onnx.helper.make_graph(
+        [],
+        graph.name or "inputs",
+        [exporter.export_value_info_proto(t, False) for t in graph.inputs],
+        [],
+    )
+    return onnx.helper.make_model(proto)
+
+
 def to_model(graph: gs.Graph, ir_floor: int = 0) -> onnx.ModelProto:
     """A runnable ModelProto of the graph as it is now (the graph is not modified).
 

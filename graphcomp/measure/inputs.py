@@ -72,8 +72,8 @@ SMOOTH_EXPONENT = 2.0  # amplitude spectrum 1/f^SMOOTH_EXPONENT (see the module 
 CHANNEL_CORR = 0.9  # share of a smooth image common to all its channels
 BLOCK = 32  # synthetic samples generated per seeded block (fewer for large inputs)
 BLOCK_BYTES = 32 << 20  # input bytes generated per block at most
-REF_PIXELS = 224 * 224  # synthetic sample counts hold for images up to this size
-MIN_SAMPLES = 8  # larger images get proportionally fewer synthetic samples, never fewer
+REF_PIXELS = 112 * 112  # synthetic sample counts hold for images up to this size
+MIN_SHARE = 8  # larger images get proportionally fewer samples, never under 1/MIN_SHARE
 CACHE_BYTES = 256 << 20  # synthetic inputs kept for the next measurement, at most
 SMOOTH_SEED = 7919  # offset of the smooth fields' generator from the sample seed
 PASS_THROUGH = ("Cast", "Unsqueeze", "Reshape", "Squeeze", "Flatten", "Identity")
@@ -460,7 +460,8 @@ def plan_synthetic(one: Feeds, samples: int) -> tuple[int, int]:
 
     A per-channel statistic of an image layer averages samples x H x W values, so images
     larger than REF_PIXELS need proportionally fewer samples for the same estimate (at
-    least MIN_SAMPLES, at most `samples`); blocks hold at most BLOCK_BYTES of inputs. Both
+    least samples // MIN_SHARE and one, at most `samples`): 64 asked stay 64 up to 112x112,
+    are 16 at 224x224 and 8 from 317x317. Blocks hold at most BLOCK_BYTES of inputs. Both
     depend only on the model's input shapes, so the samples stay the same for any batch.
     """
     pixels = max(
@@ -468,7 +469,8 @@ def plan_synthetic(one: Feeds, samples: int) -> tuple[int, int]:
         default=0,
     )
     if pixels > REF_PIXELS:
-        samples = min(samples, max(MIN_SAMPLES, math.ceil(samples * REF_PIXELS / pixels)))
+        floor = max(1, samples // MIN_SHARE)
+        samples = min(samples, max(floor, math.ceil(samples * REF_PIXELS / pixels)))
     per_sample = max(sum(v.nbytes for v in one.values()), 1)
     return samples, int(min(BLOCK, max(1, BLOCK_BYTES // per_sample)))
 

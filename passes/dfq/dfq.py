@@ -261,7 +261,7 @@ class _StatsStep(Pass):
             result.notes["input_means_measured"] = sum(n in known for n in extra)
         sources = Counter(s.source for n, s in known.items() if n not in extra)
         result.notes["stat_sources"] = dict(sources)
-        result.notes["statistics"] = _statistics_note(sources, cfg.samples)
+        result.notes["statistics"] = _statistics_note(sources, _synthetic_count(graph, ctx, cfg))
         return result
 
     def _input_means_to_measure(self, graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
@@ -345,6 +345,12 @@ class _MeasureRestStep(Pass):
         label = source if use_data else f"synthetic-{cfg.prior}"
         ctx.ranges.update(measured_ranges(model, names, inputs, qcfg.percentile, label))
         return len(names), ran
+
+
+def _synthetic_count(graph: gs.Graph, ctx: PassContext, cfg: DfqConfig) -> int:
+    """The synthetic samples a measurement really runs (fewer than asked on large images)."""
+    src = channel_stats.measure_source(ctx, "synthetic", cfg.samples, cfg.seed, cfg.prior)
+    return src.count(model_io.inputs_model(graph))
 
 
 def _statistics_note(sources: Counter[str], samples: int) -> str:

@@ -37,6 +37,15 @@ def test_synthetic_samples_do_not_depend_on_the_batch_size(prior):
     assert src.count(model) == 40 and src.label == "synthetic"
 
 
+@pytest.mark.parametrize(
+    ("side", "asked", "runs"),
+    [(16, 64, 64), (112, 64, 64), (224, 64, 16), (317, 64, 8), (736, 64, 8), (224, 4, 1)],
+)
+def test_synthetic_counts_scale_with_pixels_down_to_an_eighth(side, asked, runs):
+    one = {"x": np.zeros((1, 3, side, side), np.float32)}
+    assert inputs.plan_synthetic(one, asked)[0] == runs
+
+
 def test_normal_prior_is_what_verification_feeds():
     model = graphs.build(IMAGE_NET)
     batch = next(inputs.Source(prior="normal", samples=8, seed=5).batches(model, 8))

@@ -67,6 +67,18 @@ def test_bn_statistics_are_used_and_reported():
     assert ctx.ranges["n"][2] == "bn" and ctx.ranges["y"][0] == 0.0
 
 
+def test_statistics_note_counts_the_samples_that_ran_on_large_images():
+    model = graphs.build(
+        """
+        g (float[N, 3, 224, 224] x, float[4, 3, 3, 3] w_a) => (float[N, 4, 222, 222] y) {
+            y = Conv (x, w_a)
+        }
+        """
+    )
+    _, res = graphs.apply(model, DfqPass(DfqConfig(samples=64)))
+    assert "16 synthetic samples" in _notes(res)["statistics"]  # 64 x 112^2 / 224^2
+
+
 def test_nothing_to_equalize_still_quantizes_and_says_so():
     model = graphs.build(SINGLE_GEMM)
     out, res = graphs.apply(model, DfqPass())
