@@ -215,10 +215,13 @@ def _kernel_rows(x: np.ndarray, order: tuple[int, ...]) -> np.ndarray:
 
 
 def _same_sign_sums(rows: np.ndarray) -> np.ndarray:
-    """|a| + |b| of each kernel pair (columns 2j, 2j+1) of the same sign, else 0."""
+    """|a + b| of each kernel pair (columns 2j, 2j+1).
+
+    That is |a| + |b| for a same-sign pair; a pair of opposite signs gives at most
+    max(|a|, |b|), within the range of the values themselves, so it binds nothing.
+    """
     n = rows.shape[1] // 2 * 2
-    a, b = rows[:, 0:n:2], rows[:, 1:n:2]
-    return np.where(np.sign(a) == np.sign(b), np.abs(a) + np.abs(b), 0)
+    return np.abs(rows[:, 0:n:2] + rows[:, 1:n:2])
 
 
 def dequantize(
