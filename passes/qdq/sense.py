@@ -20,7 +20,9 @@ output). The `MAX_FLOAT_SHARE` worst by local SQNR are then measured alone at th
 does not raise the measured output SNR with the rest quantized), until the target is
 met (one run each; at most `MAX_FLOAT_SHARE` of the quantizers, rounded up; past that
 the target is reported as missed). Runs: 2 + 2 x candidates at most, in one session;
-the seconds are in the report.
+the seconds are in the report. The candidates are fewer where the runs would feed more
+than `BUDGET_VALUES` input values in all (a large image): the summary then says the
+search was cut short by the cost budget.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from graphcomp.measure import inputs, observe
 
 MASK = "graphcomp_sense_mask"
 MAX_FLOAT_SHARE = 0.1  # at most this share of the quantizers is kept float
+BUDGET_VALUES = 16 * 3 * 224 * 224  # input values fed over all probe runs, at most
 TINY = 1e-30
 WEIGHT, ACTIVATION = "weight", "activation"
 
@@ -63,6 +66,7 @@ class Outcome:
     floated: list[Unit]
     seconds: float
     runs: int
+    budget_cut: bool = False  # fewer candidates than MAX_FLOAT_SHARE: the cost budget
 
     def table(self, most: int | None = None) -> list[dict[str, object]]:
         """Rows, worst first: tensor, kind, local SQNR, output SNR alone, stays float."""
@@ -89,6 +93,7 @@ class Outcome:
             f"output SNR {self.full_db:.1f} dB all quantized -> {self.final_db:.1f} dB with "
             f"{len(self.floated)} of {len(self.local_db)} tensors float (target "
             f"{self.target:g} dB, {met}); {self.runs} probe runs, {self.seconds:.1f} s"
+            + ("; search cut short by the probe's cost budget" if self.budget_cut else "")
         )
 
 
@@ -165,6 +170,7 @@ class Probe:
 
     def __init__(self, graph: gs.Graph, units: list[Unit], feeds: Sequence[inputs.Feeds]) -> None:
         self.units, self.feeds, self.runs = units, list(feeds), 0
+        self.values = sum(int(v.size) for one in self.feeds for v in one.values())
         self.outputs = [t.name for t in graph.outputs if not t.name.startswith(MASK)]
         powers = [f"{MASK}_{k}_{i}" for i in range(len(units)) for k in ("noise", "power")]
         self.runner = observe.Runner(model_io.to_model(graph), powers)
@@ -182,6 +188,10 @@ class Probe:
             u: 10.0 * np.log10(max(p, TINY) / max(e, TINY))
             for u, e, p in zip(units, noise, power, strict=True)
         }
+
+    def searches(self) -> int:
+        """Runs left within BUDGET_VALUES, after those made so far."""
+        return max(0, BUDGET_VALUES // max(self.values, 1) - self.runs)
 
     def _outputs(self, mask: np.ndarray) -> list[list[np.ndarray]]:
         self.runs += 1
@@ -213,7 +223,10 @@ def choose(probe: Probe, target: float, start: float) -> Outcome:
     full = probe.snr([True] * n)
     cap = math.ceil(MAX_FLOAT_SHARE * n)
     alone: dict[Unit, float] = {}
+    cut = False
     if full < target:
+        fits = probe.searches() // 2  # each candidate: one run alone, one to keep it float
+        cut, cap = fits < cap, min(cap, fits)
         worst = sorted(range(n), key=lambda i: probe.local[probe.units[i]])[:cap]
         alone = {probe.units[i]: probe.snr([j == i for j in range(n)]) for i in worst}
     order = sorted(range(n), key=lambda i: alone.get(probe.units[i], np.inf))
@@ -229,4 +242,4 @@ def choose(probe: Probe, target: float, start: float) -> Outcome:
         floated.append(probe.units[i])
         now = got
     seconds = time.perf_counter() - start
-    return Outcome(target, full, now, probe.local, alone, floated, seconds, probe.runs)
+    return Outcome(target, full, now, probe.local, alone, floated, seconds, probe.runs, cut)

@@ -7,6 +7,7 @@ import pytest
 
 from graphcomp.core.errors import ConfigError
 from graphcomp.passes.dfq.dfq import DfqConfig
+from graphcomp.passes.qdq import sense as qdq_sense
 from graphcomp.passes.qdq.qdq import QdqConfig, QdqPass
 from tests import graphs
 
@@ -68,6 +69,19 @@ def test_a_badly_quantized_tensor_is_found_and_kept_float(tmp_path):
     feeds = graphs.feeds_for(model)
     ref = graphs.run(model, feeds)[0]
     assert _snr(ref, graphs.run(out, feeds)[0]) > _snr(ref, graphs.run(bad, feeds)[0]) + 10
+
+
+def test_the_cost_budget_stops_the_search_and_the_report_says_so(tmp_path, monkeypatch):
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[layers."y"]\ninput = { method = "fixed", scale = 0.5 }\n')
+    model = _model()
+    _, free = _qdq(model, qconfig=str(rules), fidelity=25.0)
+    assert "cost budget" not in free.notes["sensitivity"]
+    monkeypatch.setattr(qdq_sense, "BUDGET_VALUES", 3 * 4 * 3 * 8 * 8)  # 3 runs of 4 samples
+    _, cut = _qdq(model, qconfig=str(rules), fidelity=25.0)
+    assert cut.notes["sensitivity"].endswith("search cut short by the probe's cost budget")
+    assert "2 probe runs" in cut.notes["sensitivity"]
+    assert not any(r["float"] for r in cut.notes["sensitivity_table"])
 
 
 def test_dfq_runs_the_probe_by_default_and_forwards_the_target():
