@@ -118,15 +118,20 @@ class Arg:
     shape: list[int | str | None]
 
 
-def session(model: onnx.ModelProto | str | Path, threads: int = 0) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto | str | Path, threads: int = 0, mem_pattern: bool = True
+) -> ort.InferenceSession:
     """The one CPU onnxruntime session factory; large protos go through a file.
 
     A model with weights on disk (graphcomp/core/lazy_weights.py) opens from a file
     beside them: onnxruntime memory-maps them, and with prepacking off it keeps no
     second, packed copy, so the session costs the weights it touches and no more.
+    `mem_pattern=False` for a session that outputs many intermediate tensors: the
+    planned arena would hold all of them at once for every batch size it has seen.
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ORT_OPT_LEVEL
+    opts.enable_mem_pattern = mem_pattern
     opts.log_severity_level = 4  # graphcomp reports failures itself, in one line
     if threads:
         opts.intra_op_num_threads = threads
