@@ -5,7 +5,7 @@
 For each pass (dfq, qdq, prune, svd), each input size (a square image side; the input
 is NAME:1x3xSxS) and each sample count, one `graphcomp run --no-verify` runs in a fresh
 child process; its wall time and peak RSS (os.wait4's ru_maxrss) are printed as a
-Markdown table. Sample counts go to each pass's `samples` field. Above 224x224 the
+Markdown table. Sample counts go to each pass's `samples` field. Above 112x112 the
 synthetic sample count is scaled down by the measurement layer
 (graphcomp.measure.inputs.plan_synthetic), so the samples rows are run at the first size.
 """
