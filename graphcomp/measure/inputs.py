@@ -275,7 +275,7 @@ def _random(rng: np.random.Generator, ort_type: str, dims: list[int]) -> np.ndar
             f"cannot make inputs of type {ort_type}; pass --inputs FILE.npz with that input"
         )
     if dtype is np.object_:
-        return WORDS[rng.integers(0, len(WORDS), dims)]
+        return np.asarray(WORDS[rng.integers(0, len(WORDS), dims)], dtype=object)  # 0-d too
     if dtype is np.bool_:
         return rng.integers(0, 2, dims).astype(bool)
     if np.issubdtype(dtype, np.integer):

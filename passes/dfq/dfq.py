@@ -261,7 +261,8 @@ class _StatsStep(Pass):
             result.notes["input_means_measured"] = sum(n in known for n in extra)
         sources = Counter(s.source for n, s in known.items() if n not in extra)
         result.notes["stat_sources"] = dict(sources)
-        result.notes["statistics"] = _statistics_note(sources, _synthetic_count(graph, ctx, cfg))
+        count = _synthetic_count(graph, ctx, cfg) if "synthetic" in sources else cfg.samples
+        result.notes["statistics"] = _statistics_note(sources, count)
         return result
 
     def _input_means_to_measure(self, graph: gs.Graph, ctx: PassContext) -> dict[str, int]:
