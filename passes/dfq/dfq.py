@@ -74,6 +74,7 @@ class DfqConfig:
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 6.0  # 8-bit; chosen by top-1 agreement with float (README dfq)
+    percentile: float = 99.99  # measured ranges (tensors the statistics do not reach)
     absorb_k: float = 3.0
     weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
     reduce_range: str = "auto"  # no saturating int8 code pairs in u8s8 kernels (see qdq)
@@ -98,6 +99,8 @@ class DfqConfig:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
         if not (self.range_k > 0 and self.absorb_k >= 0):
             raise ConfigError("range_k must be > 0 and absorb_k >= 0")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         check_fidelity(self)
         fields.check(self)
 
@@ -229,6 +232,7 @@ def _qdq_config(cfg: DfqConfig) -> QdqConfig:
         per_channel=cfg.per_channel,
         samples=cfg.samples,
         prior=cfg.prior,
+        percentile=cfg.percentile,
         reduce_range=cfg.reduce_range,
         seed=cfg.seed,
         fidelity=cfg.fidelity,
