@@ -17,14 +17,16 @@ Cost: one pass over the weights, linear in the parameter count.
 
 `pushed_input` starts from known statistics instead of the prior (BatchNorm's beta /
 |gamma| that fold-bn kept): the moments of a layer's data input through one activation
-and mean-preserving ops (average / global pooling, zero Pad, Identity, Dropout,
-a Flatten or Reshape to [N, C H W]). Pooling keeps the variance (neighbouring
-pixels of a feature map are highly correlated, so var / kernel would be far too
-small; keeping it over-estimates the spread, the safe side for ranges). `derived`
-applies the `_linear` rule to it: the output statistics of a layer behind a global
-pool (a classifier head) from BatchNorm statistics, with no model run (source
+(or one elementwise function of the known tensor: SiLU, HardSwish written out, an
+affine after it; graphcomp.measure.elementwise) and mean-preserving ops (average /
+global pooling, zero Pad, Identity, Dropout, a Flatten or Reshape to [N, C H W]).
+Pooling keeps the variance (neighbouring pixels of a feature map are highly
+correlated, so var / kernel would be far too small; keeping it over-estimates the
+spread, the safe side for ranges). `derived` applies the `_linear` rule to it: the
+output statistics of a layer behind a global pool (a classifier head, a
+squeeze-excitation branch) from BatchNorm statistics, with no model run (source
 "bn-derived"). Not pushed through MaxPool (the mean of a max is not the max of
-means) nor through any op but one activation.
+means) nor through any other op.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from onnx import shape_inference
 
 from graphcomp.core import graph_utils, model_io
 from graphcomp.core.pass_base import ChannelStats, PassContext
-from graphcomp.measure import normal
+from graphcomp.measure import elementwise, normal
 
 Moments = tuple[np.ndarray, np.ndarray]  # mean, variance per channel
 # expected max and variance of the max of n iid N(0, 1), for pooling windows
@@ -218,6 +220,8 @@ def pushed_input(node: gs.Node, known: Mapping[str, ChannelStats]) -> Pushed | N
             return Pushed(mean, std * std, st.source, pooled)
         if prev.op in ACTIVATIONS and act is None:
             act = prev
+        elif prev.op in elementwise.OPS and act is None:
+            return _pushed_function(prev, known, block, pooled)
         elif prev.op in ("Flatten", "Reshape") and block == 1:
             found = flatten_block(prev)
             if found is None:
@@ -228,6 +232,22 @@ def pushed_input(node: gs.Node, known: Mapping[str, ChannelStats]) -> Pushed | N
         pooled = pooled or prev.op == "GlobalAveragePool"
         tensor = prev.inputs[0]
     return None
+
+
+def _pushed_function(
+    node: gs.Node, known: Mapping[str, ChannelStats], block: int, pooled: bool
+) -> Pushed | None:
+    """Moments of `node`'s output as an elementwise function of one known tensor."""
+    fn = elementwise.function_of(node, known.__contains__, lambda n: np.size(known[n].mean))
+    if fn is None:
+        return None
+    st = known[fn.root]
+    std = np.asarray(st.std, np.float64)
+    moments = fn.moments(np.asarray(st.mean, np.float64), std * std)
+    if moments is None:
+        return None
+    mean, var = (np.repeat(m, block) for m in moments)
+    return Pushed(mean, var, st.source, pooled)
 
 
 def derived(

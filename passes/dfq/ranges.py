@@ -17,7 +17,10 @@ and moments (mean_c, var_c):
 - Add of two carried tensors: means and variances add (independent branches), the
   interval is mean +- k std of the sum (residual junctions);
 - Concat along the channel axis of carried tensors: the channels' intervals and moments
-  are concatenated (dense blocks).
+  are concatenated (dense blocks);
+- any other elementwise function of one carried tensor (SiLU as x * Sigmoid(x),
+  HardSwish written out, a learnable affine after it; graphcomp.measure.elementwise):
+  the function's range on the interval and its moments under the normal.
 A tensor's range is the union over its channels (qdq caps a Relu output read only by
 a per-channel Min at the Min's range, passes/qdq/clamp.py).
 
@@ -36,7 +39,7 @@ import onnx_graphsurgeon as gs
 
 from graphcomp.core import graph_utils, quant
 from graphcomp.core.pass_base import ChannelStats
-from graphcomp.measure import analytic, inputs, normal, observe
+from graphcomp.measure import analytic, elementwise, inputs, normal, observe
 
 Range = tuple[float, float, str]
 KEEP = (
@@ -85,8 +88,11 @@ def activation_ranges(
             st = known[out]
             mean, std = np.asarray(st.mean, np.float64), np.asarray(st.std, np.float64)
             flow.put(out, (mean - k * std, mean + k * std), (mean, std * std), st.source)
-        elif node.inputs and node.inputs[0].name in flow.iv:
-            _step(node, flow, k)
+        else:
+            if node.inputs and node.inputs[0].name in flow.iv:
+                _step(node, flow, k)
+            if out not in flow.iv and node.op in elementwise.OPS:
+                _elementwise(node, flow)
     return {
         n: (float(lo.min()), float(hi.max()), flow.src[n])
         for n, (lo, hi) in flow.iv.items()
@@ -142,6 +148,21 @@ def _step(node: gs.Node, flow: _Flow, k: float) -> None:
         got = normal.activation_moments(st, node) if node.op != "Min" else None
         moments = None if got is None else (got[0], got[1] ** 2)
     flow.put(out, mapped, moments, src)
+
+
+def _elementwise(node: gs.Node, flow: _Flow) -> None:
+    """An elementwise function f of one carried tensor x: f of its interval and moments."""
+    fn = elementwise.function_of(
+        node,
+        lambda name: name in flow.iv and name in flow.mo,
+        lambda name: flow.iv[name][0].size,
+    )
+    if fn is None:
+        return
+    (lo, hi), (mean, var) = flow.iv[fn.root], flow.mo[fn.root]
+    iv, mo = fn.interval(lo, hi), fn.moments(mean, var)
+    if iv is not None and mo is not None:
+        flow.put(node.outputs[0].name, iv, mo, flow.src[fn.root])
 
 
 def _concat(node: gs.Node, flow: _Flow) -> None:
