@@ -177,3 +177,29 @@ def test_head_behind_a_global_pool_is_derived_from_bn_without_a_model_run(monkey
     w = inits["w_fc"].astype(np.float64)
     np.testing.assert_allclose(head.mean, relu_mean @ w, rtol=1e-6)
     np.testing.assert_allclose(head.std, np.sqrt(relu_std**2 @ (w * w)), rtol=1e-6)
+
+
+def test_squeeze_excitation_behind_a_written_out_hardswish_is_derived_from_bn(monkeypatch):
+    # PaddleOCR's block: BN -> HardSwish as x * Clip(x + 3, 0, 6) / 6 -> GAP -> 1x1 conv
+    text = graphs.CONV_BN_POOL_FC.replace(
+        "    r = Relu (n)\n",
+        "    three = Constant <value = float {3.0}> ()\n"
+        "    lo = Constant <value = float {0.0}> ()\n"
+        "    hi = Constant <value = float {6.0}> ()\n"
+        "    s = Add (n, three)\n"
+        "    g = Clip (s, lo, hi)\n"
+        "    m = Mul (n, g)\n"
+        "    r = Div (m, hi)\n",
+    )
+    model = graphs.build(text)
+    ctx = PassContext()
+    folded, _ = graphs.apply(model, FoldBnPass(), ctx=ctx)
+    monkeypatch.setattr(observe.inputs, "session", lambda *a, **k: pytest.fail("model was run"))
+    out = stats.estimate(folded, ctx)
+    head = next(s for s in out.values() if s.source == "bn-derived")
+    bn = next(s for s in out.values() if s.source == "bn")
+    x = bn.mean[:, None] + bn.std[:, None] * np.random.default_rng(0).standard_normal((4, 200_000))
+    hsw = x * np.clip(x + 3.0, 0.0, 6.0) / 6.0
+    w = {i.name: numpy_helper.to_array(i) for i in folded.graph.initializer}["w_fc"]
+    np.testing.assert_allclose(head.mean, hsw.mean(axis=1) @ w, rtol=0.02, atol=0.01)
+    np.testing.assert_allclose(head.std, np.sqrt(hsw.var(axis=1) @ (w * w)), rtol=0.02)
