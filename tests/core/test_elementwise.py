@@ -96,3 +96,10 @@ def test_ranges_flow_through_silu_and_hardswish_from_the_statistics():
     assert src == "bn" and lo == pytest.approx(-0.2785, abs=1e-3)
     assert hi == pytest.approx(max((mean + 4 * std) / (1 + np.exp(-(mean + 4 * std)))))
     assert {"sig", "shifted", "gate", "prod", "hsw", "aff", "out"} <= set(got)
+
+
+def test_functions_of_measured_statistics_are_left_to_measurement():
+    graph = _graph()
+    mean, std = np.zeros(4), np.ones(4)
+    got = activation_ranges(graph, {"a": ChannelStats(mean, std, "synthetic")}, 4.0)
+    assert "a" in got and "silu" not in got and "sig" not in got
