@@ -68,9 +68,8 @@ ORT_OPT_LEVEL = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
 PRIORS = ("smooth", "normal")
 PRIOR_ALIASES = {"white": "normal"}
 DEFAULT_PRIOR = "smooth"
-SMOOTH_EXPONENTS = (2.0, 2.0)  # each sample's amplitude spectrum 1/f^e, e uniform in this range
+SMOOTH_EXPONENT = 2.0  # amplitude spectrum 1/f^SMOOTH_EXPONENT (see the module docstring)
 CHANNEL_CORR = 0.9  # share of a smooth image common to all its channels
-CONTRAST_SIGMA = 0.0  # each sample scaled by exp(N(0, CONTRAST_SIGMA))
 BLOCK = 32  # synthetic samples generated per seeded block (fewer for large inputs)
 BLOCK_BYTES = 32 << 20  # input bytes generated per block at most
 REF_PIXELS = 112 * 112  # synthetic sample counts hold for images up to this size
@@ -441,10 +440,7 @@ class Source:
                     and value.ndim >= 3
                     and np.issubdtype(value.dtype, np.floating)
                 ):
-                    field = smooth_field(
-                        fields, value.shape, SMOOTH_EXPONENTS, CHANNEL_CORR, CONTRAST_SIGMA
-                    )
-                    feeds[name] = field.astype(value.dtype)
+                    feeds[name] = smooth_field(fields, value.shape).astype(value.dtype)
             yield feeds
             done += max(samples_in(feeds), 1)  # a model's static batch may differ from size
 
@@ -487,34 +483,24 @@ def plan_synthetic(one: Feeds, samples: int) -> tuple[int, int]:
 def smooth_field(
     rng: np.random.Generator,
     shape: tuple[int, ...],
-    exponents: tuple[float, float] = SMOOTH_EXPONENTS,
+    exponent: float = SMOOTH_EXPONENT,
     channel_corr: float = CHANNEL_CORR,
-    contrast: float = CONTRAST_SIGMA,
 ) -> np.ndarray:
-    """The "smooth" prior: 1/f^e noise on the last two axes, channels mixed.
-
-    e is drawn per sample from `exponents`; each sample is scaled by exp(N(0, contrast)).
-    """
-    low, high = exponents
-    exponent = rng.uniform(low, high, shape[0]) if high > low else np.full(shape[0], low)
+    """The "smooth" prior: 1/f^exponent noise on the last two axes, channels mixed."""
     own = _pink(rng, shape, exponent)
-    if len(shape) == 4 and shape[1] >= 2 and channel_corr > 0.0:
-        shared = _pink(rng, (shape[0], 1, *shape[2:]), exponent)
-        own = np.sqrt(channel_corr) * shared + np.sqrt(1.0 - channel_corr) * own
-    if contrast <= 0.0:
+    if len(shape) != 4 or shape[1] < 2 or channel_corr <= 0.0:
         return own
-    gain = np.exp(rng.normal(0.0, contrast, shape[0]))
-    return own * gain.reshape(-1, *[1] * (len(shape) - 1))
+    shared = _pink(rng, (shape[0], 1, *shape[2:]), exponent)
+    return np.sqrt(channel_corr) * shared + np.sqrt(1.0 - channel_corr) * own
 
 
-def _pink(rng: np.random.Generator, shape: tuple[int, ...], exponent: np.ndarray) -> np.ndarray:
-    """White noise filtered to amplitude 1/f^exponent (one per sample), planes standardized."""
+def _pink(rng: np.random.Generator, shape: tuple[int, ...], exponent: float) -> np.ndarray:
+    """White noise filtered to an amplitude spectrum 1/f^exponent, each plane standardized."""
     h, w = shape[-2], shape[-1]
     radius = np.sqrt(np.fft.fftfreq(h)[:, None] ** 2 + np.fft.rfftfreq(w)[None, :] ** 2)
     radius[0, 0] = 1.0 / max(h, w)
     white = rng.standard_normal(shape)
-    power = exponent.reshape(-1, *[1] * (len(shape) - 1))
-    noise = np.fft.irfft2(np.fft.rfft2(white) / radius**power, s=(h, w))
+    noise = np.fft.irfft2(np.fft.rfft2(white) / radius**exponent, s=(h, w))
     noise = noise - noise.mean(axis=(-2, -1), keepdims=True)
     return noise / np.maximum(noise.std(axis=(-2, -1), keepdims=True), TINY)
 
