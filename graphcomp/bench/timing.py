@@ -30,7 +30,6 @@ from onnx import external_data_helper
 from graphcomp.measure import inputs
 
 ROUNDS = 5  # rounds the timed runs are spread over
-PREDICT_CHUNK = 256  # samples per run when predicting on a dynamic batch dim
 NP_TYPES = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -163,27 +162,34 @@ def sample_inputs(
     count: int,
     input_shapes: dict[str, list[int]],
 ) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-    """(feeds, labels) from `eval_data` (keys `input`, `label`) or `count` seeded samples."""
+    """(feeds, labels) from `eval_data` (keys `input`, `label`) or seeded samples.
+
+    Seeded: `count` samples up to 112x112 images, fewer for larger ones (as the synthetic
+    priors, inputs.plan_synthetic: 32 of 256 at 640x640).
+    """
     if eval_data is None:
+        one, _ = batch_feeds(sess, 1, input_shapes, seed=1, force=True)
+        count = inputs.plan_synthetic(one or {}, count)[0]
         feeds, _ = batch_feeds(sess, count, input_shapes, seed=1, force=True)
         return feeds or {}, None
     arg = sess.get_inputs()[0]
     with np.load(eval_data) as data:
-        inputs, labels = np.asarray(data["input"]), np.asarray(data["label"])
-    return {arg.name: inputs.astype(NP_TYPES.get(arg.type, inputs.dtype))}, labels
+        values, labels = np.asarray(data["input"]), np.asarray(data["label"])
+    return {arg.name: values.astype(NP_TYPES.get(arg.type, values.dtype))}, labels
 
 
 def outputs(path: Path, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every output of the model on all samples of `feeds`, by output name.
 
-    Runs in chunks of `PREDICT_CHUNK` samples, or of the model's fixed batch size (a
-    remainder that does not fill a fixed batch is left out); chunks are joined on axis 0.
+    Runs in chunks of at most inputs.BLOCK samples and inputs.BLOCK_BYTES of inputs
+    (inputs.plan_synthetic), or of the model's fixed batch size (a remainder that does not
+    fill a fixed batch is left out); chunks are joined on axis 0.
     """
     sess = inputs.session(path)
     first = sess.get_inputs()[0].shape[0]
     fixed = first if isinstance(first, int) and first > 0 else None
     count = min(len(a) for a in feeds.values())
-    step = fixed or PREDICT_CHUNK
+    step = fixed or inputs.plan_synthetic({k: a[:1] for k, a in feeds.items()}, count)[1]
     names = [o.name for o in sess.get_outputs()]
     parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for i in range(0, count - step + 1 if fixed else count, step):

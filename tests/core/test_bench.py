@@ -292,3 +292,23 @@ def test_verdict_compares_every_output_and_flags_missing_ones():
     assert bench._verdict(ref, noisy, Thresholds(max_rel_err=0.05))["verdict"] == "failed"
     missing = bench._verdict(ref, {"a": ref["a"]}, Thresholds())
     assert missing["verdict"] == "failed" and "missing" in missing["failures"][0]
+
+
+def test_large_images_get_fewer_seeded_samples_run_in_bounded_chunks(tmp_path, monkeypatch):
+    path = tmp_path / "big.onnx"
+    onnx.save(graphs.build(CLASSIFIER.format(batch="N").replace("8, 8]", "320, 320]"), 3), path)
+    sess = bench_measure.inputs.session(path)
+    feeds, _ = bench_measure.sample_inputs(sess, None, 256, {})
+    assert len(feeds["input"]) == 32  # 256 // 8 at 320x320 (inputs.plan_synthetic)
+    seen: list[int] = []
+    real = bench_measure.inputs.session
+
+    def spy(*args, **kwargs):
+        sess = real(*args, **kwargs)
+        run = sess.run
+        sess.run = lambda names, feed, *a: seen.append(len(feed["input"])) or run(names, feed, *a)
+        return sess
+
+    monkeypatch.setattr(bench_measure.inputs, "session", spy)
+    assert len(bench_measure.outputs(path, feeds)["logits"]) == 32
+    assert max(seen) * 320 * 320 * 4 <= bench_measure.inputs.BLOCK_BYTES
