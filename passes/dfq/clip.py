@@ -8,9 +8,6 @@ Dividing channel i by s_i moves its clip point to hi / s_i. Two answers:
 - "constrain": a channel is scaled only when its pre-activation provably never
   reaches hi (interval bound u_i from a clipped input), with s_i >= u_i / hi; the
   others keep s_i = 1. Exact for every input, and the Clip stays (fused by onnxruntime).
-- "keep": a link with a clip on its path is not scaled at all (every s_i = 1): the
-  Clip stays one scalar op that onnxruntime fuses into the int8 conv. dfq's choice with
-  per-channel weights, which equalization helps little (docs/dfq.md, clip).
 - "range": the per-channel bound is written as for "per-channel" (exact float model),
   and the converged scales are moved to the nearest (in log) scales whose every bound
   hi_i / s_i lies at or past the tensor's activation range max_j u_j / s_j (u_j: the
@@ -63,13 +60,6 @@ def clip_rule(link: Link, weight: np.ndarray, bias: np.ndarray, mode: str) -> Cl
         return None  # Clip(0, inf) is a Relu: nothing to keep
     upper = provable_upper(link, weight, bias)
     return ClipRule(hi, allowed=upper <= np.min(hi_all, axis=0))
-
-
-def clipped(link: Link) -> bool:
-    """Whether a finite clip bound (ReLU6, Min) lies on the link's path."""
-    return any(
-        (b := bound_of(n)) is not None and bool(np.all(np.isfinite(b[1]))) for n in link.bounds
-    )
 
 
 def provable_upper(link: Link, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:

@@ -70,7 +70,7 @@ class DfqConfig:
     equalize: bool = True
     absorb: bool = False  # measured to hurt on a real ImageNet CNN (see module docstring)
     correct: bool | None = None  # None: on for per-tensor weights, off for per-channel
-    clip: str = "auto"  # ReLU6 under equalization (passes/dfq/clip.py); auto: see clip_mode
+    clip: str = "per-channel"  # ReLU6 under equalization: see passes/equalize.py
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     ranges: str = "stats"  # stats: mean +- range_k std; measure: percentile on the prior
     range_k: float = 6.0  # 8-bit; chosen by top-1 agreement with float (README dfq)
@@ -93,8 +93,8 @@ class DfqConfig:
     def __post_init__(self) -> None:
         if self.bits not in quant.BITS:
             raise ConfigError(f"bits must be one of {quant.BITS}, got {self.bits}")
-        if self.clip not in ("auto", *CLIP_MODES):
-            raise ConfigError(f"clip must be auto or one of {CLIP_MODES}, got '{self.clip}'")
+        if self.clip not in CLIP_MODES:
+            raise ConfigError(f"clip must be one of {CLIP_MODES}, got '{self.clip}'")
         if self.ranges not in RANGE_MODES:
             raise ConfigError(f"ranges must be one of {RANGE_MODES}, got '{self.ranges}'")
         if not (self.range_k > 0 and self.absorb_k >= 0):
@@ -103,18 +103,6 @@ class DfqConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         check_fidelity(self)
         fields.check(self)
-
-    @property
-    def clip_mode(self) -> str:
-        """`clip`, else "keep" for per-channel weights and "per-channel" for per-tensor.
-
-        With per-channel weights, equalizing through a ReLU6 bought nothing on the
-        realbench CNNs' tuning split and its per-channel Min ops ran in float between
-        the int8 layers (slower than onnxruntime's own QDQ output; docs/dfq.md, clip).
-        """
-        if self.clip != "auto":
-            return self.clip
-        return "keep" if self.per_channel else "per-channel"
 
     @property
     def corrects(self) -> bool:
@@ -169,12 +157,7 @@ class DfqPass(Pass):
         """Equalize coverage, weight SQNR before/after, ReLU6 bounds, charts."""
         cfg = self.config
         eq = results.get("equalize")
-        if eq is not None and not eq.notes.get("links") and eq.notes.get("clip_kept"):
-            eq.notes["equalize_summary"] = (
-                f"nothing equalized: {eq.notes['clip_kept']} layer pairs through a ReLU6 keep"
-                " it scalar (clip=keep, the per-channel default)"
-            )
-        elif eq is not None and not eq.notes.get("links"):
+        if eq is not None and not eq.notes.get("links"):
             eq.notes["equalize_summary"] = "nothing to equalize (no provable layer pair)"
         elif eq is not None:
             eq.notes["equalize_coverage"] = (
@@ -201,11 +184,11 @@ class DfqPass(Pass):
         cfg, steps = self.config, list[Pass]()
         if cfg.equalize:
             # clip="range" must fit the scales to the ranges qdq will get: range_k
-            clip_k = cfg.range_k if cfg.clip_mode == "range" else cfg.clip_k
+            clip_k = cfg.range_k if cfg.clip == "range" else cfg.clip_k
             steps.append(
                 EqualizePass(
                     EqualizeConfig(
-                        clip=cfg.clip_mode,
+                        clip=cfg.clip,
                         clip_k=clip_k,
                         act_aware=cfg.act_aware,
                         strength=cfg.strength,
@@ -214,8 +197,7 @@ class DfqPass(Pass):
                 )
             )
         if cfg.absorb:
-            # keep the Clip where equalize kept it
-            clip = "stats" if cfg.clip_mode in ("constrain", "keep") else "per-channel"
+            clip = "stats" if cfg.clip == "constrain" else "per-channel"  # keep the Clip
             steps.append(
                 AbsorbBiasPass(
                     AbsorbBiasConfig(

@@ -11,8 +11,7 @@ divides the bound by s_i too (Clip becomes Relu -> Min by a per-channel constant
 clip="range" also moves the scales so every bound stays past the
 activation's quantization range (the bound then costs nothing in int8);
 clip="constrain" scales a channel only when its pre-activation provably never reaches
-the bound; clip="keep" leaves the links through a clip unscaled. See passes/dfq/clip.py.
-With strength < 1 the converged scales are applied
+the bound. See equalize_clip.py. With strength < 1 the converged scales are applied
 as s^strength (partial equalization: less spread in the activations).
 With act_aware, the scales are also floored so no channel's activation (mean +
 clip_k std after the activation) grows past the largest one before equalization:
@@ -44,7 +43,6 @@ from graphcomp.passes.dfq.clip import (
     ClipRule,
     activation_floor,
     clip_rule,
-    clipped,
     constrain,
     link_upper,
     range_fit,
@@ -52,8 +50,7 @@ from graphcomp.passes.dfq.clip import (
 
 log = logging.getLogger(__name__)
 
-CLIP_MODES = ("per-channel", "range", "constrain", "keep")
-KEEP_REASON = "a clip (ReLU6) on the path stays scalar (clip=keep)"
+CLIP_MODES = ("per-channel", "range", "constrain")
 TINY_RANGE = 1e-12  # channels with a smaller range are left at scale 1
 MAX_STEP = 1e4  # largest scale one step may apply
 
@@ -113,11 +110,6 @@ class EqualizePass(Pass):
         """Equalize every provable link; report per-layer ranges and coverage."""
         result = PassResult(self.name)
         links, skips = find_links(graph)
-        if self.config.clip == "keep":
-            kept = [link for link in links if clipped(link)]
-            skips += [(link.first, KEEP_REASON) for link in kept]
-            links = [link for link in links if not clipped(link)]
-            result.notes["clip_kept"] = len(kept)
         for node, reason in skips:
             result.skip(node, reason)
         before = channel_ranges(graph)

@@ -1,5 +1,3 @@
-import dataclasses
-
 import numpy as np
 import onnx
 import pytest
@@ -151,7 +149,7 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     }
     ops = graphs.optimized_ops(fast, str(tmp_path / "fast.onnx"))
     assert "Min" not in ops and ops.count("QLinearConv") == 3
-    default, res = graphs.apply(model, DfqPass(DfqConfig(clip="per-channel", prior="normal")))
+    default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
     clamps = res.record("dfq/qdq-core").result.notes["clamps"]
     assert len(clamps) == 2  # per-channel: on the codes, or dropped where the range allows
     notes = _notes(res)
@@ -162,21 +160,6 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     ref = graphs.run(model, feeds)[0]
     for out in (fast, default):
         assert _sqnr(ref, graphs.run(out, feeds)[0]) > 15
-
-
-def test_per_channel_default_keeps_relu6_scalar_and_per_tensor_equalizes_through_it(tmp_path):
-    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=2), seed=2)
-    out, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
-    assert DfqConfig().clip_mode == "keep" and graphs.op_count(out, "Min") == 0
-    ops = graphs.optimized_ops(out, str(tmp_path / "keep.onnx"))
-    assert "Clip" not in ops and ops.count("QLinearConv") == 3  # fused into the convs
-    assert "2 layer pairs through a ReLU6" in _notes(res)["equalize_summary"]
-    skips = res.record("dfq/equalize").result.skipped
-    assert sorted(s.node for s in skips if "clip=keep" in s.reason) == ["Conv_2", "Conv_4"]
-    tensor = DfqConfig(per_channel=False)
-    assert tensor.clip_mode == "per-channel"
-    out, res = graphs.apply(model, DfqPass(dataclasses.replace(tensor, prior="normal")))
-    assert _notes(res)["equalize_coverage"] == "3/3 layers, 100% of weights"
 
 
 def test_dfq_runs_as_checked_steps_and_simplifies_once():
