@@ -51,7 +51,7 @@ def test_reason_kind_blanks_names_and_numbers():
 
 def test_a_composite_shows_one_row_per_step_in_table_and_json():
     model = graphs.build(graphs.CONV_BN_RELU_CONV)
-    result = pipeline.run(model, [DfqPass(DfqConfig(prior="normal", correct=True))])
+    result = pipeline.run(model, [DfqPass(DfqConfig(prior="normal", equalize=True, correct=True))])
     report = Report("m.onnx", None, result.records, {}, {})
     console = Console(record=True, width=80)
     console.print(pass_table(report.passes))

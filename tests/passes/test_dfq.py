@@ -79,9 +79,19 @@ def test_statistics_note_counts_the_samples_that_ran_on_large_images():
     assert "16 synthetic samples" in _notes(res)["statistics"]  # 64 x 112^2 / 224^2
 
 
+def test_equalize_runs_by_default_only_for_per_tensor_weights():
+    model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=3), seed=3)
+    _, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
+    assert "dfq/equalize" not in [r.result.name for r in res.records]
+    assert DfqConfig().equalizes is False and DfqConfig(per_channel=False).equalizes is True
+    tensor = DfqConfig(per_channel=False, prior="normal")
+    _, res = graphs.apply(model, DfqPass(tensor))
+    assert _notes(res)["equalize_coverage"] == "3/3 layers, 100% of weights"
+
+
 def test_nothing_to_equalize_still_quantizes_and_says_so():
     model = graphs.build(SINGLE_GEMM)
-    out, res = graphs.apply(model, DfqPass())
+    out, res = graphs.apply(model, DfqPass(DfqConfig(equalize=True)))
     notes = _notes(res)
     assert "nothing to equalize" in notes["equalize_summary"]
     assert graphs.op_count(out, "DequantizeLinear") >= 2
@@ -123,7 +133,8 @@ def _init(model, name):
 def test_quantize_false_stops_before_qdq_and_plot_writes_charts(tmp_path):
     pytest.importorskip("matplotlib")
     model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=4), seed=4)
-    out, res = graphs.apply(model, DfqPass(DfqConfig(quantize=False, plot=str(tmp_path))))
+    cfg = DfqConfig(equalize=True, quantize=False, plot=str(tmp_path))
+    out, res = graphs.apply(model, DfqPass(cfg))
     assert graphs.op_count(out, "QuantizeLinear") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["weight_ranges.png", "weight_sqnr.png"]
     assert len(res.record("dfq/ranges").result.notes["plots"]) == 2
@@ -140,16 +151,19 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
     model = graphs.spread_channels(graphs.build(graphs.CONV_DW_CONV, seed=seed), seed=seed)
     feeds = {k: v * 3 for k, v in graphs.feeds_for(model, seed=seed, batch=4).items()}
     ref = graphs.run(model, feeds)[0]
-    exact, _ = graphs.apply(model, DfqPass(DfqConfig(clip="range", quantize=False, correct=False)))
+    eq = {"equalize": True}
+    exact, _ = graphs.apply(
+        model, DfqPass(DfqConfig(clip="range", quantize=False, correct=False, **eq))
+    )
     assert np.abs(graphs.run(exact, feeds)[0] - ref).max() < 1e-4 * np.abs(ref).max()
     assert graphs.op_count(exact, "Min") == 2  # the float model keeps ReLU6 exact
-    fast, res = graphs.apply(model, DfqPass(DfqConfig(clip="range", prior="normal")))
+    fast, res = graphs.apply(model, DfqPass(DfqConfig(clip="range", prior="normal", **eq)))
     assert set(res.record("dfq/qdq-core").result.notes["clamps"].values()) == {
         "dropped (bound past the quantizer's range)"
     }
     ops = graphs.optimized_ops(fast, str(tmp_path / "fast.onnx"))
     assert "Min" not in ops and ops.count("QLinearConv") == 3
-    default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal")))
+    default, res = graphs.apply(model, DfqPass(DfqConfig(prior="normal", **eq)))
     clamps = res.record("dfq/qdq-core").result.notes["clamps"]
     assert len(clamps) == 2  # per-channel: on the codes, or dropped where the range allows
     notes = _notes(res)
@@ -164,7 +178,7 @@ def test_relu6_bounds_run_on_codes_or_vanish_under_clip_range(seed, tmp_path):
 
 def test_dfq_runs_as_checked_steps_and_simplifies_once():
     model = graphs.build(graphs.CONV_BN_RELU_CONV)
-    _, res = graphs.apply(model, DfqPass(DfqConfig(absorb=True, correct=True)))
+    _, res = graphs.apply(model, DfqPass(DfqConfig(equalize=True, absorb=True, correct=True)))
     assert [r.result.name for r in res.records] == [
         "dfq/simplify",
         "dfq/fold-bn",
