@@ -23,7 +23,7 @@ def _console(terminal: bool) -> Console:
 def test_off_a_terminal_each_step_prints_one_line_with_its_time():
     console = _console(terminal=False)
     with ProgressView(console) as view:
-        graphcomp.compress(MODEL, "dfq(correct=true)", progress=view)
+        graphcomp.compress(MODEL, "dfq(equalize=true,correct=true)", progress=view)
     lines = console.file.getvalue().splitlines()
     steps = [line for line in lines if line.startswith("dfq/")]
     assert len(steps) == 8
@@ -36,7 +36,7 @@ def test_on_a_terminal_one_live_line_shows_step_counts_and_time():
     shown: list[str] = []
     with ProgressView(console) as view:
         view._show = lambda: shown.append(view.line())  # type: ignore[method-assign]
-        graphcomp.compress(MODEL, "dfq(correct=true)", progress=view)
+        graphcomp.compress(MODEL, "dfq(equalize=true,correct=true)", progress=view)
     assert any(re.match(r"running dfq/stats \(3/8\) · samples \d+/64 · \d+s", s) for s in shown)
     assert not any(line.startswith("dfq/") for line in console.file.getvalue().splitlines())
 
