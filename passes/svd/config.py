@@ -27,6 +27,8 @@ class SvdConfig:
     allocate: str = "sensitivity"  # budget loss proxy: sensitivity | energy
     whiten: str = "auto"  # auto (with calibration data) | always | never
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
+    shrink: float = 0.0  # with statistics: covariance shrinkage toward its diagonal
+    refit: bool = False  # with statistics: refit splits in graph order on the split model's inputs
     energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
     samples: int = fields.SYNTHETIC_SAMPLES  # inputs used for statistics (calibration or synthetic)
     prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^2) | normal
@@ -46,6 +48,8 @@ class SvdConfig:
         _check_choice("allocate", self.allocate, ("sensitivity", "energy"))
         _check_choice("whiten", self.whiten, ("auto", "always", "never"))
         _check_choice("energy_of", self.energy_of, ("weights", "outputs"))
+        if not 0.0 <= self.shrink <= 1.0:
+            raise ConfigError(f"svd shrink must be in [0, 1], got {self.shrink}")
         if self.round_to < 1:
             raise ConfigError("svd round_to must be >= 1")
         fields.check(self)

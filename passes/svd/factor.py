@@ -40,6 +40,10 @@ class Whitener:
     inv_root: np.ndarray
     repeat: int
 
+    def solve(self, matrix: np.ndarray) -> np.ndarray:
+        """C^-1 @ matrix for the (damped, shrunk) covariance C = S S."""
+        return self.apply(self.apply(matrix, inverse=True), inverse=True)
+
     def apply(self, matrix: np.ndarray, inverse: bool = False) -> np.ndarray:
         """(S (x) I_repeat) @ matrix, or with S^-1 when `inverse`."""
         s = self.inv_root if inverse else self.root
@@ -48,9 +52,22 @@ class Whitener:
         return np.einsum("ij,jkc->ikc", s, blocks).reshape(rows, cols)
 
 
-def whitener(cov: np.ndarray, repeat: int = 1) -> Whitener:
-    """Whitener of a (channels x channels) second-moment matrix, damped."""
+def whitener(cov: np.ndarray, repeat: int = 1, shrink: float = 0.0) -> Whitener:
+    """Whitener of a (channels x channels) second-moment matrix, shrunk and damped.
+
+    Shrinkage toward the diagonal, (1 - shrink) C + shrink diag(C), keeps each channel's
+    scale but trusts the sample correlations less: few samples (calibration sets of a
+    few hundred vectors against 1,536 channels) make them mostly noise.
+    """
     cov = (cov + cov.T) / 2
+    if shrink > 0:
+        import os
+
+        if os.environ.get("GC_SHRINK_TO") == "eye":
+            target = float(np.mean(np.diag(cov))) * np.eye(cov.shape[0])
+        else:
+            target = np.diag(np.diag(cov))
+        cov = (1.0 - shrink) * cov + shrink * target
     scale = float(np.mean(np.diag(cov))) or 1.0
     vals, vecs = np.linalg.eigh(cov + DAMPING * scale * np.eye(cov.shape[0]))
     vals = np.maximum(vals, EIG_FLOOR * scale)

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.svd import probe as svd_probe
+from graphcomp.passes.svd import refit as svd_refit
 from graphcomp.passes.svd import sense as svd_sense
 from graphcomp.passes.svd.config import SvdConfig, matching_override
 from graphcomp.passes.svd.factor import Whitener, factorize, whitener
@@ -72,6 +73,11 @@ def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
         plan.choices = [_per_layer(c, kind, value, config) for c in plan.candidates]
     else:
         _budget(plan, model, ctx, config, kind, value, sum(macs.values()))
+    if config.refit and stats and plan.candidates:
+        src = svd_probe.source(ctx, config.samples, config.seed, config.prior)
+        plan.notes["refit"] = svd_refit.refit(
+            plan.candidates, plan.choices, model, src, config.correct_mean, config.shrink
+        )
     return plan
 
 
@@ -131,7 +137,7 @@ def _candidate(
     if cov is not None and mean is not None and config.correct_mean:
         cov = cov - np.outer(mean, mean)
     for mode, form in layer.forms.items():
-        white = _whitener_for(cov, layer, form.matrix.shape[0])
+        white = _whitener_for(cov, layer, form.matrix.shape[0], config.shrink)
         rows, cols = form.matrix.shape
         by_macs = (1.0 - config.min_saving) * form.dense_macs / max(form.macs_per_rank, 1e-30)
         cap = max(1, min(int(by_macs), rows * cols // (rows + cols)))
@@ -142,10 +148,12 @@ def _candidate(
     return Candidate(layer, facts, mean=mean if use_mean else None, spectra=spectra)
 
 
-def _whitener_for(cov: np.ndarray | None, layer: Layer, rows: int) -> Whitener | None:
+def _whitener_for(
+    cov: np.ndarray | None, layer: Layer, rows: int, shrink: float
+) -> Whitener | None:
     if cov is None or cov.shape[0] != layer.input_channels or rows % cov.shape[0]:
         return None
-    return whitener(cov, rows // cov.shape[0])
+    return whitener(cov, rows // cov.shape[0], shrink)
 
 
 def _per_layer(cand: Candidate, kind: str, value: float, config: SvdConfig) -> Choice:
