@@ -28,7 +28,6 @@ class SvdConfig:
     whiten: str = "auto"  # auto (with calibration data) | always | never
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
     shrink: float = 0.0  # with statistics: covariance shrinkage toward its diagonal
-    refit: bool = False  # with statistics: refit splits in graph order on the split model's inputs
     energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
     samples: int = fields.SYNTHETIC_SAMPLES  # inputs used for statistics (calibration or synthetic)
     prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^2) | normal

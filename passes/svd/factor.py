@@ -40,10 +40,6 @@ class Whitener:
     inv_root: np.ndarray
     repeat: int
 
-    def solve(self, matrix: np.ndarray) -> np.ndarray:
-        """C^-1 @ matrix for the (damped, shrunk) covariance C = S S."""
-        return self.apply(self.apply(matrix, inverse=True), inverse=True)
-
     def apply(self, matrix: np.ndarray, inverse: bool = False) -> np.ndarray:
         """(S (x) I_repeat) @ matrix, or with S^-1 when `inverse`."""
         s = self.inv_root if inverse else self.root

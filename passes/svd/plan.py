@@ -19,7 +19,6 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.svd import probe as svd_probe
-from graphcomp.passes.svd import refit as svd_refit
 from graphcomp.passes.svd import sense as svd_sense
 from graphcomp.passes.svd.config import SvdConfig, matching_override
 from graphcomp.passes.svd.factor import Whitener, factorize, whitener
@@ -73,11 +72,6 @@ def make_plan(graph: gs.Graph, ctx: PassContext, config: SvdConfig) -> Plan:
         plan.choices = [_per_layer(c, kind, value, config) for c in plan.candidates]
     else:
         _budget(plan, model, ctx, config, kind, value, sum(macs.values()))
-    if config.refit and stats and plan.candidates:
-        src = svd_probe.source(ctx, config.samples, config.seed, config.prior)
-        plan.notes["refit"] = svd_refit.refit(
-            plan.candidates, plan.choices, model, src, config.correct_mean, config.shrink
-        )
     return plan
 
 

@@ -52,7 +52,6 @@ class Candidate:
     notes: list[str] = field(default_factory=list)
     mean: np.ndarray | None = None  # input channel means: the split's mean shift goes to the bias
     spectra: dict[str, Factorization] = field(default_factory=dict)  # for energy, if not facts
-    fitted: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None  # refit: P, Q, shift
 
     def loss(self, tail: float) -> float:
         """What the model loses for a truncation leaving `tail` energy out."""

@@ -65,14 +65,11 @@ class SvdPass(Pass):
             fact = cand.facts[choice.mode]
             method = fact.method.split("(")[0]
             methods[method] = methods.get(method, 0) + 1
-            if cand.fitted is not None:
-                p, q, shift = cand.fitted
-            else:
-                p, q = fact.factors(choice.rank)
-                shift = mean_shift(cand, choice.mode, p, q)
+            p, q = fact.factors(choice.rank)
+            shift = mean_shift(cand, choice.mode, p, q)
             detail = _detail(cand, choice, choice.mode) + (
-                ", refitted in order" if cand.fitted is not None else ""
-            ) + (", mean shift in bias" if shift is not None else "")
+                ", mean shift in bias" if shift is not None else ""
+            )
             before = cand.layer.params
             svd_split.split(graph, cand.layer, choice.mode, p, q, shift)
             result.change(node, detail, before, choice.params)
