@@ -57,13 +57,7 @@ def whitener(cov: np.ndarray, repeat: int = 1, shrink: float = 0.0) -> Whitener:
     """
     cov = (cov + cov.T) / 2
     if shrink > 0:
-        import os
-
-        if os.environ.get("GC_SHRINK_TO") == "eye":
-            target = float(np.mean(np.diag(cov))) * np.eye(cov.shape[0])
-        else:
-            target = np.diag(np.diag(cov))
-        cov = (1.0 - shrink) * cov + shrink * target
+        cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
     scale = float(np.mean(np.diag(cov))) or 1.0
     vals, vecs = np.linalg.eigh(cov + DAMPING * scale * np.eye(cov.shape[0]))
     vals = np.maximum(vals, EIG_FLOOR * scale)

@@ -114,8 +114,15 @@ def _statistics(
         return {}
     src = svd_probe.source(ctx, config.samples, config.seed, config.prior)
     axes = {layer.input_name: _activation_axis(layer) for layer in layers}
-    plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
-    return svd_probe.moments(model, axes, src)
+    try:
+        plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
+        return svd_probe.moments(model, axes, src)
+    except Exception as e:  # noqa: BLE001 - the model does not run on synthetic inputs
+        if ctx.calibration is not None:
+            raise
+        log.warning("svd: no input statistics, plain SVD (synthetic run failed: %s)", e)
+        plan.notes["statistics"] = f"none, plain SVD (synthetic run failed: {str(e)[:120]})"
+        return {}
 
 
 def _candidate(

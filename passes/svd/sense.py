@@ -24,9 +24,6 @@ from graphcomp.passes.svd.layers import matrix_to_weight
 from graphcomp.passes.svd.rank import Candidate
 
 PROBE_SHARES = (0.5, 0.2)  # split MACs / dense MACs at the probe ranks
-import os as _os
-if _os.environ.get("GC_SHARES"):
-    PROBE_SHARES = tuple(float(v) for v in _os.environ["GC_SHARES"].split(","))
 PROBE_MACS = 1e12  # total MACs the probe runs may spend; fewer samples when exceeded
 MIN_PROBE_SAMPLES = 2
 
