@@ -10,6 +10,7 @@ from graphcomp.measure import fields, inputs
 
 TARGETS = ("energy", "rank_ratio", "macs", "params")
 DEFAULT_ENERGY = 0.99
+SHRINK = 0.3  # chosen on MiniLM's tuning split (docs/svd.md): 0.1-0.6 all within 0.005
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +26,9 @@ class SvdConfig:
     min_saving: float = 0.2  # split only when it saves this share of the layer's MACs
     min_params: int = 1024  # leave smaller weights alone
     allocate: str = "sensitivity"  # budget loss proxy: sensitivity | energy
-    whiten: str = "auto"  # auto (with calibration data) | always | never
+    whiten: str = "always"  # always (data, else synthetic inputs) | auto (data only) | never
     correct_mean: bool = True  # with statistics: add the mean output shift to the bias
+    shrink: float = SHRINK  # whitening: share of the covariance moved to its diagonal
     energy_of: str = "weights"  # with statistics, energy counts: weights | outputs (whitened)
     samples: int = fields.SYNTHETIC_SAMPLES  # inputs used for statistics (calibration or synthetic)
     prior: str = inputs.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f^2) | normal
@@ -46,6 +48,8 @@ class SvdConfig:
         _check_choice("allocate", self.allocate, ("sensitivity", "energy"))
         _check_choice("whiten", self.whiten, ("auto", "always", "never"))
         _check_choice("energy_of", self.energy_of, ("weights", "outputs"))
+        if not 0.0 <= self.shrink <= 1.0:
+            raise ConfigError(f"svd shrink must be in [0, 1], got {self.shrink}")
         if self.round_to < 1:
             raise ConfigError("svd round_to must be >= 1")
         fields.check(self)

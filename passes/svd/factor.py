@@ -7,7 +7,8 @@ full rank since the basis is orthonormal); P and Q are then balanced by sqrt(s_i
 component, P = M V_r S_r^-1/2, Q = S_r^1/2 V_r^T (the textbook U_r sqrt(S_r), sqrt(S_r) V_r^T).
 
 Activation-aware (SVD-LLM / ASVD style): with the input second moment C = E[x x^T]
-(per input channel, damped by `DAMPING` x mean(diag C)) and its symmetric square
+(per input channel, shrunk toward its diagonal, (1 - a) C + a diag(C) (Ledoit and Wolf,
+2004, with a fixed share a), and damped by `DAMPING` x mean(diag C)) and its symmetric square
 root S, the output error of the layer is E||x^T (M - M')||^2 = ||S (M - M')||_F^2.
 So factor Mw = S M = U Sig V^T; the fit is M V_r V_r^T (or S^-1 U_r U_r^T S M) and the
 tail sum_{i>r} sig_i^2 is the expected squared output error. For conv forms
@@ -48,9 +49,16 @@ class Whitener:
         return np.einsum("ij,jkc->ikc", s, blocks).reshape(rows, cols)
 
 
-def whitener(cov: np.ndarray, repeat: int = 1) -> Whitener:
-    """Whitener of a (channels x channels) second-moment matrix, damped."""
+def whitener(cov: np.ndarray, repeat: int = 1, shrink: float = 0.0) -> Whitener:
+    """Whitener of a (channels x channels) second-moment matrix, shrunk and damped.
+
+    Shrinkage toward the diagonal, (1 - shrink) C + shrink diag(C), keeps each channel's
+    scale but trusts the sample correlations less: few samples (calibration sets of a
+    few hundred vectors against 1,536 channels) make them mostly noise.
+    """
     cov = (cov + cov.T) / 2
+    if shrink > 0:
+        cov = (1.0 - shrink) * cov + shrink * np.diag(np.diag(cov))
     scale = float(np.mean(np.diag(cov))) or 1.0
     vals, vecs = np.linalg.eigh(cov + DAMPING * scale * np.eye(cov.shape[0]))
     vals = np.maximum(vals, EIG_FLOOR * scale)

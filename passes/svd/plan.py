@@ -114,8 +114,15 @@ def _statistics(
         return {}
     src = svd_probe.source(ctx, config.samples, config.seed, config.prior)
     axes = {layer.input_name: _activation_axis(layer) for layer in layers}
-    plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
-    return svd_probe.moments(model, axes, src)
+    try:
+        plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
+        return svd_probe.moments(model, axes, src)
+    except Exception as e:  # noqa: BLE001 - the model does not run on synthetic inputs
+        if ctx.calibration is not None:
+            raise
+        log.warning("svd: no input statistics, plain SVD (synthetic run failed: %s)", e)
+        plan.notes["statistics"] = f"none, plain SVD (synthetic run failed: {str(e)[:120]})"
+        return {}
 
 
 def _candidate(
@@ -131,7 +138,7 @@ def _candidate(
     if cov is not None and mean is not None and config.correct_mean:
         cov = cov - np.outer(mean, mean)
     for mode, form in layer.forms.items():
-        white = _whitener_for(cov, layer, form.matrix.shape[0])
+        white = _whitener_for(cov, layer, form.matrix.shape[0], config.shrink)
         rows, cols = form.matrix.shape
         by_macs = (1.0 - config.min_saving) * form.dense_macs / max(form.macs_per_rank, 1e-30)
         cap = max(1, min(int(by_macs), rows * cols // (rows + cols)))
@@ -142,10 +149,12 @@ def _candidate(
     return Candidate(layer, facts, mean=mean if use_mean else None, spectra=spectra)
 
 
-def _whitener_for(cov: np.ndarray | None, layer: Layer, rows: int) -> Whitener | None:
+def _whitener_for(
+    cov: np.ndarray | None, layer: Layer, rows: int, shrink: float
+) -> Whitener | None:
     if cov is None or cov.shape[0] != layer.input_channels or rows % cov.shape[0]:
         return None
-    return whitener(cov, rows // cov.shape[0])
+    return whitener(cov, rows // cov.shape[0], shrink)
 
 
 def _per_layer(cand: Candidate, kind: str, value: float, config: SvdConfig) -> Choice:

@@ -11,12 +11,16 @@ rank where the model loses least per MAC saved (svd_rank). What a layer's trunca
 costs the model is measured, not assumed: `allocate="sensitivity"` runs the model
 (on the user's calibration samples, else synthetic inputs) once per layer with only
 that layer truncated; `allocate="energy"` uses each layer's relative lost energy.
-With `--calibration-data` (or `whiten="always"`) the SVD is activation-aware: M is
-whitened by the square root of the input covariance (SVD-LLM, Wang et al. 2024; ASVD,
-Yuan et al. 2023), minimizing the layer's expected output error, and the mean output
-change of the split goes into its bias. `energy` still picks ranks from the weights'
-spectrum (so a given energy means the same MACs with or without data, and data buys a
-better fit), unless `energy_of="outputs"` counts the whitened, output-weighted one.
+By default (`whiten="always"`) the SVD is activation-aware: M is whitened by the square
+root of the input covariance (SVD-LLM, Wang et al. 2024; ASVD, Yuan et al. 2023) of the
+calibration samples, else of synthetic ones, minimizing the layer's expected output
+error, and the mean output change of the split goes into its bias. The covariance is
+shrunk toward its diagonal first (`shrink`): a few hundred samples against 384-1,536
+channels, or synthetic inputs, give channel scales worth keeping but noisy correlations
+(`whiten="auto"`: whitening only with calibration data; `"never"`: plain SVD).
+`energy` still picks ranks from the weights' spectrum (so a given energy means the same
+MACs with or without data, and data buys a better fit), unless `energy_of="outputs"`
+counts the whitened, output-weighted one.
 
 Will not touch (skipped with the reason): depthwise/grouped convs, weights shared by
 several nodes, non-constant or non-2-D MatMul operands, weights under `min_params`,

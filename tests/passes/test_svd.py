@@ -147,7 +147,7 @@ def test_truncated_conv_weight_error_is_tail_energy(mode: str) -> None:
     dense_r = graphs.build(
         CONV.format(kh=kh, kw=kw, attrs=attrs), seed=3, w_a=w_r.astype(np.float32), b_a=bias
     )
-    out, _ = _split(model, mode=mode, overrides=(f"*:rank={rank}",))
+    out, _ = _split(model, mode=mode, overrides=(f"*:rank={rank}",), whiten="never")
     assert _rel_err(dense_r, out) <= REL_EXACT
     assert _rel_err(model, out) > 1e-3
 
@@ -265,6 +265,7 @@ def test_calibration_whitening_lowers_output_error() -> None:
         {"overrides": ("x:rank=0",)},
         {"overrides": ("nocolon",)},
         {"min_saving": 1.0},
+        {"shrink": 1.5},
     ],
 )
 def test_bad_config_is_rejected(fields: dict) -> None:

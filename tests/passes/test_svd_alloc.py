@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import pytest
@@ -51,8 +53,9 @@ def _rel_mse(model: onnx.ModelProto, out: onnx.ModelProto) -> float:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_sensitivity_allocation_spends_budget_on_the_damped_branch(seed: int) -> None:
     model = _encoder(seed)
-    sense, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
-    flat, _ = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7, allocate="energy")))
+    plain = SvdConfig(min_params=0, macs=0.7, whiten="never")  # the allocation alone
+    sense, run = graphs.apply(model, SvdPass(plain))
+    flat, _ = graphs.apply(model, SvdPass(dataclasses.replace(plain, allocate="energy")))
     changed = {c.node for c in run.records[0].result.changes}
     assert changed == {"MatMul_1", "MatMul_4"}  # the damped branch only
     assert run.records[0].macs[1] <= 0.7 * run.records[0].macs[0]
@@ -117,6 +120,33 @@ def test_whitened_factors_exact_at_full_rank_and_tail_is_output_error(seed: int)
     assert err + ridge == pytest.approx(fact.tail(10), rel=1e-6)
 
 
+@pytest.mark.parametrize("shrink", [0.0, 0.3, 1.0])
+def test_shrunk_whitener_squares_to_the_shrunk_covariance(shrink: float) -> None:
+    # (1 - a) C + a diag(C): a = 1 keeps only each channel's scale; exact at full rank.
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((200, 12)) @ rng.standard_normal((12, 12))
+    cov = x.T @ x / len(x)
+    white = whitener(cov, shrink=shrink)
+    shrunk = (1 - shrink) * cov + shrink * np.diag(np.diag(cov))
+    damped = shrunk + DAMPING * np.mean(np.diag(cov)) * np.eye(12)
+    assert np.allclose(white.root @ white.root, damped, atol=1e-9)
+    m = rng.standard_normal((12, 30))
+    p, q = factorize(m, white).factors(12)
+    assert np.allclose(p @ q, m, atol=1e-8)
+
+
+def test_data_free_budget_whitens_by_synthetic_statistics() -> None:
+    # The default whitens without data too (synthetic inputs); whiten="auto" only with data.
+    model = _encoder(0)
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
+    result = run.records[0].result
+    assert result.notes["statistics"].startswith("synthetic")
+    assert all("whitened fit" in c.detail for c in result.changes)
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7, whiten="auto")))
+    assert "statistics" not in run.records[0].result.notes
+    assert not any("whitened" in c.detail for c in run.records[0].result.changes)
+
+
 def test_params_budget_and_overrides_from_a_spec_string() -> None:
     from graphcomp import api
 
@@ -146,7 +176,7 @@ def test_energy_override_per_layer() -> None:
     )
     changes = {c.node: c.detail for c in run.records[0].result.changes}
     assert list(changes) == ["MatMul_4"]
-    kept = float(changes["MatMul_4"].split("energy kept ")[1].split(")")[0].rstrip(","))
+    kept = float(changes["MatMul_4"].split("energy kept ")[1].split()[0].rstrip("),"))
     assert kept >= 0.5
 
 
@@ -166,6 +196,7 @@ def test_probe_failure_falls_back_to_relative_energy() -> None:
     _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)))
     notes = run.records[0].result.notes
     assert "probe failed" in notes["allocation"] and "probe run failed" in notes["shapes"]
+    assert notes["statistics"].startswith("none, plain SVD")  # no synthetic whitening either
     assert "fell back" in notes["probe_warning"]  # a warning in the summary, not a silent note
     assert run.records[0].result.changes
 
