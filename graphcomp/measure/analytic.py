@@ -220,7 +220,7 @@ def pushed_input(node: gs.Node, known: Mapping[str, ChannelStats]) -> Pushed | N
             return Pushed(mean, std * std, st.source, pooled)
         if prev.op in ACTIVATIONS and act is None:
             act = prev
-        elif prev.op in elementwise.OPS and act is None:
+        elif prev.op in elementwise.OPS and prev.op not in MEAN_PRESERVING and act is None:
             return _pushed_function(prev, known, block, pooled)
         elif prev.op in ("Flatten", "Reshape") and block == 1:
             found = flatten_block(prev)

@@ -27,7 +27,6 @@ from graphcomp.measure import normal
 MAX_NODES = 12  # elementwise nodes followed back from a tensor
 GH_POINTS = 32  # Gauss-Hermite points of the moments
 GRID = 257  # points per channel of the interval map
-_ERF = np.vectorize(math.erf, otypes=[np.float64])
 
 
 def _hard_sigmoid(node: gs.Node, x: np.ndarray) -> np.ndarray:
@@ -52,7 +51,7 @@ UNARY: dict[str, Callable[[gs.Node, np.ndarray], np.ndarray | None]] = {
     "HardSigmoid": _hard_sigmoid,
     "HardSwish": lambda n, x: x * np.clip(x / 6.0 + 0.5, 0.0, 1.0),
     "Tanh": lambda n, x: np.tanh(x),
-    "Erf": lambda n, x: _ERF(x),
+    "Erf": lambda n, x: 2.0 * normal.normal_cdf(x * math.sqrt(2.0)) - 1.0,
     "Softplus": lambda n, x: np.logaddexp(x, 0.0),
 }
 BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {

@@ -39,14 +39,14 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import graph_utils, model_io, quant
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
-from graphcomp.measure import analytic, fields, observe
+from graphcomp.measure import fields, observe
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import input_means
 from graphcomp.passes.dfq.absorb_bias import AbsorbBiasConfig, AbsorbBiasPass
 from graphcomp.passes.dfq.bias_correct import BiasCorrectConfig, BiasCorrectPass, skip_reason
 from graphcomp.passes.dfq.equalize import CLIP_MODES, EqualizeConfig, EqualizePass
 from graphcomp.passes.dfq.layers import out_rows
-from graphcomp.passes.dfq.ranges import activation_ranges, measured_ranges
+from graphcomp.passes.dfq.ranges import FROM_BN, activation_ranges, measured_ranges
 from graphcomp.passes.fold_bn import FoldBnPass
 from graphcomp.passes.qdq.config import check_fidelity
 from graphcomp.passes.qdq.place import build_plan
@@ -58,7 +58,6 @@ RANGE_MODES = ("stats", "measure")
 DEFAULT_FIDELITY = 5.0
 TINY_POWER = 1e-30  # floor of a channel's weight / error power (all-zero channels)
 MEASURED = ("synthetic", "calibration")  # statistics sources that run the model
-FROM_BN = ("bn", analytic.DERIVED)
 INPUT_RANGE_SAMPLES = 8  # synthetic samples for the ranges of graph inputs alone, at least
 
 

@@ -55,7 +55,7 @@ KEEP = (
     "Pad",
 )
 FLATTEN = ("Flatten", "Reshape")
-FROM_BN = ("bn", analytic.DERIVED)  # statistics elementwise functions are carried from
+FROM_BN = ("bn", analytic.DERIVED)  # statistics from BatchNorm (elementwise functions carry)
 PER_BATCH = 1 << 15  # values kept per tensor and batch for the percentile
 
 

@@ -17,6 +17,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphcomp.core import analysis, graph_utils, model_io
+from graphcomp.core.errors import GraphcompError
 from graphcomp.core.pass_base import PassContext
 from graphcomp.passes.svd import probe as svd_probe
 from graphcomp.passes.svd import sense as svd_sense
@@ -117,7 +118,7 @@ def _statistics(
     try:
         plan.notes["statistics"] = f"{src.label} ({src.count(model)} samples)"
         return svd_probe.moments(model, axes, src)
-    except Exception as e:  # noqa: BLE001 - the model does not run on synthetic inputs
+    except GraphcompError as e:  # the model does not run on synthetic inputs
         if ctx.calibration is not None:
             raise
         log.warning("svd: no input statistics, plain SVD (synthetic run failed: %s)", e)
