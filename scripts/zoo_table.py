@@ -10,27 +10,21 @@ Markdown table. Usage, from the repo root:
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
-import graphcomp
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dfq_vs_ort import EVAL, ROOT, predict  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-CHUNK = 256  # eval images per run
+import graphcomp  # noqa: E402
 
 
 def correct(path: Path, images: np.ndarray, labels: np.ndarray) -> int:
     """Eval images whose top-1 class is their label."""
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = sess.get_inputs()[0].name
-    preds = [
-        sess.run(None, {name: images[i : i + CHUNK]})[0].argmax(axis=1)
-        for i in range(0, len(images), CHUNK)
-    ]
-    return int((np.concatenate(preds) == labels).sum())
+    return int((predict(path, images) == labels).sum())
 
 
 def main() -> None:
@@ -38,7 +32,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--spec", action="append", help="pass spec (repeatable)")
     specs = parser.parse_args().spec or ["dfq", "dfq(per_channel=false)"]
-    with np.load(ROOT / "models/data/glyphs_eval.npz") as data:
+    with np.load(EVAL) as data:
         images, labels = data["input"].astype(np.float32), data["label"]
     print("| model | float | " + " | ".join(specs) + " |")
     print("|---|---|" + "---|" * len(specs))
