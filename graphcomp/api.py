@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,10 @@ from graphcomp.report import Report
 from graphcomp.verify import LOSSLESS_RTOL, Thresholds, verify
 
 VERIFY_BATCH = 8  # verify's default first dim
+# Lengths tried, in turn, for the non-batch dynamic dims the user did not fix when the
+# model does not run at DEFAULT_DYNAMIC_DIM (an STFT Conv or a reflect Pad needs at least
+# a frame of audio samples).
+GROWN_DIMS = (256, 1024, 4096, 16384)
 
 
 class VerificationFailedError(VerificationError):
@@ -199,13 +203,12 @@ def _compress(
     opset = model_io.check_opset(proto)
     chosen = resolve_passes(passes, config_file)
     calibration = load_calibration(calibration_data)
-    ctx = PassContext(
-        opset=opset,
-        calibration=calibration,
-        input_shapes=run_shapes(proto, input_shapes, inputs, calibration),
-    )
-    if verify_output:
-        _check_runs(proto)  # before any pass: a model onnxruntime cannot load is refused
+    given = run_shapes(proto, input_shapes, inputs, calibration)
+    shapes = given
+    if verify_output or _open_dims(measure_inputs.input_args(proto), given):
+        # before any pass: a model onnxruntime cannot load is refused
+        shapes = runnable_shapes(_check_runs(proto), given)
+    ctx = PassContext(opset=opset, calibration=calibration, input_shapes=shapes)
     result = pipeline.run(proto, chosen, ctx, progress)
     report = Report(
         source,
@@ -213,7 +216,9 @@ def _compress(
         result.records,
         _summary(proto, ctx),
         _summary(result.model, ctx),
-        warnings=specs.order_warnings([p.name for p in chosen]) + step_warnings(result.records),
+        warnings=specs.order_warnings([p.name for p in chosen])
+        + grown_warnings(given, shapes)
+        + step_warnings(result.records),
     )
     if verify_output:
         if progress:
@@ -270,9 +275,70 @@ def run_shapes(
     return shapes
 
 
-def _check_runs(model: onnx.ModelProto) -> None:
+def _open_dims(
+    args: Sequence[measure_inputs.InputArg], shapes: Mapping[str, list[int]]
+) -> list[tuple[str, int]]:
+    """(input, axis) of the dynamic non-batch dims that `shapes` leaves to the default.
+
+    A dim named like some input's first dim (`h: [2, batch, 64]`) is a batch dim too.
+    """
+    batch = {arg.shape[0] for arg in args if arg.shape and isinstance(arg.shape[0], str)}
+    return [
+        (arg.name, i)
+        for arg in args
+        if arg.name not in shapes
+        for i, d in enumerate(arg.shape)
+        if i > 0 and not (isinstance(d, int) and d >= 0) and d not in batch
+    ]
+
+
+def runnable_shapes(sess: Any, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+    """`shapes`, plus grown dims when the model does not run at the default dims.
+
+    When onnxruntime fails on the default dims, the dynamic non-batch dims the user left
+    open take each length of GROWN_DIMS in turn; the first that runs fixes the shapes of
+    those inputs for every pass and for verification. A model that runs at the defaults,
+    or at none of them, keeps `shapes` (the second fails later with a hint).
+    """
+    args = sess.get_inputs()
+    open_dims = _open_dims(args, shapes)
+    if not open_dims or _runs(sess, shapes):
+        return shapes
+    for length in GROWN_DIMS:
+        trial = dict(shapes)
+        dims = measure_inputs.resolve_dims(args, shapes, VERIFY_BATCH)
+        for name, axis in open_dims:
+            trial[name] = list(trial.get(name, dims[name]))
+            trial[name][axis] = length
+        trial = measure_inputs.resolve_dims(args, trial, VERIFY_BATCH)
+        if _runs(sess, trial):
+            return trial
+    return shapes
+
+
+def grown_warnings(given: Mapping[str, list[int]], shapes: Mapping[str, list[int]]) -> list[str]:
+    """One warning per input whose shape `runnable_shapes` chose."""
+    return [
+        f"input {name}: onnxruntime does not run the model at the default dynamic dims; "
+        f"{'x'.join(map(str, dims))} was used: give --input-shape {name}:DIMS with the real "
+        "length"
+        for name, dims in shapes.items()
+        if name not in given
+    ]
+
+
+def _runs(sess: Any, shapes: dict[str, list[int]]) -> bool:
     try:
-        measure_inputs.session(model)
+        sess.run(None, measure_inputs.make_inputs(sess, shapes, batch=VERIFY_BATCH))
+    except measure_inputs.ORT_ERRORS:
+        return False
+    return True
+
+
+def _check_runs(model: onnx.ModelProto) -> Any:
+    """An onnxruntime session of `model`, or UnsupportedModelError when it cannot load."""
+    try:
+        return measure_inputs.session(model)
     except measure_inputs.ORT_ERRORS as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise UnsupportedModelError(
