@@ -360,8 +360,8 @@ class Source:
         """How many samples `batches` gives."""
         if self.data is None:
             return self._plan(model)[0]
-        names = [a.name for a in input_args(model)]
-        have = min((len(self.data[n]) for n in names if n in self.data), default=0)
+        rows = sample_rows(input_args(model))
+        have = min((len(self.data[n]) // r for n, r in rows.items() if n in self.data), default=0)
         return have if self.limit is None else min(have, self.limit)
 
     def batches(self, model: onnx.ModelProto, batch: int = BLOCK) -> Iterator[Feeds]:
@@ -508,19 +508,35 @@ def _pink(rng: np.random.Generator, shape: tuple[int, ...], exponent: float) -> 
 def _calibration(
     model: onnx.ModelProto, data: Mapping[str, np.ndarray], batch: int, limit: int | None
 ) -> Iterator[Feeds]:
-    names = [a.name for a in input_args(model)]
+    args = input_args(model)
+    names = [a.name for a in args]
     missing = [n for n in names if n not in data]
     if missing:
         raise ConfigError(
             f"calibration data has no array for input(s) {missing}; it has {sorted(data)}"
         )
-    count = min(len(data[n]) for n in names) if names else 0
+    rows = sample_rows(args)
+    count = min(len(data[n]) // rows[n] for n in names) if names else 0
     if count == 0:
         raise ConfigError("calibration data is empty")
     count = count if limit is None else min(count, limit)
+    if any(a.shape and isinstance(a.shape[0], int) for a in args):
+        batch = 1  # a static first dim: one sample (its rows of every input) per run
     for i in range(0, count, batch):
         end = min(i + batch, count)
-        yield {n: np.ascontiguousarray(data[n][i:end]) for n in names}
+        yield {n: np.ascontiguousarray(data[n][i * rows[n] : end * rows[n]]) for n in names}
+
+
+def sample_rows(args: Sequence[InputArg]) -> dict[str, int]:
+    """Rows of axis 0 one calibration sample holds per input: a static first dim's size, else 1.
+
+    Samples are joined on axis 0, so a batch-1 input takes one row per sample and a state
+    input of static shape [2, 1, 128] takes two.
+    """
+    return {
+        a.name: a.shape[0] if a.shape and isinstance(a.shape[0], int) and a.shape[0] > 0 else 1
+        for a in args
+    }
 
 
 def _rebatch(blocks: Iterator[Feeds], batch: int) -> Iterator[Feeds]:

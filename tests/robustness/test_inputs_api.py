@@ -183,3 +183,24 @@ def test_a_model_that_needs_longer_inputs_gets_them_with_a_warning():
     assert any("x: onnxruntime does not run" in w and "8x1x256" in w for w in report.warnings)
     given = {"x": [2, 1, 300]}
     assert api.runnable_shapes(inputs.session(model), given) == given
+
+
+STATEFUL = """
+<ir_version: 8, opset_import: ["" : 17]>
+step (float[1, 4] x, float[2, 1, 4] h) => (float[2, 1, 4] y) {
+    y = Add(x, h)
+}
+"""
+
+
+def test_calibration_of_a_batch_1_model_runs_one_sample_per_call(tmp_path):
+    # samples joined on axis 0: 5 samples are 5 rows of x and 10 rows of the [2, 1, 4] state
+    model = onnx.parser.parse_model(STATEFUL)
+    data = {"x": np.ones((5, 4), np.float32), "h": np.zeros((10, 1, 4), np.float32)}
+    src = inputs.Source(data)
+    assert src.count(model) == 5
+    shapes = [(b["x"].shape, b["h"].shape) for b in src.batches(model, batch=4)]
+    assert shapes == [((1, 4), (2, 1, 4))] * 5
+    np.savez(tmp_path / "cal.npz", **data)
+    _, report = graphcomp.compress(model, "qdq", calibration_data=tmp_path / "cal.npz")
+    assert report.verification is not None
