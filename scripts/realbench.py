@@ -56,7 +56,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -1583,7 +1583,15 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME=SPEC",
         help=f"extra graphcomp row with {CALIB_SAMPLES} tuning-split samples as calibration",
     )
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="score this ONNX file in place of the family's own model (one --family): "
+        "an unseen model of the same kind, with the family's inputs and metric",
+    )
     args = parser.parse_args(argv)
+    if args.model and len(args.family or []) != 1:
+        parser.error("--model needs exactly one --family")
     SCORED["split"] = SPLITS[args.split]
     extra = parse_extra(args.gc + args.gc_cal)
     calibrated = list(parse_extra(args.gc_cal))
@@ -1597,6 +1605,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{name}] building inputs", file=sys.stderr, flush=True)
         try:
             fams[name] = FAMILIES[name]()
+            if args.model:
+                fams[name] = replace(
+                    fams[name], model=args.model.resolve(), notes=[f"model: {args.model}"]
+                )
         except Exception as e:  # noqa: BLE001 - a missing wheel skips the family
             _log_crash(name, "setup", traceback.format_exc())
             print(f"[{name}] skipped: {type(e).__name__}: {e}", file=sys.stderr)
