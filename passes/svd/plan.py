@@ -222,7 +222,8 @@ def _budget(
     chosen.update(zip(free, picked, strict=True))
     plan.choices = [chosen[i] for i in range(len(cands))]
     reached = outside + sum(cost(c) for c in picked)
-    plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": round(reached / total, 4)})
+    fraction = round(reached / total, 4) if total else 1.0  # nothing to count (all in If)
+    plan.notes.update(budget_met=met, **{f"{kind}_after_fraction": fraction})
     if config.allocate == "sensitivity":
         predicted = sum(c.loss for c in picked)
         plan.notes["predicted_output_rel_mse"] = float(f"{predicted:.3g}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 
 import graphcomp
@@ -32,3 +33,20 @@ def test_a_step_fidelity_warning_reaches_the_top_level_warnings():
     (record,) = report.passes
     assert "fidelity_warning" in record.result.notes
     assert any(w.startswith("svd: predicted relative") for w in report.warnings)
+
+
+NO_MACS = """
+<ir_version: 8, opset_import: ["" : 17]>
+gate (float[N, 4] x) => (float[N, 4] y) {
+    y = Relu(x)
+}
+"""
+
+
+@pytest.mark.parametrize("spec", ["svd(macs=0.8)", "svd(params=0.8)", "prune(macs=0.9)"])
+def test_a_budget_on_a_model_without_macs_is_a_no_op(spec):
+    # a model whose layers all sit in If subgraphs counts no MACs in its main graph
+    model = onnx.parser.parse_model(NO_MACS)
+    _, report = graphcomp.compress(model, spec)
+    (record,) = report.passes
+    assert record.macs == (0, 0) and not record.result.changes
