@@ -38,6 +38,7 @@ VERIFY_BATCH = 8  # verify's default first dim
 # model does not run at DEFAULT_DYNAMIC_DIM (an STFT Conv or a reflect Pad needs at least
 # a frame of audio samples).
 GROWN_DIMS = (256, 1024, 4096, 16384)
+MAX_GROWN = 4  # open dims searched (each try is one onnxruntime run of the original)
 
 
 class VerificationFailedError(VerificationError):
@@ -296,24 +297,36 @@ def runnable_shapes(sess: Any, shapes: dict[str, list[int]]) -> dict[str, list[i
     """`shapes`, plus grown dims when the model does not run at the default dims.
 
     When onnxruntime fails on the default dims, the dynamic non-batch dims the user left
-    open take each length of GROWN_DIMS in turn; the first that runs fixes the shapes of
-    those inputs for every pass and for verification. A model that runs at the defaults,
-    or at none of them, keeps `shapes` (the second fails later with a hint).
+    open take each length of GROWN_DIMS in turn: all of them at once, then each alone
+    with the others at the default or at the batch size (an unnamed batch axis, as in a
+    [2, batch, 128] state). The first that runs fixes the shapes of those inputs for
+    every pass and for verification. A model that runs at the defaults, or at none of
+    them, keeps `shapes` (the second fails later with a hint).
     """
     args = sess.get_inputs()
     open_dims = _open_dims(args, shapes)
     if not open_dims or _runs(sess, shapes):
         return shapes
+    base = measure_inputs.resolve_dims(args, shapes, VERIFY_BATCH)
     for length in GROWN_DIMS:
-        trial = dict(shapes)
-        dims = measure_inputs.resolve_dims(args, shapes, VERIFY_BATCH)
-        for name, axis in open_dims:
-            trial[name] = list(trial.get(name, dims[name]))
-            trial[name][axis] = length
-        trial = measure_inputs.resolve_dims(args, trial, VERIFY_BATCH)
-        if _runs(sess, trial):
-            return trial
+        for trial in _grown_trials(open_dims[:MAX_GROWN], length):
+            fixed = dict(shapes)
+            for (name, axis), value in trial.items():
+                fixed[name] = list(fixed.get(name, base[name]))
+                fixed[name][axis] = value
+            fixed = measure_inputs.resolve_dims(args, fixed, VERIFY_BATCH)
+            if _runs(sess, fixed):
+                return {**shapes, **{n: v for n, v in fixed.items() if v != base[n]}}
     return shapes
+
+
+def _grown_trials(dims: list[tuple[str, int]], length: int) -> list[dict[tuple[str, int], int]]:
+    """Values for the open `dims` to try at `length`: all grown, then each grown alone."""
+    trials = [dict.fromkeys(dims, length)]
+    for grown in dims if len(dims) > 1 else []:
+        for rest in (measure_inputs.DEFAULT_DYNAMIC_DIM, VERIFY_BATCH):
+            trials.append({d: length if d == grown else rest for d in dims})
+    return trials
 
 
 def grown_warnings(given: Mapping[str, list[int]], shapes: Mapping[str, list[int]]) -> list[str]:

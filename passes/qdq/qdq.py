@@ -41,7 +41,7 @@ from graphcomp.passes.qdq import ranges as qdq_ranges
 from graphcomp.passes.qdq import scales as qdq_scales
 from graphcomp.passes.qdq import sense as qdq_sense
 from graphcomp.passes.qdq.config import QdqConfig, RuleBook
-from graphcomp.passes.qdq.place import QUANTIZABLE, Act, Layer, Plan, build_plan
+from graphcomp.passes.qdq.place import COMPUTE, QUANTIZABLE, Act, Layer, Plan, build_plan
 
 __all__ = ["QdqConfig", "QdqCorePass", "QdqPass", "SimplifyStep"]
 log = logging.getLogger(__name__)
@@ -486,6 +486,36 @@ def _report(
         groups=notes,
         float_ops=dict(float_ops),
     )
+    recurrent = {op: n for op, n in float_ops.items() if op in RECURRENT}
+    if recurrent:
+        result.notes["recurrent_float"] = (
+            f"{_ops(recurrent)} stay float: graphcomp does not quantize recurrent layers"
+        )
+    inside = _subgraph_layers(graph)
+    if inside:
+        result.notes["subgraph_warning"] = (
+            f"{_ops(inside)} inside If/Loop/Scan subgraphs stay float: graphcomp quantizes "
+            "the main graph only"
+        )
+
+
+RECURRENT = ("LSTM", "GRU", "RNN")
+
+
+def _ops(counts: Counter | dict) -> str:
+    return ", ".join(f"{n} {op}" for op, n in sorted(counts.items()))
+
+
+def _subgraph_layers(graph: gs.Graph) -> Counter:
+    """Conv/Gemm/MatMul/recurrent nodes inside the subgraphs of `graph`, at any depth."""
+    found: Counter = Counter()
+    for node in graph.nodes:
+        for value in node.attrs.values():
+            for sub in value if isinstance(value, list) else [value]:
+                if isinstance(sub, gs.Graph):
+                    found.update(n.op for n in sub.nodes if n.op in COMPUTE + RECURRENT)
+                    found.update(_subgraph_layers(sub))
+    return found
 
 
 def _act_text(act: Act | None) -> str:

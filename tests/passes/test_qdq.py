@@ -481,3 +481,38 @@ def test_integer_matmul_kernels_compute_what_the_qdq_graph_says(dynamic):
     feeds = graphs.feeds_for(model, batch=4)
     # rounding flips and MatMulNBits' own arithmetic only (full-range saturation: 0.99)
     assert _cosine(graphs.run(out, feeds)[0], _unfused(out, feeds)) > 0.9995
+
+
+GATED = """
+<ir_version: 8, opset_import: ["" : 17]>
+gated (bool c, float[2, 4] x) => (float[2, 4] y) {
+    y = If (c) <
+        then_branch = yes () => (float[2, 4] a) {
+            s = Constant <value = int64[2] {4, 4}> ()
+            w = ConstantOfShape <value = float[1] {0.5}> (s)
+            a = MatMul (x, w)
+        },
+        else_branch = no () => (float[2, 4] b) {
+            b = Identity (x)
+        }
+    >
+}
+"""
+
+
+def test_layers_inside_subgraphs_and_recurrent_layers_are_reported_float():
+    import graphcomp
+
+    _, report = graphcomp.compress(onnx.parser.parse_model(GATED), "qdq", verify_output=False)
+    assert any("1 MatMul inside If/Loop/Scan subgraphs stay float" in w for w in report.warnings)
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [5, 1, 3])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((1, 8, 3)).astype(np.float32), "w")
+    r = numpy_helper.from_array(rng.standard_normal((1, 8, 2)).astype(np.float32), "r")
+    lstm = onnx.helper.make_node("LSTM", ["x", "w", "r"], ["y"], hidden_size=2)
+    graph = onnx.helper.make_graph([lstm], "rnn", [x], [y], [w, r])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)])
+    _, report = graphcomp.compress(model, "qdq", verify_output=False)
+    notes = [r.result.notes.get("recurrent_float", "") for r in report.passes]
+    assert any("1 LSTM stay float" in n for n in notes)

@@ -204,3 +204,26 @@ def test_calibration_of_a_batch_1_model_runs_one_sample_per_call(tmp_path):
     np.savez(tmp_path / "cal.npz", **data)
     _, report = graphcomp.compress(model, "qdq", calibration_data=tmp_path / "cal.npz")
     assert report.verification is not None
+
+
+STATE_STREAM = """
+<ir_version: 8, opset_import: ["" : 17]>
+stream (float[N, T] x, float[2, ?, 4] h) => (float[2, ?, 4] z) {
+    one = Constant <value = int64[1] {1}> ()
+    x3 = Unsqueeze (x, one)
+    s = Constant <value = int64[3] {1, 1, 200}> ()
+    w = ConstantOfShape <value = float[1] {0.01}> (s)
+    y = Conv (x3, w)
+    m = ReduceMean <axes = [1, 2], keepdims = 0> (y)
+    ends = Constant <value = int64[2] {0, 2}> ()
+    m3 = Unsqueeze (m, ends)
+    z = Add (h, m3)
+}
+"""
+
+
+def test_grown_samples_keep_an_unnamed_batch_axis_of_a_state_at_the_batch():
+    # h's unnamed axis 1 must equal x's batch: growing both, or h alone, cannot run
+    model = onnx.parser.parse_model(STATE_STREAM)
+    shapes = api.runnable_shapes(inputs.session(model), {})
+    assert shapes == {"x": [8, 256], "h": [2, 8, 4]}
