@@ -7,11 +7,9 @@ is decided data-free (passes/prune/select.py): by default the output energy a un
 feeds its consumers, ||W2[:, u]||^2 Var[x_u]; or L1/L2 filter norms or BN |gamma|.
 `ratio` removes that share of every group; `macs` (fraction of MACs to keep) lets a
 greedy schedule choose per-group ratios where the relative loss per MAC saved is
-smallest (data-free, with a floor on each unit's price: synthetic probes leave channels
-near zero that real inputs excite). Kept counts are multiples of `round_to` (odd channel
-counts made onnxruntime 2-3x slower in our measurements; multiples of 8 run at par).
-With `compensate` the mean of each removed channel is folded into its consumers' biases
-(passes/prune/compensate.py).
+smallest. Kept counts are multiples of `round_to` (odd channel counts made onnxruntime
+2-3x slower in our measurements; multiples of 8 run at par). With `compensate` the mean
+of each removed channel is folded into its consumers' biases (passes/prune/compensate.py).
 
 Will not touch (each blocked group is a skip with its reason): groups reaching a graph
 output, an op without a rule, a run-time shape, a grouped (not depthwise) conv, a
@@ -44,9 +42,6 @@ ROUND_STEP = 0.8  # auto rounds keep at least this share of MACs each (glyph Mob
 # 0.5x: 1 round 0.46 accuracy, 4 rounds 0.72; EfficientNet-Lite0 at 0.8x: 1 round best)
 EPS = 1e-9
 MAX_REPAIR = 10_000  # cap on units restored so that no tensor loses every channel
-PROBE_FLOOR = 0.1  # least price of a unit under synthetic statistics, share of its group's
-# mean score (select.py). Tuning split, EfficientNet-Lite0 prune(macs=0.9) top-1 agreement:
-# BN folded 0.42 without, 0.48 at 0.05, 0.52 at 0.1, 0.41 at 0.2; BN kept 0.46, 0.51, 0.48.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,8 +256,7 @@ def _choose(
     result: PassResult,
     target: float | None,
 ) -> np.ndarray:
-    probed = cfg.importance == "energy" and ctx.calibration is None
-    budget = dataclasses.replace(cfg.budget(), target=target, floor=PROBE_FLOOR if probed else 0.0)
+    budget = dataclasses.replace(cfg.budget(), target=target)
     base, total = _layer_macs(cg.graph, ctx)
     macs = prune_select.MacModel(cg, base, total)
     if target is None:

@@ -11,12 +11,6 @@ A uniform `ratio` removes the lowest-scoring units of every group. A `macs` budg
 runs a greedy schedule: repeatedly remove the chunk (round_to units) whose relative
 loss (its share of the group's score) per MAC saved is smallest, with MACs recomputed
 exactly from the kept channel counts, until the model's MACs reach the target.
-When the scores come from synthetic probes (no calibration data), a group's loss prices
-each unit at least `floor` x the group's mean score: smooth noise leaves many channels
-near zero that real photos do excite (EfficientNet-Lite0 block 14: 51% of its channels
-under noise, 11% on the tuning photos), and without the floor the schedule takes those
-"free" channels in bulk from a few deep layers, in an order the probes cannot tell apart.
-The floor changes how much each group loses, never which of its units go first.
 Counts kept are multiples of `round_to` (or the whole group), never below
 `min_channels`, never zero.
 """
@@ -46,7 +40,6 @@ class Budget:
     min_channels: int
     round_to: int
     overrides: tuple[tuple[str, float], ...] = ()
-    floor: float = 0.0  # least loss of a unit, as a share of its group's mean score
 
 
 def parse_overrides(text: str) -> tuple[tuple[str, float], ...]:
@@ -184,9 +177,8 @@ class _GroupState:
 
     def __init__(self, cg: ChannelGraph, group: Group, score: np.ndarray, budget: Budget) -> None:
         self.group, self.order = group, np.argsort(score, kind="stable")
-        priced = np.maximum(score, 0.0)
-        priced = priced + budget.floor * float(priced.mean()) if priced.size else priced
-        self.cost = np.cumsum(priced[self.order]) / max(float(priced.sum()), TINY)
+        total = float(score.sum())
+        self.cost = np.cumsum(score[self.order]) / max(total, TINY)
         self.options = keep_options(group.units.size, budget)
         self.at, self.fixed = 0, False
         n = group.units.size
