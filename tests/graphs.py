@@ -403,3 +403,13 @@ g (float[N, 3, 9, 9] x, float[4, 3, 3, 3] w_a) => (float[N, 4, H, W] y) {
     y = Conv (p, w_a)
 }
 """
+
+# a 200-tap Conv over samples (an STFT frame): onnxruntime cannot run it at 64 samples
+FRAME_CONV = """
+<ir_version: 8, opset_import: ["" : 17]>
+frames (float[N, 1, T] x) => (float[N, 1, F] y) {
+    s = Constant <value = int64[3] {1, 1, 200}> ()
+    w = ConstantOfShape <value = float[1] {0.01}> (s)
+    y = Conv(x, w)
+}
+"""

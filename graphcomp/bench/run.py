@@ -161,6 +161,11 @@ def bench(
         if s.lower() not in NONE_SPECS
     ]
     rows = [Row(ORIGINAL, ORIGINAL, note="the input model", path=source)]
+    try:  # dims the model cannot run at the default grow, as in `graphcomp run`
+        grown = api.runnable_shapes(inputs.session(source), dict(options.input_shapes))
+        options = dataclasses.replace(options, input_shapes=grown)
+    except inputs.ORT_ERRORS:
+        pass  # _runs says why
     if not _runs(rows[0], options.input_shapes):
         raise UnsupportedModelError(f"{model}: {rows[0].error}")
     with tempfile.TemporaryDirectory(prefix="graphcomp-bench-") as tmp:

@@ -108,8 +108,10 @@ def batch_feeds(
         fixed = bool(dims) and isinstance(dims[0], int) and dims[0] > 0
         if fixed and dims[0] != batch and arg.name not in input_shapes and not force:
             return None, f"input '{arg.name}' has a fixed batch dim {dims[0]}"
+        # forced: a static first dim stays (a batch-1 model, or a state of shape [2, ?, 128])
+        static = bool(arg.shape) and isinstance(arg.shape[0], int) and arg.shape[0] > 0
         shapes[arg.name] = [
-            batch,
+            arg.shape[0] if static and force else batch,
             *[d if isinstance(d, int) and d > 0 else inputs.DEFAULT_DYNAMIC_DIM for d in dims[1:]],
         ]
     return inputs.make_inputs(sess, shapes, seed), None

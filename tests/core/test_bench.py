@@ -312,3 +312,13 @@ def test_large_images_get_fewer_seeded_samples_run_in_bounded_chunks(tmp_path, m
     monkeypatch.setattr(bench_measure.inputs, "session", spy)
     assert len(bench_measure.outputs(path, feeds)["logits"]) == 32
     assert max(seen) * 320 * 320 * 4 <= bench_measure.inputs.BLOCK_BYTES
+
+
+def test_a_model_that_needs_longer_inputs_is_benched_at_the_grown_length(tmp_path):
+    # a 200-tap Conv does not run at the default 64 samples; bench grows it like `run`
+    path = tmp_path / "frames.onnx"
+    onnx.save(onnx.parser.parse_model(graphs.FRAME_CONV), path)
+    options = bench.BenchOptions(configs=("cleanup",), batches=(1,), runs=2, warmup=0)
+    orig, done = bench.bench(path, options).rows
+    assert orig.error is None and done.error is None
+    assert done.latency and done.latency[0].skipped is None

@@ -163,19 +163,9 @@ def test_string_model_verifies_with_generated_and_given_inputs(tmp_path):
     assert report.verification.passed and report.verification.outputs[0].shape == [2]
 
 
-FRAME_CONV = """
-<ir_version: 8, opset_import: ["" : 17]>
-frames (float[N, 1, T] x) => (float[N, 1, F] y) {
-    s = Constant <value = int64[3] {1, 1, 200}> ()
-    w = ConstantOfShape <value = float[1] {0.01}> (s)
-    y = Conv(x, w)
-}
-"""
-
-
 def test_a_model_that_needs_longer_inputs_gets_them_with_a_warning():
     # a 200-tap Conv (an STFT frame) does not run at the default length of 64 samples
-    model = onnx.parser.parse_model(FRAME_CONV)
+    model = onnx.parser.parse_model(graphs.FRAME_CONV)
     shapes = api.runnable_shapes(inputs.session(model), {})
     assert shapes == {"x": [8, 1, 256]}
     _, report = graphcomp.compress(model, "cleanup")
