@@ -32,9 +32,10 @@ stay. Inputs of every onnxruntime tensor type are generated in their own dtype
 with a hint to pass `--inputs`. When some input's first dim is fixed (static, scalar or
 user-given), synthetic blocks are yielded whole: they cannot be cut into other batches.
 A user-given first dim on an input whose first dim is free in the model sets the
-generated blocks' size (the same samples as before), and the blocks are joined for the
+generated blocks' size; with `join` (a caller that retries without it: a model can
+declare a free batch dim and still run only at the user's) the blocks are joined for the
 runs, up to the caller's batch and BLOCK_BYTES of inputs: a model measured at
-`--input-shape ids:1x16` runs 16 samples at a time, not one.
+`--input-shape ids:1x16` then runs 16 samples at a time, not one, on the same samples.
 """
 
 from __future__ import annotations
@@ -354,6 +355,7 @@ class Source:
     seed: int = 0
     shapes: Mapping[str, list[int]] | None = None
     limit: int | None = None
+    join: bool = False  # join blocks of a user-fixed batch on the model's free batch dim
 
     @property
     def label(self) -> str:
@@ -372,8 +374,8 @@ class Source:
         """The inputs in batches of `batch` samples (the last may be smaller)."""
         if self.data is not None:
             yield from _calibration(model, self.data, batch, self.limit)
-        elif not self._batched(model):  # a fixed or scalar first dim: blocks stay whole
-            yield from self._blocks(model)
+        elif not self._batched(model) or (self._user_batch() and not self.join):
+            yield from self._blocks(model)  # a fixed or scalar first dim, or the user's batch
         elif self._user_batch():  # blocks of the user's batch, joined up to a native block
             yield from _rebatch(self._blocks(model), min(batch, self._plan(model)[1]))
         elif batch == BLOCK:

@@ -72,8 +72,13 @@ def measure(
     affordable = int(PROBE_MACS / max(sample_macs * (len(trials) + 1), 1.0))
     samples = max(MIN_PROBE_SAMPLES, min(samples, affordable))
     src = svd_probe.source(ctx, samples, seed, prior)
-    feeds, source = list(src.batches(model, samples)), src.label  # kept: every trial reuses them
-    errors = svd_probe.output_errors(model, base, shifts, trials, feeds)
+    source = src.label
+
+    def run(feed: inputs.Source) -> list[float]:
+        feeds = list(feed.batches(model, samples))  # kept: every trial reuses them
+        return svd_probe.output_errors(model, base, shifts, trials, feeds)
+
+    errors = svd_probe.joined_or_not(run, src)
     curves: dict[int, list[tuple[float, float]]] = {}
     for (i, tail), err in zip(points, errors, strict=True):
         curves.setdefault(i, []).append((tail, err))
