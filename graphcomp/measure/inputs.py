@@ -31,6 +31,11 @@ stay. Inputs of every onnxruntime tensor type are generated in their own dtype
 (`NP_TYPES`; strings from a few words); a type numpy cannot hold (bfloat16) is refused
 with a hint to pass `--inputs`. When some input's first dim is fixed (static, scalar or
 user-given), synthetic blocks are yielded whole: they cannot be cut into other batches.
+A user-given first dim on an input whose first dim is free in the model sets the
+generated blocks' size; with `join` (a caller that retries without it: a model can
+declare a free batch dim and still run only at the user's) the blocks are joined for the
+runs, up to the caller's batch and BLOCK_BYTES of inputs: a model measured at
+`--input-shape ids:1x16` then runs 16 samples at a time, not one, on the same samples.
 """
 
 from __future__ import annotations
@@ -350,6 +355,7 @@ class Source:
     seed: int = 0
     shapes: Mapping[str, list[int]] | None = None
     limit: int | None = None
+    join: bool = False  # join blocks of a user-fixed batch on the model's free batch dim
 
     @property
     def label(self) -> str:
@@ -368,18 +374,30 @@ class Source:
         """The inputs in batches of `batch` samples (the last may be smaller)."""
         if self.data is not None:
             yield from _calibration(model, self.data, batch, self.limit)
-        elif self._batched(model):
-            yield from _rebatch(self._blocks(model), batch)
-        else:  # a fixed or scalar first dim: blocks cannot be cut or joined
+        elif not self._batched(model) or (self._user_batch() and not self.join):
+            yield from self._blocks(model)  # a fixed or scalar first dim, or the user's batch
+        elif self._user_batch():  # blocks of the user's batch, joined up to a native block
+            yield from _rebatch(self._blocks(model), min(batch, self._plan(model)[1]))
+        elif batch == BLOCK:
             yield from self._blocks(model)
+        else:
+            yield from _rebatch(self._blocks(model), batch)
 
     def _batched(self, model: onnx.ModelProto) -> bool:
-        """True when every input's first dim is free: a sample axis to cut and join on."""
-        fixed = self.shapes or {}
-        return all(
-            a.shape and not isinstance(a.shape[0], int) and a.name not in fixed
-            for a in input_args(model)
+        """True when every input's first dim is free in the model: a sample axis.
+
+        A user-given shape fixes each generated block's first dim (the same for all
+        inputs), not the runs': such blocks are joined on the model's free first dim.
+        """
+        return len(self._user_batch_dims()) <= 1 and all(
+            a.shape and not isinstance(a.shape[0], int) for a in input_args(model)
         )
+
+    def _user_batch_dims(self) -> set[int]:
+        return {int(v[0]) for v in (self.shapes or {}).values() if v}
+
+    def _user_batch(self) -> bool:
+        return bool(self._user_batch_dims())
 
     def values_per_sample(self, model: onnx.ModelProto) -> int:
         """Values one synthetic sample holds (all inputs), dynamic dims resolved."""
@@ -541,9 +559,6 @@ def sample_rows(args: Sequence[InputArg]) -> dict[str, int]:
 
 def _rebatch(blocks: Iterator[Feeds], batch: int) -> Iterator[Feeds]:
     """Cut and join the generated blocks into batches of `batch` samples."""
-    if batch == BLOCK:
-        yield from blocks
-        return
     parts: list[Feeds] = []
     have = 0
     for block in blocks:

@@ -13,14 +13,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from graphcomp.core.errors import GraphcompError
 from graphcomp.core.pass_base import PassContext
 from graphcomp.measure import inputs, observe
 
 Feeds = dict[str, np.ndarray]
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 TINY = 1e-30
 BATCH = 16  # samples per onnxruntime run for the statistics
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -29,8 +37,28 @@ MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 def source(
     ctx: PassContext, samples: int, seed: int, prior: str = inputs.DEFAULT_PRIOR
 ) -> inputs.Source:
-    """Up to `samples` inputs: the user's calibration samples, else synthetic `prior` ones."""
-    return inputs.Source(ctx.calibration, prior, samples, seed, ctx.input_shapes, limit=samples)
+    """Up to `samples` inputs: the user's calibration samples, else synthetic `prior` ones.
+
+    Synthetic samples of a user-fixed batch are joined for the runs (`joined_or_not`
+    retries without).
+    """
+    return inputs.Source(
+        ctx.calibration, prior, samples, seed, ctx.input_shapes, limit=samples, join=True
+    )
+
+
+def joined_or_not(run: Callable[[inputs.Source], T], src: inputs.Source) -> T:
+    """run(src), and again unjoined when joined batches fail.
+
+    A model can declare a free batch dim and still run only at the user's batch.
+    """
+    try:
+        return run(src)
+    except GraphcompError:
+        if not src.join:
+            raise
+        log.info("svd: joined synthetic batches failed; one user batch per run")
+        return run(dataclasses.replace(src, join=False))
 
 
 def observed_shapes(
@@ -61,9 +89,13 @@ def moments(
     model: onnx.ModelProto, axes: dict[str, int], src: inputs.Source, batch: int = BATCH
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(E[x x^T], E[x]) over channel axis `axes[name]` of each tensor (float64), one run."""
-    reducers = {name: observe.Covariance(axis) for name, axis in axes.items()}
-    observe.collect(model, reducers, src, batch)
-    return {n: got for n, r in reducers.items() if (got := r.result()) is not None}
+
+    def run(feed: inputs.Source) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        reducers = {name: observe.Covariance(axis) for name, axis in axes.items()}
+        observe.collect(model, reducers, feed, batch)
+        return {n: got for n, r in reducers.items() if (got := r.result()) is not None}
+
+    return joined_or_not(run, src)
 
 
 def probe_model(

@@ -145,3 +145,20 @@ def test_graph_inputs_alone_are_read_from_the_feeds_without_a_session(monkeypatc
     observe.collect(model, {"x": values}, src, batch=4)
     whole = np.concatenate([b["x"] for b in src.batches(model, 8)])
     assert values.lo == float(whole.min()) and values.hi == float(whole.max())
+
+
+def test_user_batch_of_one_is_joined_on_a_free_batch_dim_when_asked():
+    model = graphs.build(IMAGE_NET)
+    shapes = {"x": [1, 3, 16, 16]}
+    src = inputs.Source(samples=10, seed=2, shapes=shapes, join=True)
+    joined = list(src.batches(model, 4))
+    assert [len(b["x"]) for b in joined] == [4, 4, 2]
+    ones = [b["x"] for b in inputs.Source(samples=10, seed=2, shapes=shapes).batches(model, 4)]
+    assert len(ones) == 10
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in joined]), np.concatenate(ones))
+
+
+def test_a_batch_fixed_in_the_model_stays_whole():
+    model = graphs.build(IMAGE_NET.replace("float[N, 3", "float[1, 3"))
+    batches = list(inputs.Source(samples=3, seed=2).batches(model, 4))
+    assert [len(b["x"]) for b in batches] == [1, 1, 1]

@@ -215,3 +215,26 @@ def test_sensitivity_probe_keeps_quiet_when_it_measured() -> None:
     notes = run.records[0].result.notes
     assert notes["allocation"].startswith("measured sensitivity")
     assert "probe_warning" not in notes
+
+
+BATCH_ONE_INSIDE = """
+g (float[N, 16, 64] x, float[64, 64] w_a, float[64, 64] w_b) => (float[1, 16, 64] y) {
+    shape = Constant <value = int64[3] {1, 16, 64}> ()
+    r = Reshape (x, shape)
+    h = MatMul (r, w_a)
+    a = Relu (h)
+    y = MatMul (a, w_b)
+}
+"""
+
+
+def test_model_that_runs_only_at_the_user_batch_is_still_measured() -> None:
+    # A free batch dim in the proto but batch 1 inside: joined synthetic batches fail, and
+    # the statistics and the probe run one user batch at a time instead.
+    model = graphs.build(BATCH_ONE_INSIDE)
+    ctx = PassContext(input_shapes={"x": [1, 16, 64]})
+    _, run = graphs.apply(model, SvdPass(SvdConfig(min_params=0, macs=0.7)), ctx=ctx)
+    notes = run.records[0].result.notes
+    assert notes["statistics"].startswith("synthetic")
+    assert notes["allocation"].startswith("measured sensitivity")
+    assert all("whitened fit" in c.detail for c in run.records[0].result.changes)
