@@ -1243,6 +1243,16 @@ def export_effnet_lite0(folded: bool) -> Path:
     net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights).eval()
     if folded:
         net = _fuse_bn(net)
+    return export_imagenet_net(net, out)
+
+
+def export_imagenet_net(net: Any, out: Path) -> Path:
+    """A torch ImageNet classifier to ONNX: opset 13, input `input` (dynamic batch, 224²).
+
+    Exported in PRESERVE mode, so BatchNormalization modules stay nodes.
+    """
+    import torch
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         torch.onnx.export(

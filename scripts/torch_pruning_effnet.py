@@ -80,21 +80,6 @@ def outputs(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
     return np.concatenate([sess.run(None, f)[0] for f in feeds])
 
 
-def export(net: torch.nn.Module, out: Path) -> None:
-    """ONNX at opset 13, input `input`, dynamic batch (as realbench's export)."""
-    with torch.no_grad():
-        torch.onnx.export(
-            net,
-            (torch.zeros(1, 3, SIZE, SIZE),),
-            str(out),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=13,
-            dynamo=False,
-        )
-
-
 def main() -> None:
     """Print one markdown row per MAC target."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,7 +96,7 @@ def main() -> None:
         for target in args.macs:
             net, kept, ratio = for_macs(target)
             path = Path(tmp) / f"tp-{target}.onnx"
-            export(net, path)
+            realbench.export_imagenet_net(net, path)
             hyp = outputs(path, feeds)
             top1 = realbench.top1_agreement(ref, hyp)
             top5 = realbench.topk_overlap(ref, hyp)
