@@ -238,8 +238,22 @@ def on_disk(model: onnx.ModelProto) -> Iterator[Path]:
 
 
 def import_graph(model: onnx.ModelProto) -> gs.Graph:
-    """`model` as a gs.Graph; weights kept on disk are read-only memmaps when read."""
-    return lazy_weights.map_constants(gs.import_onnx(model))
+    """`model` as a gs.Graph; weights kept on disk are read-only memmaps when read.
+
+    A graph input or output keeps the type its own declaration gives: graphsurgeon
+    takes a value_info entry of the same name first, and some exporters write one
+    without a shape (seen in ddddocr's models), which would erase the output's shape.
+    """
+    graph = gs.import_onnx(model)
+    declared = {v.name: v for v in [*model.graph.input, *model.graph.output]}
+    for tensor in [*graph.inputs, *graph.outputs]:
+        proto = declared.get(tensor.name)
+        if proto is None or not isinstance(tensor, gs.Variable):
+            continue
+        own = gs.importers.onnx_importer.OnnxImporter.import_tensor(proto)
+        tensor.dtype = own.dtype or tensor.dtype
+        tensor.shape = own.shape if own.shape is not None else tensor.shape
+    return lazy_weights.map_constants(graph)
 
 
 def ir_version_for(model: onnx.ModelProto, floor: int = 0) -> int:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -41,6 +42,7 @@ from graphcomp.passes.prune.groups import ChannelGraph
 ROUND_STEP = 0.8  # auto rounds keep at least this share of MACs each (glyph MobileNetV2 at
 # 0.5x: 1 round 0.46 accuracy, 4 rounds 0.72; EfficientNet-Lite0 at 0.8x: 1 round best)
 EPS = 1e-9
+BUDGET_SLACK = 0.02  # a MAC target missed by more than this (channel rounding) is warned
 MAX_REPAIR = 10_000  # cap on units restored so that no tensor loses every channel
 
 
@@ -156,6 +158,8 @@ class PrunePass(Pass):
             if not self._round(graph, ctx, result, target, first=r == 0):
                 break
             original = original or result.notes["macs_before"]
+        if warning := _budget_warning(cfg, result.notes):
+            result.notes["budget_warning"] = warning
         return result
 
     def _round(
@@ -197,6 +201,21 @@ class PrunePass(Pass):
             sum((~k).sum() for n, k in keep.items() if _is_producer_space(cg, n))
         )
         return True
+
+
+def _budget_warning(cfg: PruneConfig, notes: dict[str, Any]) -> str | None:
+    """What the summary says when nothing is pruned or a MAC target is missed."""
+    if not notes.get("prunable"):
+        return "nothing to prune: no channel group can be removed (reasons under skipped)"
+    if cfg.macs is None or not notes.get("macs_before"):
+        return None
+    reached = notes["macs_expected"] / notes["macs_before"]
+    if reached <= cfg.macs + BUDGET_SLACK:
+        return None
+    return (
+        f"macs={cfg.macs:g} is out of reach: the prunable channel groups bring the "
+        f"model only to {reached:.3f}x its MACs"
+    )
 
 
 def _refit(

@@ -47,6 +47,17 @@ __all__ = ["QdqConfig", "QdqCorePass", "QdqPass", "SimplifyStep"]
 log = logging.getLogger(__name__)
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+# ops that only a quantized model has: its QDQ pairs or onnxruntime's integer kernels
+QUANTIZED_OPS = QDQ_OPS | {
+    "ConvInteger",
+    "MatMulInteger",
+    "QLinearConv",
+    "QLinearMatMul",
+    "QGemm",
+    "DynamicQuantizeLSTM",
+    "DynamicQuantizeMatMul",
+    "MatMulIntegerToFloat",
+}
 CREATES = QDQ_OPS | {"Mul"}  # Mul: bias scale = input scale * weight scale, folded at load
 # 11, not 10: onnxruntime's loader quantizes the weight of a float Conv that reads a DQ
 # with a Round (opset 11), and refuses an opset-10 graph; its own quantizer moves to 11
@@ -91,10 +102,11 @@ class QdqCorePass(Pass):
 
     def requires(self, graph: gs.Graph, ctx: PassContext) -> None:
         """Refuse models that are quantized already; load the rule file early."""
-        if any(n.op in QDQ_OPS for n in graph.nodes):
+        found = sorted({n.op for n in graph.nodes if n.op in QUANTIZED_OPS})
+        if found:
             raise UnsupportedModelError(
-                "the model already has QuantizeLinear/DequantizeLinear "
-                "nodes; give graphcomp the float model"
+                f"the model is quantized already ({', '.join(found[:3])} nodes); "
+                "give graphcomp the float model"
             )
         RuleBook(self.config)
 

@@ -110,3 +110,15 @@ def test_opset_outside_the_supported_range_is_refused():
     model.opset_import[0].version = 6
     with pytest.raises(UnsupportedModelError, match="older than"):
         model_io.check_opset(model)
+
+
+def test_a_shapeless_value_info_for_an_output_keeps_the_outputs_declared_shape():
+    # some exporters (ddddocr's models) repeat a graph output in value_info without a
+    # shape; graphsurgeon takes that entry first, which erased the output's shape
+    model = graphs.build(graphs.CONV_BN_RELU)
+    model.graph.value_info.append(
+        onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)
+    )
+    graph = model_io.import_graph(model)
+    assert graph.outputs[0].shape == ["N", 4, 8, 8]
+    assert graph.outputs[0].dtype == np.float32

@@ -162,7 +162,18 @@ def test_blocked_groups_are_skipped_with_reasons():
     assert "side is a graph output" in reasons
     assert "DepthToSpace" in reasons
     assert record.params[1] == record.params[0] and not record.result.changes
+    assert record.result.notes["budget_warning"].startswith("nothing to prune")
     graphs.run(out, graphs.feeds_for(out))
+
+
+def test_a_mac_target_out_of_reach_is_a_warning_with_what_was_reached():
+    _, record = prune(graphs.build(WIDE_RESIDUAL), macs=0.02)
+    before, after = record.macs
+    warning = record.result.notes["budget_warning"]
+    assert warning.startswith("macs=0.02 is out of reach")
+    assert f"{after / before:.3f}x" in warning
+    _, met = prune(graphs.build(WIDE_RESIDUAL), macs=0.5, round_to=1)
+    assert "budget_warning" not in met.result.notes
 
 
 def test_unit_mean_is_compensated_in_the_next_bias():

@@ -184,6 +184,16 @@ def _quantized(tmp_path) -> onnx.ModelProto:
     return model
 
 
+def _ort_dynamic(tmp_path) -> onnx.ModelProto:
+    """onnxruntime's quantize_dynamic output: ConvInteger/MatMulInteger, no QDQ pairs."""
+    from onnxruntime.quantization import quantize_dynamic
+
+    source, target = tmp_path / "float.onnx", tmp_path / "dynamic.onnx"
+    onnx.save(_small(17), source)
+    quantize_dynamic(source, target, op_types_to_quantize=["Conv", "MatMul", "Gemm"])
+    return onnx.load(target)
+
+
 MODELS = {
     "opset 7": lambda _: _ir3_weights_as_inputs(7),
     "opset 13": lambda _: _small(13),
@@ -195,6 +205,7 @@ MODELS = {
     "shared initializer": lambda _: _shared(),
     "dynamic dims": lambda _: _dynamic(),
     "already quantized": _quantized,
+    "ort dynamic int8": _ort_dynamic,
     "custom domain op": lambda _: _custom("my.domain", "Frobnicate"),
     "com.microsoft op": lambda _: _custom("com.microsoft", "Gelu"),
     "unicode names": lambda _: _names(duplicate=False),
@@ -204,6 +215,8 @@ MODELS = {
 }
 
 
+# quantized models and the first op the refusal names
+QUANTIZED = {"already quantized": "DequantizeLinear", "ort dynamic int8": "ConvInteger"}
 # models every pass list must compress (the others may be refused in one line)
 MUST_WORK = ("opset 13", "opset 21", "dynamic dims", "shared initializer", "If/Loop subgraphs")
 
@@ -233,8 +246,9 @@ def test_hostile_model_gives_a_valid_model_or_one_line(tmp_path, label, passes):
     path = folder / "model.onnx"
     path.write_bytes(MODELS[label](tmp_path).SerializeToString())
     result = _check_run(folder, path, folder / "out.onnx", ["-p", passes])
-    if label == "already quantized" and passes != "cleanup":
-        assert result.exit_code == 2 and "already has QuantizeLinear" in result.stderr
+    if label in QUANTIZED and passes != "cleanup":
+        assert result.exit_code == 2, result.output
+        assert f"quantized already ({QUANTIZED[label]}" in result.stderr
     refused = ("no nodes", "custom domain op", "duplicate node names")
     if label not in refused and (passes == "cleanup" or label in MUST_WORK):
         assert result.exit_code == 0, result.output
