@@ -348,6 +348,34 @@ g (float[N, 16, 32] x, float[32] w_ln1g, float[32] b_ln1, float[32, 32] w_q, flo
 """
 
 
+# a CNN with a MatMul + bias Add head (as older exporters write Linear layers, MTCNN's
+# O-Net): onnxruntime fuses each pair into a Gemm
+MATMUL_BIAS_HEAD = """
+g (float[N, 3, 8, 8] x, float[8, 3, 3, 3] w_c, float[8] b_c, float[512, 64] w_1, float[64] b_1,
+   float[64, 10] w_2, float[10] b_2) => (float[N, 10] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w_c, b_c)
+    r = Relu (c)
+    f = Flatten (r)
+    m1 = MatMul (f, w_1)
+    a1 = Add (m1, b_1)
+    h = Relu (a1)
+    m2 = MatMul (h, w_2)
+    y = Add (m2, b_2)
+}
+"""
+
+# a Conv then a stride-2 ConvTranspose (a DBNet head's upsampling)
+CONV_CONVT = """
+g (float[N, 4, 6, 6] x, float[8, 4, 3, 3] w_c, float[8] b_c, float[8, 4, 2, 2] w_t,
+   float[4] b_t) => (float[N, 4, 12, 12] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, w_c, b_c)
+    r = Relu (c)
+    t = ConvTranspose <strides = [2, 2]> (r, w_t, b_t)
+    y = Relu (t)
+}
+"""
+
+
 def qdq_encoder(seed: int = 0, outlier: float = 40.0) -> onnx.ModelProto:
     """QDQ_ENCODER whose LayerNorm gains blow two channels up by `outlier` (as in BERT)."""
     gamma = np.ones(32, np.float32)

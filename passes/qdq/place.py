@@ -9,7 +9,11 @@ Profiles:
   produces the output under its old name), as onnxruntime's quantizer does, so the
   last Conv runs as QLinearConv. MatMul/Gemm outputs get a Q only when a
   quantized layer reads them, through its own input request (MatMulIntegerToFloat /
-  QGemm have float outputs).
+  QGemm have float outputs), except a MatMul whose 2-D output alone feeds a constant
+  bias Add: onnxruntime fuses the pair into a Gemm whose float bias no integer kernel
+  takes, so the Add is part of the layer and its output gets the Q (then it runs as
+  QGemm; a 1152-1152-256 MatMul+Add head, 1 thread: float 134 us, its last weight
+  dequantized on every run 651 us, both QGemm 57 us).
 - `trt` (TensorRT explicit quantization): Q->DQ only on the inputs of quantized
   layers (residual Add inputs included); TensorRT fuses the output side itself, so no
   Q/DQ on outputs that feed nothing quantized.
@@ -54,6 +58,9 @@ SHAPE = (
 FUSED = ("Relu", "Clip")
 QUANTIZABLE = frozenset(COMPUTE + BINARY + POOL + SHAPE + ("Concat",))
 MAX_PROPAGATION = 10_000
+# onnxruntime's CPU provider runs a quantized ConvTranspose as DequantizeLinear of its
+# input and weight on every run, then the float kernel: slower than float, no gain
+NO_CONVT_KERNEL = "onnxruntime has no integer ConvTranspose kernel (it would dequantize per run)"
 
 
 @dataclasses.dataclass
@@ -104,10 +111,11 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
     layers: list[Layer] = []
     skips: list[tuple[gs.Node, str]] = []
     produced: set[str] = set()
+    absorbed: set[str] = set()  # bias Adds that are part of their MatMul's layer
     for node in graph.nodes:
-        if node.op not in QUANTIZABLE or node.op in SHAPE:
+        if node.op not in QUANTIZABLE or node.op in SHAPE or node.name in absorbed:
             continue
-        kind, reason = _classify(graph, node, transformer)
+        kind, reason = _classify(graph, node, transformer, config.profile)
         if not reason and kind != "compute" and not _fed_by(node, produced):
             reason = "no quantized neighbour (nothing to gain from integer kernels here)"
         if reason:
@@ -119,6 +127,8 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
             continue
         layers.append(layer)
         produced.update({node.outputs[0].name, layer.out.name})
+        if add := bias_add(graph, node):
+            absorbed.add(add.name)
     _share_weights(layers)
     acts: dict[str, Act] = {}
     for layer in layers:
@@ -157,7 +167,9 @@ def _fed_by(node: gs.Node, produced: set[str]) -> bool:
     return False
 
 
-def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, str | None]:
+def _classify(
+    graph: gs.Graph, node: gs.Node, transformer: bool, profile: str
+) -> tuple[str, str | None]:
     inputs = [t for t in node.inputs if t.name]
     other = _non_float32(node)
     if other is not None:
@@ -170,6 +182,8 @@ def _classify(graph: gs.Graph, node: gs.Node, transformer: bool) -> tuple[str, s
             return "", "weight is not a constant"
         if node.op == "Gemm" and graph_utils.attr_int(node, "transA", 0):
             return "", "Gemm with transA"
+        if node.op == "ConvTranspose" and profile == "ort":
+            return "", NO_CONVT_KERNEL
         return "compute", None
     if transformer:
         return "", "transformer graph: residual stream and elementwise ops stay float"
@@ -258,9 +272,29 @@ def _saturation_rule(
     return dataclasses.replace(rule, pairs=kernel_order(node, weight))
 
 
+def bias_add(graph: gs.Graph, node: gs.Node) -> gs.Node | None:
+    """The Add of a constant bias that alone reads a MatMul's 2-D output, else None.
+
+    onnxruntime fuses the two into a Gemm (MatMulAddFusion), so the pair is one layer.
+    """
+    weight = graph_utils.const_value(node.inputs[1]) if node.op == "MatMul" else None
+    shape = node.inputs[0].shape
+    if weight is None or weight.ndim != 2 or shape is None or len(shape) != 2:
+        return None
+    nxt = graph_utils.only_consumer(node.outputs[0], graph)
+    if nxt is None or nxt.op != "Add":
+        return None
+    others = [t for t in nxt.inputs if t is not node.outputs[0]]
+    bias = graph_utils.const_value(others[0]) if len(others) == 1 else None
+    if bias is None or bias.size != weight.shape[1] or bias.shape[-1] != weight.shape[1]:
+        return None
+    return nxt
+
+
 def _fused_out(graph: gs.Graph, node: gs.Node) -> gs.Tensor:
-    """The output after a Relu/Clip(min 0) that reads only this node's output."""
-    out = node.outputs[0]
+    """The output after a bias Add (MatMul) and a Relu/Clip(min 0) that read only it."""
+    add = bias_add(graph, node)
+    out = (add or node).outputs[0]
     nxt = graph_utils.only_consumer(out, graph)
     if nxt is None or nxt.op not in FUSED:
         return out
@@ -326,7 +360,8 @@ def _request(
     out_rule = rules["output"]
     if config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled:
         return
-    if node.op in ("MatMul", "Gemm", "ConvTranspose"):
+    gemm = node.op == "MatMul" and not transformer and bias_add(graph, node) is not None
+    if node.op in ("MatMul", "Gemm", "ConvTranspose") and not gemm:
         return  # float output kernels exist; a quantized reader requests its own input
     _add(acts, layer.out, out_rule, f"{node.name} output")
 

@@ -516,3 +516,37 @@ def test_layers_inside_subgraphs_and_recurrent_layers_are_reported_float():
     _, report = graphcomp.compress(model, "qdq", verify_output=False)
     notes = [r.result.notes.get("recurrent_float", "") for r in report.passes]
     assert any("1 LSTM stay float" in n for n in notes)
+
+
+def _weight_dq_left(ops_model: onnx.ModelProto) -> int:
+    """DequantizeLinear nodes of initializers in onnxruntime's optimized graph: weights
+    dequantized on every run."""
+    inits = {t.name for t in ops_model.graph.initializer}
+    return sum(
+        n.op_type == "DequantizeLinear" and n.input[0] in inits for n in ops_model.graph.node
+    )
+
+
+def test_matmul_bias_add_gets_its_q_after_the_add_and_runs_on_integers(tmp_path):
+    model = graphs.build(graphs.MATMUL_BIAS_HEAD)
+    out, result = _qdq(model)
+    ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
+    assert ops.count("QGemm") == 2 and "Gemm" not in ops and "MatMul" not in ops
+    assert _weight_dq_left(onnx.load(tmp_path / "opt.onnx")) == 0
+    assert not any(s.node.startswith("Add") for s in result.skipped)  # part of the layer
+    feeds = graphs.feeds_for(model, batch=4)
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run(out, feeds)[0]) > 0.999
+
+
+@pytest.mark.parametrize("profile", ["ort", "trt"])
+def test_conv_transpose_stays_float_where_onnxruntime_has_no_integer_kernel(profile):
+    from graphcomp.passes.qdq import place
+
+    out, result = _qdq(graphs.build(graphs.CONV_CONVT), profile=profile)
+    reasons = {s.node: s.reason for s in result.skipped}
+    convt = next(n for n in out.graph.node if n.op_type == "ConvTranspose")
+    weight_dq = _dq_feeding(out, convt.name, 1)
+    if profile == "ort":
+        assert reasons.get(convt.name) == place.NO_CONVT_KERNEL and weight_dq is None
+    else:  # TensorRT has int8 deconvolution
+        assert convt.name not in reasons and weight_dq is not None
