@@ -74,6 +74,7 @@ class Layer:
     out: gs.Tensor  # the tensor that carries the output quantization (after Relu/Clip)
     weight_axis: int = 0
     weight_note: str = ""  # why the weight stays float although its rule says otherwise
+    bias_add: gs.Node | None = None  # a MatMul's constant bias Add, part of the layer
 
 
 @dataclasses.dataclass
@@ -127,8 +128,8 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
             continue
         layers.append(layer)
         produced.update({node.outputs[0].name, layer.out.name})
-        if add := bias_add(graph, node):
-            absorbed.add(add.name)
+        if layer.bias_add is not None:
+            absorbed.add(layer.bias_add.name)
     _share_weights(layers)
     acts: dict[str, Act] = {}
     for layer in layers:
@@ -233,7 +234,8 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
         or bias.size != weight.shape[axis]
     ):
         rules["bias"] = TensorRule(method="none")  # ConvTranspose: no fused kernel
-    return Layer(node, kind, acts, rules, _fused_out(graph, node), axis)
+    add = bias_add(graph, node)
+    return Layer(node, kind, acts, rules, _fused_out(graph, node), axis, bias_add=add)
 
 
 def kernel_order(node: gs.Node, weight: np.ndarray) -> tuple[int, ...]:
@@ -360,7 +362,7 @@ def _request(
     out_rule = rules["output"]
     if config.profile == "trt" or not out_rule.enabled or dynamic or not in_rule.enabled:
         return
-    gemm = node.op == "MatMul" and not transformer and bias_add(graph, node) is not None
+    gemm = layer.bias_add is not None and not transformer
     if node.op in ("MatMul", "Gemm", "ConvTranspose") and not gemm:
         return  # float output kernels exist; a quantized reader requests its own input
     _add(acts, layer.out, out_rule, f"{node.name} output")

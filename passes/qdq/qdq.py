@@ -297,17 +297,46 @@ def _settle(
     float_acts, float_layers = floats
     for name in [*outliers, *float_acts]:
         plan.acts.pop(name, None)
-    for layer in plan.layers:
-        if layer.node.name in float_layers:
-            layer.rules["weight"] = dataclasses.replace(layer.rules["weight"], method="none")
-            layer.rules["bias"] = dataclasses.replace(layer.rules["bias"], method="none")
-            layer.weight_note = float_layers[layer.node.name]
     params, dropped, notes = qdq_scales.activation_params(plan, ranges, config.concat_ratio)
     dropped.update(outliers)
     dropped.update(float_acts)
     for name in dropped:
         plan.acts.pop(name, None)
+    if config.profile == "ort":
+        float_layers = {**_stranded(plan, dropped), **float_layers}
+    for layer in plan.layers:
+        if layer.node.name in float_layers and layer.rules["weight"].enabled:
+            layer.rules["weight"] = dataclasses.replace(layer.rules["weight"], method="none")
+            layer.rules["bias"] = dataclasses.replace(layer.rules["bias"], method="none")
+            layer.weight_note = float_layers[layer.node.name]
     return params, dropped, notes
+
+
+def _stranded(plan: Plan, dropped: dict[str, str]) -> dict[str, str]:
+    """Layers whose weight would only be dequantized on every run: layer -> reason.
+
+    onnxruntime runs a layer on integers only when its input is quantized and, for a
+    Conv (or a MatMul fused with its bias Add into a Gemm), its output too. When a
+    tensor it needs stays float (fidelity target, outlier channels, unusable range),
+    the layer runs in float with DequantizeLinear of its weight in front on every
+    run: slower than float and less exact, so its weight stays float too.
+    """
+    out = {}
+    for layer in plan.layers:
+        node = layer.node
+        if layer.kind != "compute" or not layer.rules["weight"].enabled:
+            continue
+        needed = [node.inputs[i] for i in layer.acts] if layer.rules["input"].enabled else []
+        fused_output = node.op == "Conv" or layer.bias_add is not None
+        if fused_output and layer.rules["output"].enabled and not plan.transformer:
+            needed.append(layer.out)
+        lost = next((t.name for t in needed if t.name in dropped), None)
+        if lost is not None:
+            out[node.name] = (
+                f"{lost} stays float, so onnxruntime would run this layer in float with "
+                "its weight dequantized on every run"
+            )
+    return out
 
 
 def _sensitivity(
@@ -487,6 +516,7 @@ def _report(
     for layer in plan.layers:
         ins, out = texts[layer.node.name]
         middle = [details[layer.node.name]] if details.get(layer.node.name) else []
+        middle += [f"weight float: {layer.weight_note}"] if layer.weight_note else []
         result.change(layer.node, "; ".join([*ins, *middle, out]))
     sources = Counter(r[2] for n, r in ranges.items() if n in plan.acts)
     float_ops = Counter(n.op for n in graph.nodes if n.op not in QUANTIZABLE | QDQ_OPS)

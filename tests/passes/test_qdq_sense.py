@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from graphcomp.core.errors import ConfigError
@@ -103,3 +104,21 @@ def test_bad_target_is_refused_and_none_switches_it_off():
         QdqConfig(fidelity=float("inf"))
     assert QdqConfig(fidelity="none").fidelity is None
     assert DfqConfig(fidelity=30).fidelity == 30.0
+
+
+def test_a_layer_whose_tensor_stays_float_keeps_its_weight_float_too(tmp_path):
+    """r kept float: onnxruntime cannot run a (output r) or y (input r) on integers, and
+    would dequantize their weights on every run; both weights stay float, said why."""
+    rules = tmp_path / "rules.toml"
+    rules.write_text('[layers."y"]\ninput = { method = "fixed", scale = 0.5 }\n')
+    out, core = _qdq(_model(), qconfig=str(rules), fidelity=25.0)
+    details = {c.node: c.detail for c in core.changes}
+    for layer in ("a", "y"):
+        assert "weight float: r stays float, so onnxruntime would run" in details[layer]
+    optimized = tmp_path / "opt.onnx"
+    graphs.optimized_ops(out, str(optimized))
+    model = onnx.load(optimized)
+    inits = {t.name for t in model.graph.initializer}
+    assert not any(
+        n.op_type == "DequantizeLinear" and n.input[0] in inits for n in model.graph.node
+    )
