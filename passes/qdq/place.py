@@ -112,9 +112,9 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
     layers: list[Layer] = []
     skips: list[tuple[gs.Node, str]] = []
     produced: set[str] = set()
-    absorbed: set[str] = set()  # bias Adds that are part of their MatMul's layer
+    absorbed: set[int] = set()  # ids of bias Adds that are part of their MatMul's layer
     for node in graph.nodes:
-        if node.op not in QUANTIZABLE or node.op in SHAPE or node.name in absorbed:
+        if node.op not in QUANTIZABLE or node.op in SHAPE or id(node) in absorbed:
             continue
         kind, reason = _classify(graph, node, transformer, config.profile)
         if not reason and kind != "compute" and not _fed_by(node, produced):
@@ -129,7 +129,7 @@ def build_plan(graph: gs.Graph, config: QdqConfig, book: RuleBook | None = None)
         layers.append(layer)
         produced.update({node.outputs[0].name, layer.out.name})
         if layer.bias_add is not None:
-            absorbed.add(layer.bias_add.name)
+            absorbed.add(id(layer.bias_add))
     _share_weights(layers)
     acts: dict[str, Act] = {}
     for layer in layers:
@@ -278,10 +278,13 @@ def bias_add(graph: gs.Graph, node: gs.Node) -> gs.Node | None:
     """The Add of a constant bias that alone reads a MatMul's 2-D output, else None.
 
     onnxruntime fuses the two into a Gemm (MatMulAddFusion), so the pair is one layer.
+    An input of unknown rank counts as 2-D: onnxruntime's own shape inference resolves
+    what onnx's cannot (PP-OCR's classifier head reads a Reshape to a computed shape,
+    and onnxruntime fuses it).
     """
     weight = graph_utils.const_value(node.inputs[1]) if node.op == "MatMul" else None
     shape = node.inputs[0].shape
-    if weight is None or weight.ndim != 2 or shape is None or len(shape) != 2:
+    if weight is None or weight.ndim != 2 or (shape is not None and len(shape) != 2):
         return None
     nxt = graph_utils.only_consumer(node.outputs[0], graph)
     if nxt is None or nxt.op != "Add":

@@ -528,6 +528,21 @@ def _weight_dq_left(ops_model: onnx.ModelProto) -> int:
     )
 
 
+def test_matmul_of_unknown_rank_counts_as_2d_for_the_bias_add():
+    # PP-OCR's classifier head reads a Reshape to a computed shape that onnx's shape
+    # inference cannot resolve; onnxruntime resolves it and fuses MatMul + Add
+    from graphcomp.core import model_io
+    from graphcomp.passes.qdq import place
+
+    graph = model_io.import_graph(graphs.build(graphs.MATMUL_BIAS_HEAD))
+    for tensor in graph.tensors().values():
+        if tensor.name == "f":
+            tensor.shape = None
+    plan = place.build_plan(graph, QdqConfig())
+    heads = [layer for layer in plan.layers if layer.node.op == "MatMul"]
+    assert [layer.bias_add is not None for layer in heads] == [True, True]
+
+
 def test_matmul_bias_add_gets_its_q_after_the_add_and_runs_on_integers(tmp_path):
     model = graphs.build(graphs.MATMUL_BIAS_HEAD)
     out, result = _qdq(model)
