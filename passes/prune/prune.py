@@ -7,9 +7,13 @@ is decided data-free (passes/prune/select.py): by default the output energy a un
 feeds its consumers, ||W2[:, u]||^2 Var[x_u]; or L1/L2 filter norms or BN |gamma|.
 `ratio` removes that share of every group; `macs` (fraction of MACs to keep) lets a
 greedy schedule choose per-group ratios where the relative loss per MAC saved is
-smallest. Kept counts are multiples of `round_to` (odd channel counts made onnxruntime
-2-3x slower in our measurements; multiples of 8 run at par). With `compensate` the mean
-of each removed channel is folded into its consumers' biases (passes/prune/compensate.py).
+smallest. `latency` (fraction of the measured latency to keep) runs the same schedule
+on each node's measured kernel time instead of its MACs (graphcomp/measure/cost.py:
+one thread, batch 1; elementwise nodes scale with their channels), and the output is
+measured again for the report. Kept counts are multiples of `round_to` (odd channel
+counts made onnxruntime 2-3x slower in our measurements; multiples of 8 run at par).
+With `compensate` the mean of each removed channel is folded into its consumers' biases
+(passes/prune/compensate.py).
 
 Will not touch (each blocked group is a skip with its reason): groups reaching a graph
 output, an op without a rule, a run-time shape, a grouped (not depthwise) conv, a
@@ -28,6 +32,7 @@ import onnx_graphsurgeon as gs
 from graphcomp.core import analysis, graph_utils, model_io
 from graphcomp.core.errors import ConfigError
 from graphcomp.core.pass_base import Pass, PassContext, PassResult
+from graphcomp.measure import cost as measure_cost
 from graphcomp.measure import fields, inputs
 from graphcomp.passes.prune import apply as prune_apply
 from graphcomp.passes.prune import compensate as prune_comp
@@ -43,6 +48,7 @@ ROUND_STEP = 0.8  # auto rounds keep at least this share of MACs each (glyph Mob
 # 0.5x: 1 round 0.46 accuracy, 4 rounds 0.72; EfficientNet-Lite0 at 0.8x: 1 round best)
 EPS = 1e-9
 BUDGET_SLACK = 0.02  # a MAC target missed by more than this (channel rounding) is warned
+LATENCY_SLACK = 0.05  # a measured latency above target + this is warned (timing noise)
 MAX_REPAIR = 10_000  # cap on units restored so that no tensor loses every channel
 
 
@@ -52,6 +58,7 @@ class PruneConfig:
 
     ratio: float = 0.3  # share of each group's channels removed
     macs: float | None = None  # e.g. 0.5: keep half the model's MACs
+    latency: float | None = None  # e.g. 0.7: keep 70% of its measured latency (not with macs)
     importance: str = "energy"  # energy | l1 | l2 | bn
     compensate: bool = True  # fold removed channels' means into the next biases
     reconstruct: bool = True  # least-squares refit of the next layers (data or noise)
@@ -66,8 +73,12 @@ class PruneConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
-        if self.macs is not None and not 0.0 < self.macs <= 1.0:
-            raise ConfigError(f"macs must be in (0, 1], got {self.macs}")
+        for name in ("macs", "latency"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 < value <= 1.0:
+                raise ConfigError(f"{name} must be in (0, 1], got {value}")
+        if self.macs is not None and self.latency is not None:
+            raise ConfigError("give one budget: macs or latency, not both")
         if self.importance not in prune_score.IMPORTANCE:
             raise ConfigError(
                 f"importance must be one of {prune_score.IMPORTANCE}, got '{self.importance}'"
@@ -80,19 +91,24 @@ class PruneConfig:
         except ValueError as e:
             raise ConfigError(str(e)) from e
 
+    @property
+    def target(self) -> float | None:
+        """The budget's fraction: of MACs or of measured latency; None for `ratio`."""
+        return self.macs if self.macs is not None else self.latency
+
     def steps(self) -> int:
-        """Rounds of a MAC budget: as set, or auto (each round keeps >= ROUND_STEP)."""
-        if self.macs is None:
+        """Rounds of a budget: as set, or auto (each round keeps >= ROUND_STEP)."""
+        if self.target is None:
             return 1
         if self.rounds:
             return self.rounds
-        return max(1, math.ceil(math.log(self.macs) / math.log(ROUND_STEP) - EPS))
+        return max(1, math.ceil(math.log(self.target) / math.log(ROUND_STEP) - EPS))
 
     def budget(self) -> prune_select.Budget:
         """The selection budget these fields describe."""
         return prune_select.Budget(
             self.ratio,
-            self.macs,
+            self.target,
             self.min_channels,
             self.round_to,
             prune_select.parse_overrides(self.layers),
@@ -147,17 +163,20 @@ class PrunePass(Pass):
         result = PassResult(self.name)
         rounds = cfg.steps()
         original = None
+        key = "macs" if cfg.latency is None else "latency_us"
         for r in range(rounds):
             if r:
                 prune_prep.forget_shapes(graph)
             target = None
-            if cfg.macs is not None:  # this step's share of the original MACs, made relative
-                target = cfg.macs ** ((r + 1) / rounds)
+            if cfg.target is not None:  # this step's share of the original, made relative
+                target = cfg.target ** ((r + 1) / rounds)
                 if original is not None:
-                    target *= original / max(result.notes["macs_expected"], 1)
+                    target *= original / max(result.notes[f"{key}_expected"], 1e-9)
             if not self._round(graph, ctx, result, target, first=r == 0):
                 break
-            original = original or result.notes["macs_before"]
+            original = original or result.notes[f"{key}_before"]
+        if cfg.latency is not None and result.changes:
+            _measured_latency(graph, ctx, result)
         if warning := _budget_warning(cfg, result.notes):
             result.notes["budget_warning"] = warning
         return result
@@ -204,9 +223,18 @@ class PrunePass(Pass):
 
 
 def _budget_warning(cfg: PruneConfig, notes: dict[str, Any]) -> str | None:
-    """What the summary says when nothing is pruned or a MAC target is missed."""
+    """What the summary says when nothing is pruned or a budget is missed."""
     if not notes.get("prunable"):
         return "nothing to prune: no channel group can be removed (reasons under skipped)"
+    if cfg.latency is not None and "latency_after_fraction" in notes:
+        reached = notes["latency_after_fraction"]
+        if reached <= cfg.latency + LATENCY_SLACK:
+            return None
+        return (
+            f"latency={cfg.latency:g} is not met: the output measured {reached:.3f}x the "
+            "input's latency (one thread, batch 1; the estimate was "
+            f"{notes['latency_us_expected'] / notes['latency_us_before']:.3f}x)"
+        )
     if cfg.macs is None or not notes.get("macs_before"):
         return None
     reached = notes["macs_expected"] / notes["macs_before"]
@@ -216,6 +244,12 @@ def _budget_warning(cfg: PruneConfig, notes: dict[str, Any]) -> str | None:
         f"macs={cfg.macs:g} is out of reach: the prunable channel groups bring the "
         f"model only to {reached:.3f}x its MACs"
     )
+
+
+def _measured_latency(graph: gs.Graph, ctx: PassContext, result: PassResult) -> None:
+    """The output's measured cost against the input's, as the report states it."""
+    after = measure_cost.node_costs(model_io.to_model(graph), ctx.input_shapes).total
+    result.notes["latency_after_fraction"] = round(after / result.notes["latency_us_before"], 4)
 
 
 def _refit(
@@ -278,15 +312,25 @@ def _choose(
     budget = dataclasses.replace(cfg.budget(), target=target)
     base, total = _layer_macs(cg.graph, ctx)
     macs = prune_select.MacModel(cg, base, total)
+    cost = macs
+    if cfg.latency is not None:  # the same schedule, on measured kernel times
+        costs = measure_cost.node_costs(model_io.to_model(cg.graph), ctx.input_shapes)
+        cost = prune_select.MacModel(cg, costs.nodes, costs.total, elementwise=True)
     if target is None:
         removed = prune_select.select_ratio(groups, scores, budget)
     else:
-        removed = prune_select.select_macs(cg, groups, scores, budget, macs)
+        removed = prune_select.select_macs(cg, groups, scores, budget, cost)
     keep = cg.keep_masks(removed)
-    for name in macs.gone:
-        macs.gone[name] = {0: int((~keep[name]).sum())}
+    for model in {id(m): m for m in (macs, cost)}.values():
+        for name in model.gone:
+            model.gone[name] = {0: int((~keep[name]).sum())}
     result.notes.setdefault("macs_before", total)
     result.notes["macs_expected"] = int(round(macs.total()))
+    if cost is not macs:
+        result.notes.setdefault(
+            "latency_us_before", round(cost.fixed + sum(m for m, *_ in cost.layers), 1)
+        )
+        result.notes["latency_us_expected"] = round(cost.total(), 1)
     return removed
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fnmatch
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,14 +91,31 @@ def select_ratio(groups: list[Group], scores: dict[int, np.ndarray], budget: Bud
 
 
 class MacModel:
-    """Exact MACs of the weighted layers as a function of the kept count of each space."""
+    """Exact MACs of the weighted layers as a function of the kept count of each space.
 
-    def __init__(self, cg: ChannelGraph, base: dict[str, int], total: int) -> None:
-        self.layers = [
-            (base.get(b.node.name, 0), b.inp, b.out, bool(b.extra.get("depthwise")))
+    With `elementwise`, every other node whose output is a channel space costs its base
+    times the kept fraction of that space (a latency model: a Relu on half the channels
+    takes half the time); without, those nodes are part of the fixed cost.
+    """
+
+    def __init__(
+        self,
+        cg: ChannelGraph,
+        base: Mapping[str, float],
+        total: float,
+        elementwise: bool = False,
+    ) -> None:
+        layers = {
+            b.node.name: (base.get(b.node.name, 0), b.inp, b.out, bool(b.extra.get("depthwise")))
             for b in cg.bindings
             if b.kind in ("conv", "convT", "gemm", "matmul")
-        ]
+        }
+        if elementwise:
+            for node in cg.graph.nodes:
+                out = node.outputs[0].name if node.outputs else None
+                if node.name not in layers and out in cg.spaces and base.get(node.name):
+                    layers[node.name] = (base[node.name], None, out, True)
+        self.layers = list(layers.values())
         self.fixed = total - sum(m for m, *_ in self.layers)
         self.size = {name: sp.size for name, sp in cg.spaces.items()}
         self.gone: dict[str, dict[int, int]] = {name: {} for name in self.size}

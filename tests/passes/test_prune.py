@@ -238,3 +238,34 @@ def test_zoo_models_prune_validly_to_the_budget(path, fields):
     if "macs" in fields:
         assert abs(after / before - fields["macs"]) <= 0.05 * fields["macs"]
     assert after < before and _zoo_accuracy(out, 100) > 0.0
+
+
+def test_latency_budget_runs_the_schedule_on_measured_costs(monkeypatch):
+    """Costs are faked (no timing in a test): the second conv costs 20x its MACs' share,
+    so a latency budget takes more of its channels than the MAC budget does."""
+    from graphcomp.measure import cost
+
+    real = cost.node_costs
+
+    def fake(model, shapes=None):
+        costs = real(model, shapes)
+        nodes = {n: (20.0 if n == "Conv_2" else 1.0) for n in costs.nodes}
+        return cost.Costs(nodes, sum(nodes.values()) + 5.0)
+
+    monkeypatch.setattr(cost, "node_costs", fake)
+    model = graphs.build(WIDE_RESIDUAL)
+    _, timed = prune(model, latency=0.6, round_to=1, rounds=1)
+    _, by_macs = prune(model, macs=0.6, round_to=1, rounds=1)
+    notes = timed.result.notes
+    assert notes["latency_us_expected"] <= (0.6 + 0.02) * notes["latency_us_before"]
+    assert "latency_after_fraction" in notes  # the output measured again, for the report
+    kept = {c.node: c.params_after for c in timed.result.changes}
+    kept_by_macs = {c.node: c.params_after for c in by_macs.result.changes}
+    assert kept["Conv_2"] < kept_by_macs["Conv_2"]
+
+
+def test_latency_and_macs_are_one_budget_or_the_other():
+    with pytest.raises(ConfigError, match="macs or latency"):
+        PruneConfig(macs=0.5, latency=0.5)
+    with pytest.raises(ConfigError, match="latency must be in"):
+        PruneConfig(latency=1.5)
