@@ -24,11 +24,12 @@ import numpy as np
 import onnx
 from google.protobuf.message import DecodeError
 
-from graphcomp import pipeline, speed
+from graphcomp import pipeline
 from graphcomp.core import analysis, lazy_weights, model_io, specs
 from graphcomp.core.errors import ConfigError, UnsupportedModelError, VerificationError
 from graphcomp.core.pass_base import Pass, PassContext
 from graphcomp.measure import inputs as measure_inputs
+from graphcomp.measure import speed
 from graphcomp.measure.inputs import read_npz
 from graphcomp.report import Report
 from graphcomp.verify import LOSSLESS_RTOL, Thresholds, verify

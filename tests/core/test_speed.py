@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import graphcomp
-from graphcomp import speed
+from graphcomp.measure import speed
 
 MODEL = Path(__file__).resolve().parents[2] / "models" / "resnet_s.onnx"
 
