@@ -30,7 +30,7 @@ class Report:
     verification: VerifyResult | None = None
     warnings: list[str] = field(default_factory=list)
     stat_sources: dict[str, str] = field(default_factory=dict)
-    latency_ratio: float | None = None  # output / original, quick check (graphcomp.speed)
+    latency_ratio: float | None = None  # output / original, quick check (graphcomp.measure.speed)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, every skip reason included."""
