@@ -243,7 +243,7 @@ def test_zoo_models_prune_validly_to_the_budget(path, fields):
 def test_latency_budget_runs_the_schedule_on_measured_costs(monkeypatch):
     """Costs are faked (no timing in a test): the second conv costs 20x its MACs' share,
     so a latency budget takes more of its channels than the MAC budget does."""
-    from graphcomp.measure import cost
+    from graphcomp.measure import cost, speed
 
     real = cost.node_costs
 
@@ -253,6 +253,7 @@ def test_latency_budget_runs_the_schedule_on_measured_costs(monkeypatch):
         return cost.Costs(nodes, sum(nodes.values()) + 5.0)
 
     monkeypatch.setattr(cost, "node_costs", fake)
+    monkeypatch.setattr(speed, "latency_ratio", lambda *a: 0.6)  # as measured: met
     model = graphs.build(WIDE_RESIDUAL)
     _, timed = prune(model, latency=0.6, round_to=1, rounds=1)
     _, by_macs = prune(model, macs=0.6, round_to=1, rounds=1)
@@ -262,6 +263,18 @@ def test_latency_budget_runs_the_schedule_on_measured_costs(monkeypatch):
     kept = {c.node: c.params_after for c in timed.result.changes}
     kept_by_macs = {c.node: c.params_after for c in by_macs.result.changes}
     assert kept["Conv_2"] < kept_by_macs["Conv_2"]
+    assert "budget_warning" not in notes
+
+
+def test_a_missed_latency_target_is_a_warning_with_the_measured_fraction(monkeypatch):
+    from graphcomp.measure import speed
+
+    monkeypatch.setattr(speed, "latency_ratio", lambda *a: 0.9)  # as if measured
+    out, record = prune(graphs.build(WIDE_RESIDUAL), latency=0.6, round_to=1, rounds=1)
+    notes = record.result.notes
+    assert notes["latency_after_fraction"] == 0.9
+    assert notes["budget_warning"].startswith("latency=0.6 is not met: the output measured 0.900x")
+    graphs.run(out, graphs.feeds_for(out))
 
 
 def test_latency_and_macs_are_one_budget_or_the_other():
