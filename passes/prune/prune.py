@@ -120,7 +120,7 @@ class PrunePass(Pass):
     """Structured channel pruning over channel groups."""
 
     name = "prune"
-    summary = "remove whole channels (ratio or MAC target), data-free, with bias compensation"
+    summary = "remove whole channels (ratio, MAC or latency target), data-free, bias compensated"
     matches = frozenset(
         {
             "Conv",
