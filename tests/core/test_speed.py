@@ -27,3 +27,14 @@ def test_a_slower_output_is_a_warning(monkeypatch):
 
 def test_no_check_without_a_measurement():
     assert speed.warning(None) is None and speed.warning(1.0) is None
+
+
+def test_a_slower_first_reading_is_measured_again_and_the_second_counts(monkeypatch):
+    # scripted run times (s): the budget probe, warm-up pairs, then the timed pairs
+    head = [0.01] + [0.01, 0.01] * speed.WARMUP
+    times = iter(head + [0.01, 0.02] * speed.RUNS + [0.01, 0.01] * speed.CONFIRM_RUNS)
+    monkeypatch.setattr(speed, "_once", lambda sess, feeds: next(times))
+    assert speed.latency_ratio(MODEL, MODEL) == 1.0
+    times = iter(head + [0.01, 0.02] * (speed.RUNS + speed.CONFIRM_RUNS))
+    monkeypatch.setattr(speed, "_once", lambda sess, feeds: next(times))
+    assert speed.latency_ratio(MODEL, MODEL) == 2.0
