@@ -4,11 +4,11 @@ Both models run in onnxruntime with one intra-op thread on the same seeded input
 1 where the batch is dynamic): WARMUP runs each, then RUNS interleaved runs, and the ratio
 of the medians (output / original) is the result. A ratio above SLOWER is measured again
 over CONFIRM_RUNS pairs and that one counts: on a loaded machine 7 pairs once read a
-lossless cleanup as 1.93x. A model whose single run takes longer
-than BUDGET_S is not timed (None), so the check stays small; so is a model whose weights
-stay on disk (graphcomp/core/lazy_weights.py): two sessions at once would hold its
-weights twice. `graphcomp bench` is the
-measurement to quote; this one only keeps a slower model from being written silently.
+lossless cleanup as 1.93x. A model whose single run takes longer than BUDGET_S is not
+timed (None), so the check stays small; so is a model whose weights stay on disk
+(graphcomp/core/lazy_weights.py): two sessions at once would hold its weights twice.
+`graphcomp bench` is the measurement to quote; this one only keeps a slower model from
+being written silently.
 """
 
 from __future__ import annotations
