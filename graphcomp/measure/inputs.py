@@ -9,7 +9,8 @@ by name, one vocabulary for every pass (`PRIORS`):
 - "smooth": natural-image-like floats. Each float input of rank >= 3 gets, per sample
   and channel, white noise filtered to an amplitude spectrum 1/f^2 on the last two
   axes, each plane standardized to zero mean and unit std; with several channels
-  (rank 4) each channel mixes a shared field (weight 0.9) with its own. This is the
+  (rank 4) each channel mixes a shared field (weight 0.9) with its own; a channels-last
+  image (N, H, W, C with C <= 4) is made channels-first and transposed. This is the
   generator prune was tuned with; measured on the zoo against the three generators it
   replaced (prune's, dfq's 1/f^1.5 random-phase fields, svd's 1/f fields): every dfq
   top-1 within 3 images, prune(macs=0.5) 13,692 of 17,802 images on average over two
@@ -75,6 +76,7 @@ PRIOR_ALIASES = {"white": "normal"}
 DEFAULT_PRIOR = "smooth"
 SMOOTH_EXPONENT = 2.0  # amplitude spectrum 1/f^SMOOTH_EXPONENT (see the module docstring)
 CHANNEL_CORR = 0.9  # share of a smooth image common to all its channels
+MAX_CHANNELS_LAST = 4  # a rank-4 input whose last dim is at most this (and H, W larger): NHWC
 BLOCK = 32  # synthetic samples generated per seeded block (fewer for large inputs)
 BLOCK_BYTES = 32 << 20  # input bytes generated per block at most
 REF_PIXELS = 112 * 112  # synthetic sample counts hold for images up to this size
@@ -504,7 +506,15 @@ def smooth_field(
     exponent: float = SMOOTH_EXPONENT,
     channel_corr: float = CHANNEL_CORR,
 ) -> np.ndarray:
-    """The "smooth" prior: 1/f^exponent noise on the last two axes, channels mixed."""
+    """The "smooth" prior: 1/f^exponent noise on the last two axes, channels mixed.
+
+    A channels-last image (N, H, W, C with C <= MAX_CHANNELS_LAST < H, as Keras exports
+    write, MTCNN's nets among them) gets the same field made channels-first and
+    transposed, so the low-pass runs over H and W, not over W and the colours.
+    """
+    if len(shape) == 4 and shape[3] <= MAX_CHANNELS_LAST < min(shape[1], shape[2]):
+        first = smooth_field(rng, (shape[0], shape[3], shape[1], shape[2]), exponent, channel_corr)
+        return np.ascontiguousarray(first.transpose(0, 2, 3, 1))
     own = _pink(rng, shape, exponent)
     if len(shape) != 4 or shape[1] < 2 or channel_corr <= 0.0:
         return own

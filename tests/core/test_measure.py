@@ -162,3 +162,13 @@ def test_a_batch_fixed_in_the_model_stays_whole():
     model = graphs.build(IMAGE_NET.replace("float[N, 3", "float[1, 3"))
     batches = list(inputs.Source(samples=3, seed=2).batches(model, 4))
     assert [len(b["x"]) for b in batches] == [1, 1, 1]
+
+
+def test_smooth_field_of_a_channels_last_image_is_smooth_over_height_and_width():
+    nhwc = inputs.smooth_field(np.random.default_rng(0), (4, 32, 32, 3))
+    assert nhwc.shape == (4, 32, 32, 3)
+    assert np.mean(nhwc[:, :, 1:] * nhwc[:, :, :-1]) > 0.8  # along W
+    assert np.mean(nhwc[:, 1:] * nhwc[:, :-1]) > 0.8  # along H
+    assert np.mean(nhwc[..., 0] * nhwc[..., 1]) > 0.8  # the colours correlate as channels
+    same = inputs.smooth_field(np.random.default_rng(0), (4, 3, 32, 32))
+    np.testing.assert_allclose(nhwc, same.transpose(0, 2, 3, 1))
