@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import graphcomp  # noqa: E402
+from graphcomp.measure import inputs  # noqa: E402
 
 CROPS = 96  # face crops, and as many non-face crops
 FACE = (235, 115)  # centre (x, y) of the astronaut's face
@@ -54,11 +54,8 @@ def crops(size: int, seed: int = 5) -> list[np.ndarray]:
 
 
 def run(model: str | onnx.ModelProto, feeds: list[np.ndarray]) -> list[list[np.ndarray]]:
-    """Every output for every feed, one onnxruntime thread."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    source = model if isinstance(model, str) else model.SerializeToString()
-    sess = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+    """Every output for every feed, one onnxruntime thread (graphcomp's session factory)."""
+    sess = inputs.session(model, threads=1)
     name = sess.get_inputs()[0].name
     return [sess.run(None, {name: f}) for f in feeds]
 

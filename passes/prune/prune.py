@@ -329,6 +329,7 @@ def _choose(
     if cfg.latency is not None:  # the same schedule, on measured kernel times
         costs = measure_cost.node_costs(model_io.to_model(cg.graph), ctx.input_shapes)
         cost = prune_select.MacModel(cg, costs.nodes, costs.total, elementwise=True)
+        result.notes.setdefault("latency_us_before", round(costs.total, 1))
     if target is None:
         removed = prune_select.select_ratio(groups, scores, budget)
     else:
@@ -340,9 +341,6 @@ def _choose(
     result.notes.setdefault("macs_before", total)
     result.notes["macs_expected"] = int(round(macs.total()))
     if cost is not macs:
-        result.notes.setdefault(
-            "latency_us_before", round(cost.fixed + sum(m for m, *_ in cost.layers), 1)
-        )
         result.notes["latency_us_expected"] = round(cost.total(), 1)
     return removed
 
