@@ -51,6 +51,9 @@ class QuantSpec:
     # weight axes in a u8s8 kernel's order (output, then the reduction slowest to
     # fastest): same-sign code pairs along it keep |a| + |b| <= PAIR_LIMIT
     pairs: tuple[int, ...] = ()
+    # weights: flip the roundings that keep each kernel's and channel's summed error
+    # within half a code (`balance_rounding`); activations round to nearest
+    balanced: bool = False
 
     def __post_init__(self) -> None:
         if self.bits not in BITS:
@@ -175,9 +178,80 @@ def _quantize(
     z = _along(np.asarray(zero_point, dtype=np.int64), x.ndim, spec)
     real = x / s
     q = np.clip(np.rint(real).astype(np.int64) + z, spec.qmin, spec.qmax)
+    if spec.balanced and q.ndim >= 2:
+        q = balance_rounding(q, real + z, spec.axis % q.ndim, spec.qmin, spec.qmax)
     if spec.pairs and q.ndim == len(spec.pairs):
         q = limit_pairs(q, real, spec.pairs)
     return q.astype(spec.storage_dtype)
+
+
+def balance_rounding(
+    q: np.ndarray, real: np.ndarray, axis: int, qmin: int, qmax: int
+) -> np.ndarray:
+    """Codes `q` of `real` whose rounding errors sum to at most half a code per kernel.
+
+    A layer's output error on an input with a steady part (an image's mean level, the
+    positive mean after SiLU or ReLU) is the sum of the weight's rounding errors over
+    each kernel times that level: rounding to nearest leaves it a random walk (about
+    0.87 codes over a 3x3 kernel). SQuant's CASE (Guo et al., ICLR 2022, data-free)
+    flips the roundings closest to a half (the cheapest: |e - 1| vs |e| for e near 0.5)
+    until each kernel's sum (output channel x input channel, over the taps) lies in
+    [-0.5, 0.5], then, at most one flip per kernel, each output channel's sum. A
+    weight without taps (MatMul, Gemm) has only the channel level. `axis`: the
+    output channels.
+    """
+    out = np.moveaxis(q, axis, 0)
+    fine = np.moveaxis(real, axis, 0)
+    rows = out.shape[0]
+    if out.ndim >= 3:
+        kernels = out.reshape(rows, out.shape[1], -1)
+        err = kernels - fine.reshape(kernels.shape)
+        kernels = kernels - _flips(err, kernels, qmin, qmax)
+        err = kernels - fine.reshape(kernels.shape)
+        kernels = kernels - _kernel_flips(err, kernels, qmin, qmax)
+    else:
+        kernels = out.reshape(rows, 1, -1)
+        err = kernels - fine.reshape(kernels.shape)
+        kernels = (
+            kernels - _flips(err.reshape(rows, -1), kernels.reshape(rows, -1), qmin, qmax)[:, None]
+        )
+    return np.moveaxis(kernels.reshape(out.shape), 0, axis)
+
+
+def _flips(err: np.ndarray, q: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """+-1 per element that brings each group's (last axis) summed error within 0.5.
+
+    The flips go to the elements whose error `err` is nearest a half, the cheapest.
+    """
+    need = np.rint(err.sum(axis=-1, keepdims=True))  # signed number of flips
+    sign = np.sign(need)
+    key = sign * err  # flipping turns e into e - sign: the largest sign * e cost least
+    ok = (key > 0) & (q - sign >= qmin) & (q - sign <= qmax)
+    key = np.where(ok, key, -np.inf)
+    rank = np.argsort(np.argsort(-key, axis=-1, kind="stable"), axis=-1, kind="stable")
+    return (sign * ((rank < np.abs(need)) & ok)).astype(q.dtype)
+
+
+def _kernel_flips(err: np.ndarray, q: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """+-1 at one element of the kernels that bring each channel's summed error within 0.5.
+
+    The kernels are those whose own sum leans most the same way (`err`: [O, C, K]).
+    """
+    kernel_err = err.sum(axis=-1)  # [O, C]
+    need = np.rint(kernel_err.sum(axis=-1, keepdims=True))  # [O, 1]
+    sign = np.sign(need)[..., None]  # [O, 1, 1]
+    key = sign * err
+    ok = (key > 0) & (q - sign >= qmin) & (q - sign <= qmax)
+    key = np.where(ok, key, -np.inf)
+    best = np.argmax(key, axis=-1)  # [O, C]: each kernel's cheapest flip
+    usable = np.take_along_axis(ok, best[..., None], axis=-1)[..., 0]
+    lean = np.where(usable, sign[..., 0] * kernel_err, -np.inf)
+    rank = np.argsort(np.argsort(-lean, axis=-1, kind="stable"), axis=-1, kind="stable")
+    chosen = (rank < np.abs(need)) & usable  # [O, C]
+    flips = np.zeros_like(q)
+    step = (sign[..., 0] * chosen)[..., None].astype(q.dtype)
+    np.put_along_axis(flips, best[..., None], step, -1)
+    return flips
 
 
 PAIR_LIMIT = 128  # 255 * 128 < 32768: a uint8 pair times these never leaves int16

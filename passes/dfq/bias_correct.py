@@ -28,7 +28,7 @@ from graphcomp.measure import fields
 from graphcomp.measure import stats as channel_stats
 from graphcomp.passes.dfq import input_means as stats_inputs
 from graphcomp.passes.dfq import layers as layers
-from graphcomp.passes.qdq.config import REDUCE_RANGE
+from graphcomp.passes.qdq.config import REDUCE_RANGE, ROUNDING
 from graphcomp.passes.qdq.place import kernel_order
 
 LAYERS = ("Conv", "Gemm")
@@ -47,6 +47,7 @@ class BiasCorrectConfig:
     stats: str = "auto"  # auto, data-free, bn, analytic, synthetic, calibration
     weight_range: str = "minmax"  # mse: clip weights to the quantization-MSE-optimal range
     reduce_range: str = "auto"  # as qdq: no code pair over 128 where u8s8 kernels saturate
+    rounding: str = "balanced"  # as qdq's weights: balanced or nearest
     samples: int = channel_stats.SYNTHETIC_SAMPLES
     prior: str = channel_stats.DEFAULT_PRIOR  # synthetic inputs: smooth (1/f) or normal
     seed: int = 0
@@ -59,6 +60,8 @@ class BiasCorrectConfig:
             raise ConfigError(f"weight_range must be one of {WEIGHT_RANGES}")
         if self.reduce_range not in REDUCE_RANGE:
             raise ConfigError(f"reduce_range must be one of {REDUCE_RANGE}")
+        if self.rounding not in ROUNDING:
+            raise ConfigError(f"rounding must be one of {ROUNDING}")
 
     def spec(self, node: gs.Node) -> quant.QuantSpec:
         """The qdq weight quantizer of `node` (output-channel axis when per-channel)."""
@@ -67,8 +70,9 @@ class BiasCorrectConfig:
         reduced = self.bits == 8 and self.reduce_range == "on"
         auto = self.bits == 8 and self.reduce_range == "auto" and weight is not None
         pairs = kernel_order(node, weight) if auto and weight is not None else ()
+        balanced = self.rounding == "balanced"
         return quant.QuantSpec(
-            self.bits, True, True, self.per_channel, axis, self.pow2, reduced, pairs
+            self.bits, True, True, self.per_channel, axis, self.pow2, reduced, pairs, balanced
         )
 
 

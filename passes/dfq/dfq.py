@@ -80,6 +80,7 @@ class DfqConfig:
     absorb_k: float = 3.0
     weight_range: str = "minmax"  # mse: clip weights to the MSE-optimal range first
     reduce_range: str = "auto"  # no saturating int8 code pairs in u8s8 kernels (see qdq)
+    rounding: str = "balanced"  # weights: balanced (SQuant's CASE, see qdq) or nearest
     clip_k: float = 4.0  # act_aware / absorb: a channel reaches mean + clip_k std
     act_aware: bool = False  # equalize never widens an activation tensor's range
     strength: float = 0.75  # equalize applies s^strength of the converged scales
@@ -229,6 +230,7 @@ class DfqPass(Pass):
                         per_channel=cfg.per_channel,
                         weight_range=cfg.weight_range,
                         reduce_range=cfg.reduce_range,
+                        rounding=cfg.rounding,
                         **fields.forward(cfg),
                     )
                 )
@@ -247,6 +249,7 @@ def _qdq_config(cfg: DfqConfig) -> QdqConfig:
         prior=cfg.prior,
         percentile=cfg.percentile,
         reduce_range=cfg.reduce_range,
+        rounding=cfg.rounding,
         seed=cfg.seed,
         fidelity=cfg.fidelity,
         probe_samples=cfg.probe_samples,
@@ -392,7 +395,9 @@ def _weight_sqnr(graph: gs.Graph, cfg: DfqConfig) -> dict[str, float]:
         w = graph_utils.const_input(node, 1)
         if w is None:
             continue
-        corrector = BiasCorrectConfig(cfg.bits, cfg.per_channel, reduce_range=cfg.reduce_range)
+        corrector = BiasCorrectConfig(
+            cfg.bits, cfg.per_channel, reduce_range=cfg.reduce_range, rounding=cfg.rounding
+        )
         spec = corrector.spec(node)
         err = quant.fake_quant(w, spec).astype(np.float64) - w
         rows_w = out_rows(node, w.astype(np.float64))

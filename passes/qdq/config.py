@@ -50,6 +50,7 @@ PROFILES = ("ort", "trt")
 CALIBRATION = ("minmax", "percentile", "mse")
 DYNAMIC = ("auto", "on", "off")
 REDUCE_RANGE = ("auto", "on", "off")
+ROUNDING = ("balanced", "nearest")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +69,7 @@ class TensorRule:
     dynamic: bool | None = None  # None: the placement decides
     reduce_range: bool = False  # weight codes in +-64 (see QdqConfig.reduce_range)
     pairs: tuple[int, ...] = ()  # u8s8 kernel order: no same-sign pair sums over 128
+    balanced: bool = False  # weights: summed rounding error per kernel/channel bounded
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -96,6 +98,7 @@ class TensorRule:
             self.pow2,
             self.reduce_range,
             self.pairs,
+            self.balanced,
         )
 
     def describe(self) -> str:
@@ -133,6 +136,9 @@ class QdqConfig:
     outlier_ratio: float = 16.0  # static transformer MatMul inputs: channel spread limit
     # x86 without VNNI sums uint8 x int8 pairs in int16 (VPMADDUBSW saturates silently)
     reduce_range: str = "auto"  # auto: no pair over 128 on u8s8 GEMMs; on: +-64; off
+    # weights: balanced (each kernel's and channel's rounding errors sum to about half a
+    # code at most, SQuant's CASE: graphcomp/core/quant.py) or nearest
+    rounding: str = "balanced"
     seed: int = 0
     fold_bn: bool = True  # fold BatchNormalization first (as onnxruntime's pre-processing)
     fidelity: float | None = None  # output SNR target (dB): the worst tensors stay float
@@ -144,6 +150,7 @@ class QdqConfig:
             (self.calibration, CALIBRATION, "calibration"),
             (self.dynamic, DYNAMIC, "dynamic"),
             (self.reduce_range, REDUCE_RANGE, "reduce_range"),
+            (self.rounding, ROUNDING, "rounding"),
         ]
         for value, allowed, name in checks:
             if value not in allowed:

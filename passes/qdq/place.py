@@ -262,8 +262,10 @@ def kernel_order(node: gs.Node, weight: np.ndarray) -> tuple[int, ...]:
 def _saturation_rule(
     node: gs.Node, weight: np.ndarray, rules: dict[str, TensorRule], config: QdqConfig
 ) -> TensorRule:
-    """The weight rule with a 7-bit range (`on`) or limited code pairs (`auto`)."""
+    """The weight rule: balanced rounding; a 7-bit range (`on`) or bounded pairs (`auto`)."""
     rule, act = rules["weight"], rules["input"]
+    if rule.enabled and config.rounding == "balanced":
+        rule = dataclasses.replace(rule, balanced=True)
     if not rule.enabled or rule.bits != 8 or not (rule.signed and rule.symmetric):
         return rule
     if config.reduce_range == "on":

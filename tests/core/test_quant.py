@@ -163,3 +163,24 @@ def test_kernel_pairs_never_leave_int16(seed, per_channel):
         w, QuantSpec(8, True, True, per_channel, 0, reduced=True)
     )
     assert np.all(scale <= reduced_scale * (1 + 1e-6))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize(("shape", "axis"), [((10, 6, 3, 3), 0), ((6, 10, 3, 3), 1), ((40, 12), 1)])
+def test_balanced_rounding_bounds_the_summed_error_of_each_kernel_and_channel(seed, shape, axis):
+    """Each code is nearest rounding or one step from it, inside the range; the errors of
+    an output channel sum to at most half a code, of one kernel (its taps) to one."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal(shape).astype(np.float32)
+    nearest = QuantSpec(8, True, True, True, axis)
+    balanced = QuantSpec(8, True, True, True, axis, balanced=True)
+    scale, zp = quant.compute_scale_zero_point(*quant.weight_range(w, nearest), nearest)
+    near = quant.quantize(w, scale, zp, nearest).astype(int)
+    q = quant.quantize(w, scale, zp, balanced).astype(int)
+    assert np.abs(q - near).max() <= 1 and np.abs(q).max() <= 127
+    err = np.moveaxis(q - w / quant._along(scale, w.ndim, nearest), axis, 0)
+    assert np.abs(err.reshape(shape[axis], -1).sum(axis=1)).max() <= 0.5 + 1e-4
+    if w.ndim == 4:
+        assert np.abs(err.sum(axis=(2, 3))).max() <= 1.0 + 1e-4
+        near_err = np.moveaxis(near - w / quant._along(scale, w.ndim, nearest), axis, 0)
+        assert np.abs(err.sum(axis=(2, 3))).mean() < np.abs(near_err.sum(axis=(2, 3))).mean()

@@ -55,8 +55,8 @@ def test_first_layer_mean_is_exact_with_calibration(seed, per_channel):
     )
     result = res.records[0].result
     assert len(result.changes) == 3 and result.notes["input_mean_sources"] == {"calibration": 3}
-    # layer a is a full conv: qdq keeps its code pairs within u8s8 kernels' int16
-    spec = quant.QuantSpec(8, True, True, per_channel, axis=0, pairs=(0, 2, 3, 1))
+    # layer a is a full conv: qdq bounds its code pairs (u8s8 int16) and balances its rounding
+    spec = quant.QuantSpec(8, True, True, per_channel, axis=0, pairs=(0, 2, 3, 1), balanced=True)
     ref = _output_means(model, feeds, ["a"])["a"]
     naive = _output_means(_fake_quantized(model, spec), feeds, ["a"])["a"]
     fixed = _output_means(_fake_quantized(out, spec), feeds, ["a"])["a"]

@@ -255,20 +255,11 @@ def test_transformer_keeps_cosine_with_dynamic_matmul_inputs(tmp_path):
     # the quantization math (unfused, full-range weights): dynamic beats static int8
     full, _ = _qdq(model, reduce_range="off")
     naive, _ = _qdq(model, dynamic="off", outlier_ratio=1e9, reduce_range="off")
-    assert _cosine(ref, _unfused(full, feeds)) > _cosine(ref, _unfused(naive, feeds))
+    full_cos = _cosine(ref, graphs.run_unfused(full, feeds)[0])
+    assert full_cos > _cosine(ref, graphs.run_unfused(naive, feeds)[0])
     ops = graphs.optimized_ops(out, str(tmp_path / "opt.onnx"))
     assert "MatMul" not in ops and sum(o in INTEGER_KERNELS for o in ops) == 8
     assert "LayerNormalization" in ops and "QuantizeLinear" not in ops
-
-
-def _unfused(model, feeds):
-    """Outputs of onnxruntime running the QDQ graph op by op (no integer kernels)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)[0]
 
 
 def test_context_range_of_a_pre_activation_reaches_the_relu_output():
@@ -472,7 +463,7 @@ def test_integer_kernels_compute_what_the_qdq_graph_says(tmp_path):
     model = onnx.load(out)
     feeds = {"input": np.random.default_rng(0).standard_normal((8, 1, 32, 32)).astype(np.float32)}
     # one-code rounding flips only (saturation: cosine 0.98)
-    assert _cosine(graphs.run(model, feeds)[0], _unfused(model, feeds)) > 0.9999
+    assert _cosine(graphs.run(model, feeds)[0], graphs.run_unfused(model, feeds)[0]) > 0.9999
 
 
 @pytest.mark.parametrize("dynamic", ["auto", "off"])
@@ -481,7 +472,7 @@ def test_integer_matmul_kernels_compute_what_the_qdq_graph_says(dynamic):
     out, _ = _qdq(model, dynamic=dynamic)
     feeds = graphs.feeds_for(model, batch=4)
     # rounding flips and MatMulNBits' own arithmetic only (full-range saturation: 0.99)
-    assert _cosine(graphs.run(out, feeds)[0], _unfused(out, feeds)) > 0.9995
+    assert _cosine(graphs.run(out, feeds)[0], graphs.run_unfused(out, feeds)[0]) > 0.9995
 
 
 GATED = """
