@@ -227,9 +227,8 @@ def _flips(err: np.ndarray, q: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
     sign = np.sign(need)
     key = sign * err  # flipping turns e into e - sign: the largest sign * e cost least
     ok = (key > 0) & (q - sign >= qmin) & (q - sign <= qmax)
-    key = np.where(ok, key, -np.inf)
-    rank = np.argsort(np.argsort(-key, axis=-1, kind="stable"), axis=-1, kind="stable")
-    return (sign * ((rank < np.abs(need)) & ok)).astype(q.dtype)
+    top = _largest(np.where(ok, key, -np.inf), np.abs(need).astype(np.int64))
+    return (sign * (top & ok)).astype(q.dtype)
 
 
 def _kernel_flips(err: np.ndarray, q: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
@@ -246,12 +245,30 @@ def _kernel_flips(err: np.ndarray, q: np.ndarray, qmin: int, qmax: int) -> np.nd
     best = np.argmax(key, axis=-1)  # [O, C]: each kernel's cheapest flip
     usable = np.take_along_axis(ok, best[..., None], axis=-1)[..., 0]
     lean = np.where(usable, sign[..., 0] * kernel_err, -np.inf)
-    rank = np.argsort(np.argsort(-lean, axis=-1, kind="stable"), axis=-1, kind="stable")
-    chosen = (rank < np.abs(need)) & usable  # [O, C]
+    chosen = _largest(lean, np.abs(need).astype(np.int64)) & usable  # [O, C]
     flips = np.zeros_like(q)
     step = (sign[..., 0] * chosen)[..., None].astype(q.dtype)
     np.put_along_axis(flips, best[..., None], step, -1)
     return flips
+
+
+def _largest(key: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Mask of the `count` (shape [..., 1]) largest keys along the last axis.
+
+    Ties go to the lower index, as a stable sort would give them: the threshold is each
+    row's count-th largest key (a partition, then a sort of the few largest only).
+    """
+    n = key.shape[-1]
+    most = min(int(count.max(initial=0)), n)
+    if most == 0:
+        return np.zeros(key.shape, bool)
+    largest = -np.sort(np.partition(-key, most - 1, axis=-1)[..., :most], axis=-1)
+    take = np.clip(count, 1, most)
+    threshold = np.take_along_axis(largest, take - 1, axis=-1)
+    above = key > threshold
+    tied = key == threshold
+    room = take - above.sum(axis=-1, keepdims=True)
+    return (above | (tied & (np.cumsum(tied, axis=-1) <= room))) & (count > 0)
 
 
 PAIR_LIMIT = 128  # 255 * 128 < 32768: a uint8 pair times these never leaves int16
