@@ -453,6 +453,30 @@ def test_no_weight_pair_can_saturate_u8s8_kernels_depthwise_keeps_full_range():
     assert _max_pair(full[2]) > 128
 
 
+def _weight_errors(model, source):
+    """Per Conv: its weight codes minus the float weight over its per-channel scale."""
+    inits, floats = _inits(model), _inits(source)
+    errors = []
+    for node in (n for n in model.graph.node if n.op_type == "Conv"):
+        dq = _dq_feeding(model, node.name, 1)
+        codes = numpy_helper.to_array(inits[dq.input[0]]).astype(float)
+        scale = numpy_helper.to_array(inits[dq.input[1]]).reshape(-1, 1, 1, 1)
+        weight = numpy_helper.to_array(floats[dq.input[0].replace("_quantized", "")])
+        errors.append(codes - weight / scale)
+    return errors
+
+
+def test_weight_rounding_is_balanced_per_kernel_and_channel_unless_nearest():
+    model = graphs.build(graphs.CONV_DW_CONV)
+    balanced = _weight_errors(_qdq(model)[0], model)
+    nearest = _weight_errors(_qdq(model, rounding="nearest")[0], model)
+    for bal, near in zip(balanced, nearest, strict=True):
+        assert np.abs(near).max() <= 0.5 + 1e-4 and np.abs(bal).max() < 1.0
+        assert np.abs(bal.sum(axis=(1, 2, 3))).max() <= 0.5 + 1e-4
+    # the depthwise conv: nearest rounding leaves some 3x3 kernel's sum past half a code
+    assert np.abs(nearest[1].sum(axis=(1, 2, 3))).max() > 0.5
+
+
 def test_integer_kernels_compute_what_the_qdq_graph_says(tmp_path):
     """onnxruntime's fused integer kernels match the QDQ graph's own arithmetic (no
     int16 saturation on hosts without VNNI): optimizations on and off agree."""
