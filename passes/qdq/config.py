@@ -112,7 +112,8 @@ class TensorRule:
             "per-channel" if self.per_channel else "per-tensor",
         ]
         parts += ["pow2"] if self.pow2 else []
-        return " ".join(parts + (["7-bit range"] if self.reduce_range else []))
+        parts += ["7-bit range"] if self.reduce_range else []
+        return " ".join(parts + (["balanced rounding"] if self.balanced else []))
 
 
 @dataclasses.dataclass(frozen=True)
