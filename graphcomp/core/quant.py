@@ -201,20 +201,13 @@ def balance_rounding(
     output channels.
     """
     out = np.moveaxis(q, axis, 0)
-    fine = np.moveaxis(real, axis, 0)
-    rows = out.shape[0]
-    if out.ndim >= 3:
-        kernels = out.reshape(rows, out.shape[1], -1)
-        err = kernels - fine.reshape(kernels.shape)
-        kernels = kernels - _flips(err, kernels, qmin, qmax)
-        err = kernels - fine.reshape(kernels.shape)
-        kernels = kernels - _kernel_flips(err, kernels, qmin, qmax)
-    else:
-        kernels = out.reshape(rows, 1, -1)
-        err = kernels - fine.reshape(kernels.shape)
-        kernels = (
-            kernels - _flips(err.reshape(rows, -1), kernels.reshape(rows, -1), qmin, qmax)[:, None]
-        )
+    taps = out.ndim >= 3
+    groups: tuple[int, ...] = (out.shape[0], out.shape[1], -1) if taps else (out.shape[0], -1)
+    kernels = out.reshape(groups)
+    fine = np.moveaxis(real, axis, 0).reshape(kernels.shape)
+    kernels = kernels - _flips(kernels - fine, kernels, qmin, qmax)
+    if taps:
+        kernels = kernels - _kernel_flips(kernels - fine, kernels, qmin, qmax)
     return np.moveaxis(kernels.reshape(out.shape), 0, axis)
 
 

@@ -113,7 +113,8 @@ class TensorRule:
         ]
         parts += ["pow2"] if self.pow2 else []
         parts += ["7-bit range"] if self.reduce_range else []
-        return " ".join(parts + (["balanced rounding"] if self.balanced else []))
+        parts += ["balanced rounding"] if self.balanced else []
+        return " ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -223,7 +223,7 @@ def _layer(graph: gs.Graph, node: gs.Node, kind: str, book: RuleBook) -> Layer:
     axis = _weight_axis(node)
     weight = graph_utils.const_value(node.inputs[1]) if weighted else None
     if weight is not None:
-        rules["weight"] = _saturation_rule(node, weight, rules, book.config)
+        rules["weight"] = _weight_rule(node, weight, rules, book.config)
     if weight is not None and node.op in ("MatMul", "Gemm") and weight.ndim != 2:
         rules["weight"] = dataclasses.replace(rules["weight"], per_channel=False)
     bias = graph_utils.const_input(node, 2) if weight is not None else None
@@ -259,7 +259,7 @@ def kernel_order(node: gs.Node, weight: np.ndarray) -> tuple[int, ...]:
     return ()
 
 
-def _saturation_rule(
+def _weight_rule(
     node: gs.Node, weight: np.ndarray, rules: dict[str, TensorRule], config: QdqConfig
 ) -> TensorRule:
     """The weight rule: balanced rounding; a 7-bit range (`on`) or bounded pairs (`auto`)."""
